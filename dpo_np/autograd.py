@@ -1,0 +1,491 @@
+"""A tiny reverse-mode autograd over backend arrays: micrograd lifted to tensors.
+
+A ``Tensor`` holds ``data`` (a NumPy or CuPy array), ``grad`` and, when it was
+made by an operation on tensors that need gradients, its parents and a
+vector–Jacobian product ``vjp(g) -> (g_parent, ...)``. ``backward()`` walks a
+topological order of the graph once, from the output to the leaves, and adds
+each parent's share. Every primitive's VJP is written right after its forward,
+a line or two each, with broadcasting undone in one place (``unbroadcast``).
+
+The formula side of the notes runs on this engine: log-softmax and gather for
+sequence log-probabilities, log-sigmoid for the Bradley–Terry and DPO losses,
+softmax policies over enumerated responses. The transformer does not: its
+gradients are written out by hand in ``model.py`` and checked against this.
+
+Numerical care: ``log_softmax`` and ``logsumexp`` shift by the maximum;
+``logsigmoid``/``softplus`` use ``logaddexp``; ``sigmoid`` never exponentiates a
+positive number. All stay finite for inputs of ±1e4 in float32 and float64.
+"""
+
+import contextlib
+
+import numpy as np
+
+from . import backend
+
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Within this block operations build no graph (as for a frozen reference model)."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+def _as_array(x, dtype=None):
+    xp = backend.xp()
+    if isinstance(x, xp.ndarray) and (dtype is None or x.dtype == dtype):
+        return x
+    a = xp.asarray(x, dtype=dtype)
+    if dtype is None and a.dtype.kind in "iub" and not isinstance(x, (xp.ndarray, np.ndarray)):
+        # a bare Python number joins float arithmetic as a float
+        a = a.astype(backend.default_dtype())
+    return a
+
+
+class Tensor:
+    # Make ``ndarray <op> Tensor`` call Tensor's reflected operator instead of
+    # letting NumPy broadcast over the Tensor as an object.
+    __array_ufunc__ = None
+
+    def __init__(self, data, requires_grad=False):
+        self.data = _as_array(data)
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._parents = ()
+        self._vjp = None
+
+    # -- information -----------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        flag = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.data!r}{flag})"
+
+    def item(self):
+        return self.data.item()
+
+    def numpy(self):
+        return backend.to_numpy(self.data)
+
+    def detach(self):
+        """The same values, cut from the graph."""
+        return Tensor(self.data)
+
+    # -- backward --------------------------------------------------------
+    def backward(self, grad=None):
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
+
+        ``grad`` is the upstream gradient; it may be omitted only for a scalar.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad "
+                               "(no input had requires_grad=True, or it was made under no_grad())")
+        if grad is None:
+            if self.data.size != 1:
+                raise ValueError(f"backward() without grad needs a scalar, got shape {self.shape}")
+            grad = backend.xp().ones_like(self.data)
+        else:
+            grad = _as_array(grad, self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"grad has shape {grad.shape}, expected {self.shape}")
+
+        grads = {id(self): grad}
+        for node in reversed(_topological_order(self)):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._vjp is None:   # a leaf: accumulate across backward() calls
+                # a copy, so no two leaves (nor the caller's upstream array) share one buffer
+                node.grad = g.copy() if node.grad is None else node.grad + g
+                continue
+            for parent, pg in zip(node._parents, node._vjp(g)):
+                if pg is None or not parent.requires_grad:
+                    continue
+                # never add in place: pg may be the very array another node holds
+                grads[id(parent)] = pg if id(parent) not in grads else grads[id(parent)] + pg
+
+    # -- operators -------------------------------------------------------
+    def __add__(self, other): return add(self, other)
+    def __radd__(self, other): return add(other, self)
+    def __sub__(self, other): return sub(self, other)
+    def __rsub__(self, other): return sub(other, self)
+    def __mul__(self, other): return mul(self, other)
+    def __rmul__(self, other): return mul(other, self)
+    def __truediv__(self, other): return div(self, other)
+    def __rtruediv__(self, other): return div(other, self)
+    def __matmul__(self, other): return matmul(self, other)
+    def __rmatmul__(self, other): return matmul(other, self)
+    def __pow__(self, exponent): return power(self, exponent)
+    def __neg__(self): return mul(self, -1.0)
+    def __getitem__(self, index): return getitem(self, index)
+
+    def exp(self): return exp(self)
+    def log(self): return log(self)
+    def tanh(self): return tanh(self)
+    def sqrt(self): return power(self, 0.5)
+    def sum(self, axis=None, keepdims=False): return sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return max(self, axis, keepdims)
+
+    def reshape(self, *shape):
+        return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    def transpose(self, *axes):
+        return transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+
+    T = property(lambda self: transpose(self, None))
+
+
+def tensor(x):
+    """``x`` if it is already a Tensor, else a constant Tensor holding it."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _topological_order(root):
+    """Nodes that need gradients, each after all its parents (iterative DFS: deep graphs are fine)."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in visited)
+    return order
+
+
+def _make(data, parents, vjp):
+    """The output of an op: joined to the graph only if some parent needs a gradient."""
+    out = Tensor(data)
+    if _grad_enabled and any(p.requires_grad for p in parents):
+        out.requires_grad = True
+        out._parents = parents
+        out._vjp = vjp
+    return out
+
+
+def _binary(a, b):
+    """Two operands as Tensors; a plain number or array takes the other operand's dtype."""
+    if isinstance(a, Tensor) and not isinstance(b, Tensor):
+        return a, Tensor(_as_array(b, a.dtype if _is_scalar(b) else None))
+    if isinstance(b, Tensor) and not isinstance(a, Tensor):
+        return Tensor(_as_array(a, b.dtype if _is_scalar(a) else None)), b
+    return tensor(a), tensor(b)
+
+
+def _is_scalar(x):
+    return isinstance(x, (int, float)) or (hasattr(x, "ndim") and x.ndim == 0)
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` over the axes that broadcasting stretched, so it has ``shape``."""
+    if g.shape == tuple(shape):
+        return g
+    extra = g.ndim - len(shape)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if stretched:
+        g = g.sum(axis=stretched, keepdims=True)
+    return g
+
+
+# -- elementwise arithmetic --------------------------------------------------
+
+def add(a, b):
+    a, b = _binary(a, b)
+    return _make(a.data + b.data, (a, b),
+                 lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)))
+
+
+def sub(a, b):
+    a, b = _binary(a, b)
+    return _make(a.data - b.data, (a, b),
+                 lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)))
+
+
+def mul(a, b):
+    a, b = _binary(a, b)
+    return _make(a.data * b.data, (a, b),
+                 lambda g: (unbroadcast(g * b.data, a.shape), unbroadcast(g * a.data, b.shape)))
+
+
+def div(a, b):
+    a, b = _binary(a, b)
+    out = a.data / b.data
+    return _make(out, (a, b),
+                 lambda g: (unbroadcast(g / b.data, a.shape), unbroadcast(-g * out / b.data, b.shape)))
+
+
+def power(a, exponent):
+    """a ** p for a constant scalar p."""
+    if isinstance(exponent, Tensor) or not _is_scalar(exponent):
+        raise TypeError(f"exponent must be a constant scalar, got {type(exponent).__name__}")
+    a = tensor(a)
+    p = float(exponent)
+    return _make(a.data ** p, (a,), lambda g: (g * p * a.data ** (p - 1.0),))
+
+
+def exp(x):
+    x = tensor(x)
+    out = backend.xp().exp(x.data)
+    return _make(out, (x,), lambda g: (g * out,))
+
+
+def log(x):
+    x = tensor(x)
+    return _make(backend.xp().log(x.data), (x,), lambda g: (g / x.data,))
+
+
+def tanh(x):
+    x = tensor(x)
+    out = backend.xp().tanh(x.data)
+    return _make(out, (x,), lambda g: (g * (1.0 - out * out),))
+
+
+def relu(x):
+    x = tensor(x)
+    return _make(backend.xp().maximum(x.data, 0), (x,), lambda g: (g * (x.data > 0),))
+
+
+def _sigmoid(z):
+    # exp(-|z|) never overflows; the two branches are the same function
+    xp = backend.xp()
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+
+
+def sigmoid(x):
+    """σ(x) = 1 / (1 + e^{-x})."""
+    x = tensor(x)
+    s = _sigmoid(x.data)
+    # σ' = σ(x)·σ(−x): unlike σ(1 − σ), it keeps its precision where σ rounds to 1
+    return _make(s, (x,), lambda g: (g * s * _sigmoid(-x.data),))
+
+
+def logsigmoid(x):
+    """log σ(x) = −log(1 + e^{−x}), computed as −logaddexp(0, −x); d/dx = σ(−x)."""
+    x = tensor(x)
+    return _make(-backend.xp().logaddexp(0, -x.data).astype(x.dtype, copy=False), (x,),
+                 lambda g: (g * _sigmoid(-x.data),))
+
+
+def softplus(x):
+    """log(1 + e^x) = logaddexp(0, x); d/dx = σ(x)."""
+    x = tensor(x)
+    return _make(backend.xp().logaddexp(0, x.data).astype(x.dtype, copy=False), (x,),
+                 lambda g: (g * _sigmoid(x.data),))
+
+
+def maximum(a, b):
+    """Elementwise max; at a tie the gradient is split evenly (a valid subgradient)."""
+    a, b = _binary(a, b)
+    xp = backend.xp()
+    share_a = ((a.data > b.data) + 0.5 * (a.data == b.data)).astype(a.dtype)
+    return _make(xp.maximum(a.data, b.data), (a, b),
+                 lambda g: (unbroadcast(g * share_a, a.shape), unbroadcast(g * (1.0 - share_a), b.shape)))
+
+
+def where(cond, a, b):
+    """``a`` where ``cond`` holds, else ``b``; ``cond`` is a constant boolean array."""
+    a, b = _binary(a, b)
+    xp = backend.xp()
+    cond = _as_array(cond.data if isinstance(cond, Tensor) else cond).astype(bool)
+    return _make(xp.where(cond, a.data, b.data), (a, b),
+                 lambda g: (unbroadcast(xp.where(cond, g, 0), a.shape),
+                            unbroadcast(xp.where(cond, 0, g), b.shape)))
+
+
+# -- matrix product ------------------------------------------------------------
+
+def matmul(a, b):
+    """a @ b with NumPy's rules (1-D operands, batch broadcasting)."""
+    a, b = _binary(a, b)
+    xp = backend.xp()
+
+    def vjp(g):
+        # promote 1-D operands to matrices so one pair of formulas serves all cases
+        A = a.data[None, :] if a.ndim == 1 else a.data
+        B = b.data[:, None] if b.ndim == 1 else b.data
+        G = g[..., None] if b.ndim == 1 else g
+        G = xp.expand_dims(G, -2) if a.ndim == 1 else G
+        gA = G @ xp.swapaxes(B, -1, -2)          # dL/dA = G Bᵀ
+        gB = xp.swapaxes(A, -1, -2) @ G          # dL/dB = Aᵀ G
+        if a.ndim == 1:
+            gA = gA[..., 0, :]
+        if b.ndim == 1:
+            gB = gB[..., :, 0]
+        return unbroadcast(gA, a.shape), unbroadcast(gB, b.shape)
+
+    return _make(a.data @ b.data, (a, b), vjp)
+
+
+# -- reductions and shape ------------------------------------------------------
+
+def _axes(axis, ndim):
+    return tuple(range(ndim)) if axis is None else tuple(sorted(ax % ndim for ax in np.atleast_1d(axis)))
+
+
+def _expand(g, ndim, axis, keepdims):
+    """Put back the reduced axes of ``g`` (size 1) so it broadcasts against the input."""
+    if keepdims or axis is None:      # a 0-d result broadcasts as it is
+        return g
+    return backend.xp().expand_dims(g, _axes(axis, ndim))
+
+
+def sum(x, axis=None, keepdims=False):
+    x = tensor(x)
+    xp = backend.xp()
+    return _make(x.data.sum(axis=axis, keepdims=keepdims), (x,),
+                 lambda g: (xp.broadcast_to(_expand(g, x.ndim, axis, keepdims), x.shape),))
+
+
+def mean(x, axis=None, keepdims=False):
+    x = tensor(x)
+    n = int(np.prod([x.shape[ax] for ax in _axes(axis, x.ndim)]))
+    return sum(x, axis, keepdims) * (1.0 / n)
+
+
+def max(x, axis=None, keepdims=False):
+    """Largest value along ``axis``; the gradient goes to the arg-max (split between ties)."""
+    x = tensor(x)
+    out = x.data.max(axis=axis, keepdims=keepdims)
+
+    def vjp(g):
+        hit = x.data == _expand(out, x.ndim, axis, keepdims)
+        share = (hit / hit.sum(axis=axis, keepdims=True)).astype(x.dtype)
+        return (_expand(g, x.ndim, axis, keepdims) * share,)
+
+    return _make(out, (x,), vjp)
+
+
+def reshape(x, shape):
+    x = tensor(x)
+    return _make(x.data.reshape(shape), (x,), lambda g: (g.reshape(x.shape),))
+
+
+def transpose(x, axes=None):
+    x = tensor(x)
+    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(ax % x.ndim for ax in axes)
+    inverse = tuple(int(i) for i in np.argsort(axes))
+    return _make(x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),))
+
+
+def getitem(x, index):
+    """``x[index]`` for basic and advanced indices; repeated indices accumulate."""
+    x = tensor(x)
+    if isinstance(index, Tensor):
+        index = index.data
+
+    def vjp(g):
+        gx = backend.xp().zeros_like(x.data)
+        return (backend.scatter_add(gx, index, g),)
+
+    return _make(x.data[index], (x,), vjp)
+
+
+def concatenate(tensors, axis=0):
+    tensors = [tensor(t) for t in tensors]
+    xp = backend.xp()
+    bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1]
+    return _make(xp.concatenate([t.data for t in tensors], axis=axis), tuple(tensors),
+                 lambda g: tuple(xp.split(g, bounds.tolist(), axis=axis)))
+
+
+def stack(tensors, axis=0):
+    tensors = [tensor(t) for t in tensors]
+    xp = backend.xp()
+    return _make(xp.stack([t.data for t in tensors], axis=axis), tuple(tensors),
+                 lambda g: tuple(xp.moveaxis(g, axis, 0)))
+
+
+def gather(x, index, axis=-1):
+    """out[..., j, ...] = x[..., index[..., j, ...], ...] along ``axis`` (torch.gather, take_along_axis)."""
+    x = tensor(x)
+    xp = backend.xp()
+    index = _as_array(index.data if isinstance(index, Tensor) else index)
+    if index.dtype.kind not in "iu":
+        raise TypeError(f"index must hold integers, got dtype {index.dtype}")
+    axis = axis % x.ndim
+
+    def vjp(g):
+        # the same index may be gathered twice, so scatter with accumulation
+        where_ = list(xp.indices(index.shape, sparse=True))
+        where_[axis] = index
+        return (backend.scatter_add(xp.zeros_like(x.data), tuple(where_), g),)
+
+    return _make(xp.take_along_axis(x.data, index, axis=axis), (x,), vjp)
+
+
+def sort(x, axis=-1):
+    """Sorted values; the gradient flows back through the sorting permutation."""
+    x = tensor(x)
+    xp = backend.xp()
+    order = xp.argsort(x.data, axis=axis, kind="stable")
+
+    def vjp(g):
+        gx = xp.empty_like(g)
+        xp.put_along_axis(gx, order, g, axis=axis)   # a permutation: no collisions
+        return (gx,)
+
+    return _make(xp.take_along_axis(x.data, order, axis=axis), (x,), vjp)
+
+
+# -- the log-space primitives of the notes ----------------------------------------
+
+def _logsumexp(a, axis, keepdims):
+    xp = backend.xp()
+    m = a.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)          # a row of all −inf stays −inf, not NaN
+    with np.errstate(divide="ignore"):          # log 0 = −inf is the right answer there
+        out = m + xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True))
+    return out if keepdims else out.squeeze(axis)
+
+
+def logsumexp(x, axis=-1, keepdims=False):
+    """log Σ_i e^{x_i}, shifted by the maximum; d/dx_i = softmax(x)_i."""
+    x = tensor(x)
+    xp = backend.xp()
+    out = _logsumexp(x.data, axis, keepdims)
+
+    def vjp(g):
+        lse = out if keepdims else xp.expand_dims(out, axis)
+        gk = g if keepdims else xp.expand_dims(g, axis)
+        return (gk * xp.exp(x.data - lse),)
+
+    return _make(out, (x,), vjp)
+
+
+def log_softmax(x, axis=-1):
+    """log p_i = x_i − log Σ_j e^{x_j}; VJP: g − p · Σ_j g_j (notes: next-token log-probabilities)."""
+    x = tensor(x)
+    xp = backend.xp()
+    out = x.data - _logsumexp(x.data, axis, keepdims=True)
+    return _make(out, (x,), lambda g: (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),))
+
+
+def softmax(x, axis=-1):
+    """p_i = e^{x_i} / Σ_j e^{x_j}; VJP: p · (g − Σ_j g_j p_j)."""
+    x = tensor(x)
+    xp = backend.xp()
+    p = xp.exp(x.data - _logsumexp(x.data, axis, keepdims=True))
+    return _make(p, (x,), lambda g: (p * (g - (g * p).sum(axis=axis, keepdims=True)),))
