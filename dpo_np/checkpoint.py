@@ -1,0 +1,274 @@
+"""Saving and loading a model π_θ (with its tokenizer and optimizer) as a directory.
+
+A checkpoint is a directory of plain files, readable without this package:
+
+    params.npz      every parameter under its GPT-2 name (``wte.weight``, ``h.0.ln_1.weight``, ...)
+    config.json     the GPTConfig
+    tokenizer.json  the CharTokenizer                          (when one was given)
+    optimizer.npz   AdamW.state_dict(): moments, step, hyper-parameters   (when one was given)
+    state.json      format version, training step, user ``extra`` (JSON), the files present
+
+Nothing is pickled: loading uses ``np.load(..., allow_pickle=False)`` and ``json``.
+
+Saving never leaves a half-written checkpoint at ``path``: everything is written
+into a fresh sibling directory, then swapped in with renames
+
+    path -> .<name>.bak      (the previous checkpoint, if any)
+    tmp  -> path
+    delete .<name>.bak
+
+A crash before the second rename leaves the previous checkpoint intact (at
+``path``, or at ``.<name>.bak`` between the two renames, where ``load_checkpoint``
+finds it and the next save puts it back first).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from dpo_np import backend
+
+FORMAT_VERSION = 1
+PARAMS, CONFIG, TOKENIZER, OPTIMIZER, STATE = ("params.npz", "config.json", "tokenizer.json",
+                                               "optimizer.npz", "state.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or does not match its model."""
+
+
+def _backup_path(path):
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".bak")
+
+
+def _is_checkpoint(path):
+    return os.path.isfile(os.path.join(path, STATE)) or os.path.isfile(os.path.join(path, PARAMS))
+
+
+# ---- save ---------------------------------------------------------------------------------
+
+def _write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_npz(path, arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:          # not every platform lets a directory be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path, model, tokenizer=None, optimizer=None, step=None, extra=None):
+    """Write ``model`` (and optionally its tokenizer, optimizer, step and JSON ``extra``) to
+    the directory ``path``, atomically replacing any checkpoint already there.
+
+    Refuses to replace a ``path`` that exists but is not a checkpoint (a file, or a
+    non-empty directory without ``state.json``/``params.npz``), so a typo cannot
+    delete an unrelated directory.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))):
+        raise TypeError(f"step must be an int or None, got {step!r}")
+    try:
+        extra_json = json.loads(json.dumps(extra, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"extra must be JSON-serialisable (dicts, lists, str, finite numbers): "
+                        f"{err}") from None
+    backup = _backup_path(path)
+    if os.path.lexists(path):
+        if not os.path.isdir(path) or (os.listdir(path) and not _is_checkpoint(path)):
+            raise ValueError(f"path {path!r} exists and is not a checkpoint directory; "
+                             f"refusing to replace it")
+    elif os.path.isdir(backup):
+        os.replace(backup, path)     # an earlier save died between its renames: put the old one back first
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+
+    state = {"format_version": FORMAT_VERSION, "step": None if step is None else int(step),
+             "extra": extra_json, "files": [PARAMS, CONFIG, STATE]}
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-", dir=parent)
+    try:
+        os.chmod(tmp, 0o755)         # mkdtemp makes 0700; a checkpoint should read like any directory
+        params = {k: backend.to_numpy(p) for k, p in model.params.items()}
+        _write_npz(os.path.join(tmp, PARAMS), params)
+        _write_json(os.path.join(tmp, CONFIG), model.config.to_dict())
+        if tokenizer is not None:
+            _write_json(os.path.join(tmp, TOKENIZER), tokenizer.to_dict())
+            state["files"].append(TOKENIZER)
+        if optimizer is not None:
+            _write_npz(os.path.join(tmp, OPTIMIZER), optimizer.state_dict())
+            state["files"].append(OPTIMIZER)
+        _write_json(os.path.join(tmp, STATE), state)      # written last: its presence marks a whole set
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    had_old = os.path.lexists(path)
+    try:
+        if had_old:
+            if os.path.lexists(backup):
+                shutil.rmtree(backup)  # a stale backup from a save that died after its swap
+            os.replace(path, backup)
+        os.replace(tmp, path)
+    except BaseException:
+        # undo what we can: the previous checkpoint goes back to path, the new files go away
+        if had_old and not os.path.lexists(path) and os.path.isdir(backup):
+            try:
+                os.replace(backup, path)
+            except OSError:
+                pass                   # left at the backup path, where load_checkpoint finds it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+    if had_old:
+        shutil.rmtree(backup, ignore_errors=True)
+    return path
+
+
+# ---- load ---------------------------------------------------------------------------------
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file is missing")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+
+
+def _read_npz(path):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file is missing")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as err:   # bad zip, truncated array, object arrays
+        raise CheckpointError(f"{path}: not a readable .npz archive of plain arrays ({err})") from err
+    except Exception as err:                         # zipfile.BadZipFile and friends
+        raise CheckpointError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from err
+
+
+def load_checkpoint(path):
+    """Read a checkpoint directory written by ``save_checkpoint``.
+
+    Returns ``dict(model=GPT, tokenizer=CharTokenizer or None, optimizer_state=dict or None,
+    step=int or None, extra=..., path=the directory read)``. Restore the optimizer with
+    ``restore_optimizer(ckpt)`` (or ``AdamW(model.params).load_state_dict(ckpt["optimizer_state"])``).
+    Every problem raises ``CheckpointError`` (a ``ValueError``) naming the file and what is wrong;
+    a missing checkpoint raises ``FileNotFoundError``.
+    """
+    from dpo_np.model import GPT, GPTConfig, param_shapes   # lazily: checkpoint.py needs no model to import
+    from dpo_np.optim import AdamW
+    from dpo_np.tokenizer import CharTokenizer
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        backup = _backup_path(path)
+        if os.path.isdir(backup) and _is_checkpoint(backup):
+            path = backup              # a save died between its two renames; the old checkpoint is whole
+        else:
+            raise FileNotFoundError(f"no checkpoint directory at {path}")
+    f = lambda name: os.path.join(path, name)    # noqa: E731
+
+    state = _read_json(f(STATE))
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        version = state.get("format_version") if isinstance(state, dict) else None
+        raise CheckpointError(f"{f(STATE)}: unsupported format_version {version!r} "
+                              f"(this code reads {FORMAT_VERSION})")
+    step = state.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise CheckpointError(f"{f(STATE)}: 'step' must be an int or null, got {step!r}")
+    files = state.get("files")
+    known = (PARAMS, CONFIG, TOKENIZER, OPTIMIZER, STATE)
+    if not isinstance(files, list) or not set(files) <= set(known) or not {PARAMS, CONFIG} <= set(files):
+        raise CheckpointError(f"{f(STATE)}: 'files' must list {PARAMS}, {CONFIG} and optionally "
+                              f"{TOKENIZER}, {OPTIMIZER}; got {files!r}")
+    for name in files:
+        if not os.path.isfile(f(name)):
+            raise CheckpointError(f"{f(name)}: file is missing (listed in {STATE})")
+
+    cfg = _read_json(f(CONFIG))
+    try:
+        config = GPTConfig.from_dict(cfg)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{f(CONFIG)}: not a valid GPTConfig ({err})") from err
+
+    arrays = _read_npz(f(PARAMS))
+    expected = param_shapes(config)
+    missing = [k for k in expected if k not in arrays]
+    extra_names = [k for k in arrays if k not in expected]
+    if missing or extra_names:
+        raise CheckpointError(f"{f(PARAMS)}: parameters do not match {CONFIG} ({config}); "
+                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected {extra_names[:5]}{'...' if len(extra_names) > 5 else ''}")
+    dtypes = {a.dtype for a in arrays.values()}
+    for k, shape in expected.items():
+        a = arrays[k]
+        if tuple(a.shape) != tuple(shape):
+            raise CheckpointError(f"{f(PARAMS)}: parameter {k!r} has shape {tuple(a.shape)}, "
+                                  f"but {CONFIG} ({config}) implies {tuple(shape)}")
+        if a.dtype.kind != "f":
+            raise CheckpointError(f"{f(PARAMS)}: parameter {k!r} has dtype {a.dtype}, expected floating")
+        if not np.all(np.isfinite(a)):
+            raise CheckpointError(f"{f(PARAMS)}: parameter {k!r} contains NaN or inf")
+    if len(dtypes) != 1:
+        raise CheckpointError(f"{f(PARAMS)}: parameters mix dtypes {sorted(map(str, dtypes))}")
+
+    model = GPT(config, dtype=dtypes.pop().type)
+    for k in expected:
+        model.params[k][...] = backend.asarray(arrays[k])          # bit-exact: same dtype
+
+    tokenizer = None
+    if TOKENIZER in files:
+        try:
+            tokenizer = CharTokenizer.from_dict(_read_json(f(TOKENIZER)))
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{f(TOKENIZER)}: {err}") from err
+        if tokenizer.vocab_size > config.vocab_size:
+            raise CheckpointError(f"{f(TOKENIZER)}: tokenizer has {tokenizer.vocab_size} tokens, more than "
+                                  f"the model's vocab_size {config.vocab_size} in {CONFIG}")
+
+    optimizer_state = None
+    if OPTIMIZER in files:
+        optimizer_state = _read_npz(f(OPTIMIZER))
+        try:          # prove now that it fits the model, so the error names the file
+            AdamW(model.params).load_state_dict(optimizer_state)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{f(OPTIMIZER)}: does not fit the parameters in {PARAMS} ({err})") from err
+
+    return dict(model=model, tokenizer=tokenizer, optimizer_state=optimizer_state, step=step,
+                extra=state.get("extra"), path=path)
+
+
+def restore_optimizer(checkpoint, params=None):
+    """An AdamW over ``params`` (default: the loaded model's) in exactly the saved state, so the
+    next ``step`` gives the update the saved run would have given."""
+    from dpo_np.optim import AdamW
+    if checkpoint.get("optimizer_state") is None:
+        raise ValueError("checkpoint has no optimizer state (it was saved without optimizer=...)")
+    opt = AdamW(checkpoint["model"].params if params is None else params)
+    opt.load_state_dict(checkpoint["optimizer_state"])
+    return opt

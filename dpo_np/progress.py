@@ -1,0 +1,85 @@
+"""A tiny progress indicator for training loops, with no dependencies.
+
+    bar = progress(range(300), desc="dpo")
+    for step in bar:
+        ...
+        bar.set_postfix(loss=loss)
+
+shows ``dpo  12/300 [#####...............] 4.1 it/s loss=0.6931``. On a terminal the
+line is redrawn in place with ``\\r`` (at most every ``min_interval`` seconds);
+anywhere else (a CI log, a file) a plain line is written every ``every`` items
+and at the end, so logs stay short.
+"""
+
+import numbers
+import sys
+import time
+
+BAR_WIDTH = 20
+
+
+class progress:
+    """Iterate over ``iterable`` while showing progress on ``file`` (default: sys.stderr at call time).
+
+    ``every``: items between plain lines when ``file`` is not a terminal
+    (default: a tenth of ``total``, or 100 when the total is unknown).
+    """
+
+    def __init__(self, iterable, total=None, desc="", file=None, every=None, min_interval=0.1):
+        if total is None:
+            try:
+                total = len(iterable)
+            except TypeError:
+                total = None
+        if every is not None and (not isinstance(every, int) or every < 1):
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self.iterable = iterable
+        self.total = total
+        self.desc = desc
+        self.file = sys.stderr if file is None else file
+        self.every = every or (max(1, total // 10) if total else 100)
+        self.min_interval = min_interval
+        self.n = 0
+        self.postfix = {}
+        isatty = getattr(self.file, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self._start = self._last_draw = None
+
+    def set_postfix(self, **metrics):
+        """Show these values (e.g. the latest loss) after the rate, from the next redraw on."""
+        self.postfix.update(metrics)
+
+    def line(self):
+        """The text of the indicator now."""
+        elapsed = time.monotonic() - self._start if self._start is not None else 0.0
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            filled = min(BAR_WIDTH, BAR_WIDTH * self.n // self.total)
+            count = f"{self.n}/{self.total} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}]"
+        else:
+            count = f"{self.n} it"
+        post = " ".join(f"{k}={v:.4g}" if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)
+                        else f"{k}={v}"
+                        for k, v in self.postfix.items())
+        parts = (f"{self.desc} " if self.desc else "", count, f"{rate:.1f} it/s", post)
+        return " ".join(s for s in parts if s)
+
+    def _draw(self, final=False):
+        if self.tty:
+            now = time.monotonic()
+            if final or self._last_draw is None or now - self._last_draw >= self.min_interval:
+                self.file.write("\r" + self.line() + ("\n" if final else ""))
+                self.file.flush()
+                self._last_draw = now
+        elif final or self.n % self.every == 0:
+            self.file.write(self.line() + "\n")
+            self.file.flush()
+
+    def __iter__(self):
+        self._start = time.monotonic()
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            if self.n != self.total:     # the last item is drawn once, as the final line
+                self._draw()
+        self._draw(final=True)
