@@ -398,9 +398,17 @@ def getitem(x, index):
 
     def vjp(g):
         gx = backend.xp().zeros_like(x.data)
+        if _is_basic_index(index):      # a view: each entry picked at most once, plain assignment
+            gx[index] = g
+            return (gx,)
         return (backend.scatter_add(gx, index, g),)
 
     return _make(x.data[index], (x,), vjp)
+
+
+def _is_basic_index(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(p is None or p is Ellipsis or isinstance(p, (slice, int, np.integer)) for p in parts)
 
 
 def concatenate(tensors, axis=0):
