@@ -1,0 +1,181 @@
+"""log π(y|x) of whole responses from a model's logits (the notes: "Computing the log probabilities").
+
+A decoder-only model's logits at position t score the token at t + 1, so the
+log-probability of a response is the sum, over its tokens, of the log-softmax of
+the previous position's logits at the token that came next:
+
+    log π(y|x) = Σ_t log softmax(z_{t−1})[y_t]     (the "product of next-token
+                                                     probabilities", in log space)
+
+Labels hold the ids of the sequence with every position that is not part of the
+response (prompt, padding) set to ``label_pad_token_id`` (−100); those positions
+are masked out. This is exactly the notes' ``get_batch_logps``: shift the labels
+left and drop the last logit (unless encoder–decoder), mask = labels ≠ pad,
+replace the pad labels by a dummy id 0 before the gather (on a copy), then a
+masked sum or mean per sequence.
+
+Two paths share that first half (``get_per_token_logps``):
+- the formula side: ``get_batch_logps`` on an autograd Tensor of logits builds
+  the graph from ``log_softmax`` and ``gather`` (a plain array gives a plain array);
+- the model side: ``batch_logps_forward``/``batch_logps_backward``, a
+  hand-written pair that hands dL/dlogits back to the model's own backward.
+
+A sequence with no unmasked token (a response truncated to nothing) has
+log-probability 0.0 for the sum and 0.0 for the mean — never 0/0 = NaN — and
+passes no gradient.
+"""
+
+import numpy as np
+
+from . import autograd as ag
+from . import backend
+
+
+def get_per_token_logps(logits, labels, label_pad_token_id=-100, is_encoder_decoder=False):
+    """log π(y_t | x, y_<t) at every response position, and the mask of those positions.
+
+    logits: (B, T, V) plain array or autograd Tensor; labels: (B, T) integers.
+    Returns (per_token_logps, loss_mask), both (B, T') with T' = T − 1 for a decoder-only
+    model (the shift) and T' = T for an encoder–decoder. per_token_logps at masked
+    positions holds the log-probability of the dummy token 0 — multiply by the mask (or
+    use ``get_batch_logps``) before summing. A Tensor in gives a Tensor out.
+    """
+    data = logits.data if isinstance(logits, ag.Tensor) else backend.asarray(logits)
+    labels, loss_mask = _shifted_labels(data, labels, label_pad_token_id, is_encoder_decoder)
+    if isinstance(logits, ag.Tensor):
+        z = logits if is_encoder_decoder else logits[:, :-1, :]          # (B, T', V)
+        picked = ag.gather(ag.log_softmax(z, axis=-1), labels[..., None], axis=-1)
+        return ag.reshape(picked, labels.shape), loss_mask
+    z = data if is_encoder_decoder else data[:, :-1, :]
+    per_token_logps, _ = _token_logps(z, labels)
+    return per_token_logps, loss_mask
+
+
+def get_batch_logps(logits, labels, average_log_prob=False, label_pad_token_id=-100,
+                    is_encoder_decoder=False):
+    """log π(y|x) per sequence: Σ_t m_t log π(y_t | x, y_<t), or that sum / Σ_t m_t.
+
+    The notes' ``get_batch_logps`` (the log π_θ(y_w|x), log π_ref(y_l|x), ... of L_DPO,
+    DPO paper eq. 7). Sum for DPO (the notes and the paper); ``average_log_prob=True``
+    for the per-token mean that IPO and length-normalised DPO use. Returns (B,): a Tensor
+    when ``logits`` is a Tensor (built from the autograd's log_softmax and gather), else a
+    plain array. An all-masked row gives 0.0 for both sum and mean.
+    """
+    per_token_logps, loss_mask = get_per_token_logps(logits, labels, label_pad_token_id,
+                                                     is_encoder_decoder)
+    scale = _row_scale(loss_mask, average_log_prob, per_token_logps.dtype)    # (B,) or None
+    if isinstance(per_token_logps, ag.Tensor):
+        total = ag.where(loss_mask, per_token_logps, 0.0).sum(axis=-1)
+        return total if scale is None else total * scale
+    total = backend.xp().where(loss_mask, per_token_logps, 0).sum(axis=-1)
+    return total if scale is None else total * scale
+
+
+# -- the model-side pair: forward, then its backward -----------------------------------
+
+def batch_logps_forward(logits, labels, average_log_prob=False, label_pad_token_id=-100,
+                        is_encoder_decoder=False):
+    """``get_batch_logps`` on a plain array, plus the cache ``batch_logps_backward`` needs.
+
+    logits (B, T, V) float32 or float64 (the dtype is kept); returns (logps (B,), cache).
+    The cache holds a reference to ``logits`` (no copy), the log-normaliser (B, T'), the
+    labels (B, T') and the per-row weights (B, T'): the (B, T', V) log-softmax is never
+    stored, the backward recomputes the softmax from the logits in one pass.
+    """
+    if isinstance(logits, ag.Tensor):
+        raise TypeError("batch_logps_forward takes a plain array of logits; "
+                        "for an autograd Tensor use get_batch_logps")
+    logits = backend.asarray(logits)
+    if logits.dtype.kind != "f":
+        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+    labels, loss_mask = _shifted_labels(logits, labels, label_pad_token_id, is_encoder_decoder)
+    z = logits if is_encoder_decoder else logits[:, :-1, :]                     # (B, T', V)
+    per_token_logps, lse = _token_logps(z, labels)                              # (B, T'), (B, T')
+    xp = backend.xp()
+    total = xp.where(loss_mask, per_token_logps, 0).sum(axis=-1)               # (B,)
+    weights = loss_mask.astype(logits.dtype)                                    # (B, T')
+    scale = _row_scale(loss_mask, average_log_prob, logits.dtype)
+    if scale is not None:
+        weights *= scale[:, None]
+    logps = total if scale is None else total * scale
+    cache = (logits, lse, labels, weights, is_encoder_decoder)
+    return logps, cache
+
+
+# With s_b = 1 (sum) or 1/max(n_b, 1) (mean, n_b unmasked tokens), the forward was
+#     logps_b = s_b Σ_t m_bt (z_bt[y_bt] − logsumexp_v z_btv)
+# and ∂(z[y] − logsumexp z)/∂z_v = 1[v = y] − softmax(z)_v, so
+#     dlogits_btv = dlogps_b · s_b · m_bt · (onehot(y_bt)_v − p_btv),   p_bt = softmax(z_bt)
+# for t < T' and 0 at the last position, whose logits score no label (decoder-only).
+# Masked positions and empty rows have weight 0 and get exactly zero gradient.
+def batch_logps_backward(dlogps, cache):
+    """dL/dlogits (B, T, V) from dL/dlogps (B,), the backward of ``batch_logps_forward``."""
+    logits, lse, labels, weights, is_encoder_decoder = cache
+    xp = backend.xp()
+    B = logits.shape[0]
+    dlogps = xp.asarray(dlogps)
+    if dlogps.shape != (B,):
+        raise ValueError(f"dlogps must have shape ({B},) (one gradient per sequence), got {dlogps.shape}")
+    w = weights * dlogps.astype(logits.dtype, copy=False)[:, None]              # (B, T')
+    dlogits = xp.zeros_like(logits) if not is_encoder_decoder else xp.empty_like(logits)
+    d = dlogits if is_encoder_decoder else dlogits[:, :-1, :]                   # a view, (B, T', V)
+    z = logits if is_encoder_decoder else logits[:, :-1, :]
+    # −w·p, written into the output buffer: one (B, T', V) pass, no temporaries of that size
+    xp.subtract(z, lse[..., None], out=d)
+    xp.exp(d, out=d)
+    xp.multiply(d, -w[..., None], out=d)
+    # + w at the label of each position: one entry per (b, t), so plain fancy-index addition is safe
+    b_idx, t_idx = xp.arange(labels.shape[0])[:, None], xp.arange(labels.shape[1])[None, :]
+    d[b_idx, t_idx, labels] += w
+    return dlogits
+
+
+# -- the shared pieces ------------------------------------------------------------------------
+
+def _token_logps(z, labels):
+    """log softmax(z)[y] = z[y] − logsumexp(z) with the max shift; returns it and logsumexp, (B, T')."""
+    xp = backend.xp()
+    m = z.max(axis=-1, keepdims=True)                                            # (B, T', 1)
+    e = z - m                                  # the only (B, T', V) temporary, exponentiated in place
+    xp.exp(e, out=e)
+    lse = xp.log(e.sum(axis=-1)) + m[..., 0]                                     # (B, T')
+    del e
+    picked = xp.take_along_axis(z, labels[..., None], axis=-1)[..., 0]          # (B, T')
+    return picked - lse, lse
+
+
+def _row_scale(loss_mask, average_log_prob, dtype):
+    """1/n_b per row for the mean (n_b unmasked tokens; an empty row gets 0, not 1/0), None for the sum."""
+    if not average_log_prob:
+        return None
+    xp = backend.xp()
+    count = loss_mask.sum(axis=-1)                                               # (B,)
+    return xp.where(count > 0, 1.0 / xp.maximum(count, 1), 0.0).astype(dtype)
+
+
+def _shifted_labels(logits, labels, label_pad_token_id, is_encoder_decoder):
+    """Checked labels after the shift with pads replaced by 0 (a new array), and the mask (B, T')."""
+    xp = backend.xp()
+    if isinstance(labels, ag.Tensor):
+        labels = labels.data
+    labels = xp.asarray(labels)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape (B, T, V), got {tuple(logits.shape)}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must hold integer token ids, got dtype {labels.dtype}")
+    if tuple(logits.shape[:-1]) != tuple(labels.shape):
+        raise ValueError(f"logits (batch and sequence dims) and labels must have the same shape: "
+                         f"logits has shape {tuple(logits.shape)}, labels has shape {tuple(labels.shape)}")
+    if not is_encoder_decoder:
+        labels = labels[:, 1:]          # token t + 1 is scored by the logits at t
+    loss_mask = labels != label_pad_token_id                                     # (B, T')
+    V = logits.shape[-1]
+    bad = loss_mask & ((labels < 0) | (labels >= V))
+    if bool(bad.any()):
+        b, t = (int(i) for i in xp.argwhere(bad)[0])
+        raise ValueError(f"labels hold id {int(labels[b, t])} at (row {b}, position "
+                         f"{t if is_encoder_decoder else t + 1}), outside [0, {V}) and not "
+                         f"label_pad_token_id={label_pad_token_id}")
+    # the dummy id 0 keeps the gather in range; the mask removes what it picks (a new array:
+    # the caller's labels are never written)
+    return xp.where(loss_mask, labels, 0).astype(xp.intp, copy=False), loss_mask
