@@ -1,0 +1,383 @@
+"""Preference data: load it, check it, tokenize it, batch it.
+
+A preference dataset is what the notes ask people to produce instead of
+scores: for a prompt x, a chosen answer y_w and a rejected answer y_l, as
+``{"prompt": x, "chosen": y_w, "rejected": y_l}`` — the layout of the public
+preference datasets. Supervised fine-tuning (SFT) data is
+``{"prompt": x, "response": y}``.
+
+The path from records to the arrays of one DPO step:
+
+    load_preferences(path)          records, every problem named by file and line
+    tokenize_preference(tok, rec)   prompt_ids | chosen_ids, rejected_ids (each ends with eos)
+    collate_preferences(features)   input_ids, attention_mask, labels  (2B, T): chosen rows, then rejected
+
+JSONL rules (both loaders):
+
+- one JSON object per line, UTF-8; keys beyond the required ones are kept;
+- blank (whitespace-only) lines hold no record and are ignored — they are
+  counted in the report and line numbers still count them, so a reported line
+  is the line an editor shows;
+- a record is invalid when its line is not JSON, it is not an object, a
+  required key is missing, a value is not a string, a value is empty or only
+  whitespace, it repeats an earlier record (the same required values), or
+  (preferences only) chosen == rejected.
+
+By default the first invalid record raises ``ValueError`` naming the file and
+line (``data.jsonl:7``), or the list index (``records[6]``) for an in-memory
+list. With ``skip_invalid=True`` the loader returns ``(records, report)``:
+the valid records, and a report of everything it left out, so nothing
+disappears unseen::
+
+    {"source": "data.jsonl", "read": 10, "kept": 8, "blank_lines": 1,
+     "skipped": {"duplicate": 1, "empty": 1},                   # counts by reason
+     "problems": [{"where": "data.jsonl:4", "line": 4, "reason": "empty",
+                   "message": "data.jsonl:4: 'chosen' is empty"}, ...]}
+
+(``read`` counts records, not blank lines; ``line`` is the list index for a list.)
+"""
+
+import json
+import os
+
+import numpy as np
+
+from dpo_np import backend
+
+PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
+SFT_KEYS = ("prompt", "response")
+LABEL_PAD_TOKEN_ID = -100
+
+# The chat template, in one place: every prompt the model ever sees goes through it.
+PROMPT_TEMPLATE = "Q: {prompt}\nA: "
+
+REASONS = ("invalid_json", "not_an_object", "missing_key", "not_a_string", "empty", "duplicate",
+           "chosen_equals_rejected")
+
+
+def format_prompt(prompt):
+    """The prompt x as the model reads it: ``"Q: " + prompt + "\\nA: "``.
+
+    The response y follows directly, so π(y|x) is the probability of the
+    response's tokens after these ones.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    return PROMPT_TEMPLATE.format(prompt=prompt)
+
+
+# ---- loading and validation -------------------------------------------------------
+
+
+def _problem(record, keys):
+    """(reason, message) for the first thing wrong with one record, or None."""
+    if not isinstance(record, dict):
+        return "not_an_object", f"expected a JSON object with keys {list(keys)}, got {type(record).__name__}"
+    for key in keys:
+        if key not in record:
+            return "missing_key", f"missing key {key!r} (a record needs {list(keys)})"
+    for key in keys:
+        if not isinstance(record[key], str):
+            return "not_a_string", f"{key!r} must be a string, got {type(record[key]).__name__}"
+    for key in keys:
+        if not record[key].strip():
+            return "empty", f"{key!r} is empty" + (" (only whitespace)" if record[key] else "")
+    if "chosen" in keys and record["chosen"] == record["rejected"]:
+        return "chosen_equals_rejected", "'chosen' and 'rejected' are the same text, so there is no preference"
+    return None
+
+
+_BLANK = object()        # a blank JSONL line: no record, no problem
+
+
+def _entries(source):
+    """Yield (where, line_or_index, record, problem) for every record of ``source``.
+
+    ``problem`` is set here only for what must be caught while reading
+    (invalid JSON or UTF-8); blank lines are yielded with record ``_BLANK``.
+    """
+    if isinstance(source, (list, tuple)):
+        for i, record in enumerate(source):
+            yield f"records[{i}]", i, record, None
+        return
+    path = os.fspath(source)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                yield where, lineno, None, ("invalid_json", f"not UTF-8 ({err})")
+                continue
+            if not text.strip():
+                yield where, lineno, _BLANK, None
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                yield where, lineno, None, ("invalid_json", f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            yield where, lineno, record, None
+
+
+def _load(source, keys, skip_invalid):
+    """The loader both record kinds share; see the module docstring for the rules."""
+    if isinstance(source, (list, tuple)):
+        name = f"records (a list of {len(source)})"
+    elif isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+    else:
+        raise TypeError(f"source must be a path to a .jsonl file or a list of dicts, got {type(source).__name__}")
+    records, problems, first_seen = [], [], {}
+    read = blank = 0
+    for where, line, record, problem in _entries(source):
+        if record is _BLANK:
+            blank += 1
+            continue
+        read += 1
+        if problem is None:
+            problem = _problem(record, keys)
+        if problem is None:
+            identity = tuple(record[k] for k in keys)
+            if identity in first_seen:
+                problem = ("duplicate", f"duplicate of the record at {first_seen[identity]}")
+            else:
+                first_seen[identity] = where
+        if problem is not None:
+            reason, message = problem
+            message = f"{where}: {message}"
+            if not skip_invalid:
+                raise ValueError(message + " (pass skip_invalid=True to skip invalid records with a report)")
+            problems.append({"where": where, "line": line, "reason": reason, "message": message})
+            continue
+        records.append(dict(record))
+    if not records and not skip_invalid:
+        raise ValueError(f"{name}: holds no records")
+    counts = {}
+    for p in problems:
+        counts[p["reason"]] = counts.get(p["reason"], 0) + 1
+    report = {"source": name, "read": read, "kept": len(records), "blank_lines": blank,
+              "skipped": counts, "problems": problems}
+    return (records, report) if skip_invalid else records
+
+
+def load_preferences(source, skip_invalid=False):
+    """Preference records ``{"prompt": x, "chosen": y_w, "rejected": y_l}``.
+
+    ``source`` is a path to a JSONL file or a list of dicts. Returns the list
+    of records; with ``skip_invalid=True`` returns ``(records, report)`` (see
+    the module docstring). Raises ``ValueError`` naming the file and line (or
+    list index) of the first invalid record otherwise, and for a source with
+    no records at all.
+    """
+    return _load(source, PREFERENCE_KEYS, skip_invalid)
+
+
+def load_sft(source, skip_invalid=False):
+    """SFT records ``{"prompt": x, "response": y}``, with the same rules and
+    return values as ``load_preferences``."""
+    return _load(source, SFT_KEYS, skip_invalid)
+
+
+# ---- tokenization ------------------------------------------------------------------
+
+
+def _check_lengths(max_length, max_prompt_length):
+    for name, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if max_prompt_length >= max_length:
+        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length "
+                         f"({max_length}), so every response keeps at least one token")
+
+
+def _check_record(record, keys):
+    problem = _problem(record, keys)
+    if problem is not None:
+        raise ValueError(f"record: {problem[1]}")
+
+
+def _prompt_ids(tokenizer, prompt, max_prompt_length):
+    # keep the END of the prompt: the question and the "A: " cue sit there
+    ids = tokenizer.encode(format_prompt(prompt))
+    return ids[-max_prompt_length:]
+
+
+def _response_ids(tokenizer, response, budget):
+    # keep the START of the response; a cut response loses its eos, as in the
+    # standard trainers (the model is not taught to stop where the cut fell)
+    ids = tokenizer.encode(response) + [tokenizer.eos_token_id]
+    return ids[:budget]
+
+
+def tokenize_preference(tokenizer, record, max_length, max_prompt_length):
+    """Token ids of x, y_w and y_l, tokenized SEPARATELY.
+
+    The prompt ``format_prompt(x)`` and each response are encoded on their own
+    and only then concatenated, so no token straddles the prompt/response
+    boundary and π(y|x) scores exactly the response's tokens. Each response
+    ends with ``tokenizer.eos_token_id``.
+
+    Truncation: the prompt keeps its last ``max_prompt_length`` tokens; each
+    response keeps its first ``max_length - len(prompt_ids)`` tokens, so
+    ``len(prompt_ids) + len(response_ids) <= max_length``. Because
+    ``max_prompt_length < max_length`` is required, a response always keeps
+    at least one token (its eos, if the text is empty): a response is never
+    truncated to nothing.
+
+    Returns ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` (lists of int).
+    """
+    _check_lengths(max_length, max_prompt_length)
+    _check_record(record, PREFERENCE_KEYS)
+    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length)
+    budget = max_length - len(prompt_ids)
+    return {"prompt_ids": prompt_ids,
+            "chosen_ids": _response_ids(tokenizer, record["chosen"], budget),
+            "rejected_ids": _response_ids(tokenizer, record["rejected"], budget)}
+
+
+def tokenize_sft(tokenizer, record, max_length, max_prompt_length):
+    """``{"prompt_ids", "response_ids"}`` for an SFT record, with the same
+    boundary and truncation rules as ``tokenize_preference``."""
+    _check_lengths(max_length, max_prompt_length)
+    _check_record(record, SFT_KEYS)
+    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length)
+    return {"prompt_ids": prompt_ids,
+            "response_ids": _response_ids(tokenizer, record["response"], max_length - len(prompt_ids))}
+
+
+# ---- collation ---------------------------------------------------------------------
+
+
+def _pad(prompts, responses, pad_token_id, label_pad_token_id):
+    """Right-padded (N, T) input_ids, attention_mask and labels for N prompt+response rows.
+
+    labels[i, t] = input_ids[i, t] on response tokens and ``label_pad_token_id``
+    on prompt tokens and padding. They stay aligned with input_ids: the
+    log-prob function drops the first label and the last logit, so the logit
+    at t scores the label at t+1 (the notes' ``get_batch_logps``).
+    """
+    for name, value in (("pad_token_id", pad_token_id), ("label_pad_token_id", label_pad_token_id)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    N = len(prompts)
+    T = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    input_ids = np.full((N, T), pad_token_id, dtype=np.int64)            # (N, T)
+    attention_mask = np.zeros((N, T), dtype=np.int64)                     # (N, T)
+    labels = np.full((N, T), label_pad_token_id, dtype=np.int64)          # (N, T)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        P, R = len(p), len(r)
+        input_ids[i, :P] = p
+        input_ids[i, P:P + R] = r
+        attention_mask[i, :P + R] = 1
+        labels[i, P:P + R] = r
+    if any(label_pad_token_id in r for r in responses):
+        # a real target equal to the masking value would be silently masked out
+        raise ValueError(f"label_pad_token_id ({label_pad_token_id}) is the id of a real response token; "
+                         f"use a negative value such as -100")
+    return {"input_ids": backend.asarray(input_ids, dtype=np.int64),
+            "attention_mask": backend.asarray(attention_mask, dtype=np.int64),
+            "labels": backend.asarray(labels, dtype=np.int64)}
+
+
+def _ids(features, i, key):
+    f = features[i]
+    if not isinstance(f, dict) or key not in f:
+        raise ValueError(f"features[{i}]: missing {key!r}")
+    ids = f[key]
+    if any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0 for t in ids):
+        raise ValueError(f"features[{i}][{key!r}]: ids must be non-negative ints")
+    return list(ids)
+
+
+def _check_features(features):
+    if not isinstance(features, (list, tuple)) or len(features) == 0:
+        raise ValueError(f"features must be a non-empty list, got {features!r:.60}")
+
+
+def collate_preferences(features, pad_token_id, label_pad_token_id=LABEL_PAD_TOKEN_ID):
+    """One concatenated forward for B preference pairs, as the DPO reference trainer does.
+
+    Returns int64 arrays (on the backend in use), each (2B, T):
+
+    - ``input_ids``: rows 0..B-1 are x ⊕ y_w (chosen), rows B..2B-1 are
+      x ⊕ y_l (rejected), in the order of ``features``; right-padded with
+      ``pad_token_id``; T is the longest row;
+    - ``attention_mask``: 1 on real tokens, 0 on padding;
+    - ``labels``: input_ids with ``label_pad_token_id`` on the prompt tokens
+      and the padding, so only the response's tokens count in log π(y|x).
+
+    Row i and row B+i share their prompt, so ``logps[:B] - logps[B:]``
+    compares y_w and y_l for the same x.
+    """
+    _check_features(features)
+    n = len(features)
+    prompts = [_ids(features, i, "prompt_ids") for i in range(n)]
+    chosen = [_ids(features, i, "chosen_ids") for i in range(n)]
+    rejected = [_ids(features, i, "rejected_ids") for i in range(n)]
+    return _pad(prompts + prompts, chosen + rejected, pad_token_id, label_pad_token_id)
+
+
+def collate_sft(features, pad_token_id, label_pad_token_id=LABEL_PAD_TOKEN_ID):
+    """(B, T) ``input_ids``, ``attention_mask``, ``labels`` for SFT features,
+    with the same layout rules as ``collate_preferences``: the loss counts
+    only the response's tokens."""
+    _check_features(features)
+    n = len(features)
+    prompts = [_ids(features, i, "prompt_ids") for i in range(n)]
+    responses = [_ids(features, i, "response_ids") for i in range(n)]
+    return _pad(prompts, responses, pad_token_id, label_pad_token_id)
+
+
+# ---- batching and splitting --------------------------------------------------------
+
+
+def batch_indices(n, batch_size, seed=None, shuffle=True, drop_last=False):
+    """Yield index arrays covering ``range(n)`` once (one epoch).
+
+    With ``shuffle`` the order is a permutation drawn from ``seed``; the same
+    seed gives the same batches, so pass ``seed + epoch`` for a new order
+    each epoch. The last batch is smaller unless ``drop_last``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    order = backend.rng(seed).permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def batches(dataset, batch_size, seed=None, shuffle=True, drop_last=False, collate=None):
+    """Yield lists of items of ``dataset`` (``collate(items)`` if given), one epoch,
+    in the order of ``batch_indices``."""
+    for idx in batch_indices(len(dataset), batch_size, seed, shuffle, drop_last):
+        items = [dataset[int(i)] for i in idx]
+        yield items if collate is None else collate(items)
+
+
+def split(records, eval_fraction, seed, key="prompt"):
+    """``(train, eval)``: a seeded split that never puts one prompt in both.
+
+    Records are grouped by ``record[key]`` (``key=None``: each record is its
+    own group), ``round(eval_fraction * groups)`` groups go to eval, and both
+    parts keep the input order. The same seed gives the same split.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
+    groups = {}
+    for i, r in enumerate(records):
+        groups.setdefault(i if key is None else r[key], []).append(i)
+    names = list(groups)
+    n_eval = int(round(eval_fraction * len(names)))
+    if not 0 < n_eval < len(names):
+        raise ValueError(f"eval_fraction={eval_fraction} of {len(names)} groups leaves an empty split "
+                         f"({n_eval} for eval)")
+    chosen = backend.rng(seed).permutation(len(names))[:n_eval]
+    in_eval = {i for g in chosen for i in groups[names[g]]}
+    train = [r for i, r in enumerate(records) if i not in in_eval]
+    held_out = [r for i, r in enumerate(records) if i in in_eval]
+    return train, held_out
