@@ -169,16 +169,18 @@ def _read_npz(path):
         raise CheckpointError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from err
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, model_class=None):
     """Read a checkpoint directory written by ``save_checkpoint``.
 
-    Returns ``dict(model=GPT, tokenizer=CharTokenizer or None, optimizer_state=dict or None,
-    step=int or None, extra=..., path=the directory read)``. Restore the optimizer with
+    Returns ``dict(model=model_class, tokenizer=CharTokenizer or None, optimizer_state=dict or None,
+    step=int or None, extra=..., path=the directory read)``. ``model_class`` (default ``GPT``) is
+    built as ``model_class(config, dtype=...)`` and must say which parameters it holds with
+    ``model_class.param_shapes(config)`` (a reward model adds its head to the GPT's). Restore the optimizer with
     ``restore_optimizer(ckpt)`` (or ``AdamW(model.params).load_state_dict(ckpt["optimizer_state"])``).
     Every problem raises ``CheckpointError`` (a ``ValueError``) naming the file and what is wrong;
     a missing checkpoint raises ``FileNotFoundError``.
     """
-    from dpo_np.model import GPT, GPTConfig, param_shapes   # lazily: checkpoint.py needs no model to import
+    from dpo_np.model import GPT, GPTConfig                 # lazily: checkpoint.py needs no model to import
     from dpo_np.optim import AdamW
     from dpo_np.tokenizer import CharTokenizer
 
@@ -214,8 +216,9 @@ def load_checkpoint(path):
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{f(CONFIG)}: not a valid GPTConfig ({err})") from err
 
+    model_class = GPT if model_class is None else model_class
     arrays = _read_npz(f(PARAMS))
-    expected = param_shapes(config)
+    expected = model_class.param_shapes(config)
     missing = [k for k in expected if k not in arrays]
     extra_names = [k for k in arrays if k not in expected]
     if missing or extra_names:
@@ -235,7 +238,7 @@ def load_checkpoint(path):
     if len(dtypes) != 1:
         raise CheckpointError(f"{f(PARAMS)}: parameters mix dtypes {sorted(map(str, dtypes))}")
 
-    model = GPT(config, dtype=dtypes.pop().type)
+    model = model_class(config, dtype=dtypes.pop().type)
     for k in expected:
         model.params[k][...] = backend.asarray(arrays[k])          # bit-exact: same dtype
 

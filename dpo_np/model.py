@@ -356,6 +356,8 @@ class GPT:
     own head; ``forward`` = body + tied LM head, ``backward`` = head backward + ``backward_body``.
     """
 
+    param_shapes = staticmethod(param_shapes)
+
     def __init__(self, config, seed=0, dtype=None):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")

@@ -21,16 +21,14 @@ dL/dh for the body's own ``backward_body``. DPO needs none of this — that is t
 point of the notes — but it is what DPO replaces, so here it is, proven the same way.
 """
 
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend
-from dpo_np.checkpoint import save_checkpoint
+from dpo_np.checkpoint import load_checkpoint, save_checkpoint
 from dpo_np.data import collate_preferences, load_preferences, tokenize_preference
 from dpo_np.model import GPT, GPTConfig, param_shapes
 from dpo_np.rlhf import bradley_terry_loss
@@ -99,6 +97,11 @@ class RewardModel:
         self.head_grads = None
         self._cache = None
 
+    @staticmethod
+    def param_shapes(config):
+        """The GPT body's parameters and the scalar head's."""
+        return {**param_shapes(config), "score.weight": (config.n_embd,), "score.bias": (1,)}
+
     config = property(lambda self: self.body.config)
     dtype = property(lambda self: self.body.dtype)
 
@@ -149,40 +152,9 @@ class RewardModel:
 # ---- checkpoints: the GPT layout plus the head ----------------------------------------------
 
 def load_reward_model(path):
-    """Read a reward-model checkpoint written by ``RewardTrainer.save`` (``checkpoint.save_checkpoint``
-    of the whole model: the GPT's files, with ``score.*`` in params.npz). Returns the dict of
-    ``checkpoint.load_checkpoint``: model, tokenizer, optimizer_state, step, extra, path."""
-    from dpo_np.tokenizer import CharTokenizer
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
-
-    def read_json(name):
-        with open(os.path.join(path, name), encoding="utf-8") as f:
-            return json.load(f)
-
-    def read_npz(name):
-        with np.load(os.path.join(path, name), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-
-    state = read_json("state.json")
-    config = GPTConfig.from_dict(read_json("config.json"))
-    arrays = read_npz("params.npz")
-    expected = dict(param_shapes(config), **{"score.weight": (config.n_embd,), "score.bias": (1,)})
-    if set(arrays) != set(expected):
-        raise ValueError(f"{path}/params.npz: not a reward model's parameters (missing "
-                         f"{sorted(set(expected) - set(arrays))[:5]}, unexpected {sorted(set(arrays) - set(expected))[:5]})")
-    for k, shape in expected.items():
-        if tuple(arrays[k].shape) != tuple(shape):
-            raise ValueError(f"{path}/params.npz: {k!r} has shape {arrays[k].shape}, expected {shape}")
-    rm = RewardModel(config, dtype=arrays["wte.weight"].dtype.type)
-    for k, p in rm.params.items():
-        p[...] = backend.asarray(arrays[k])
-    files = state.get("files", [])
-    tokenizer = CharTokenizer.from_dict(read_json("tokenizer.json")) if "tokenizer.json" in files else None
-    optimizer_state = read_npz("optimizer.npz") if "optimizer.npz" in files else None
-    return dict(model=rm, tokenizer=tokenizer, optimizer_state=optimizer_state, step=state.get("step"),
-                extra=state.get("extra"), path=path)
+    """Read a reward-model checkpoint written by ``RewardTrainer.save``: ``checkpoint.load_checkpoint``
+    with the GPT's parameters plus ``score.*``. Returns its dict (model, tokenizer, optimizer_state, ...)."""
+    return load_checkpoint(path, model_class=RewardModel)
 
 
 # ---- training --------------------------------------------------------------------------------
