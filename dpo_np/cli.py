@@ -59,6 +59,27 @@ def _figure(plot, result, path):
     print(f"figure written to {plot(result, path)}")
 
 
+def _sft(args):
+    from .sft import run_sft
+
+    run_sft(output_dir=args.output_dir, max_steps=args.steps, learning_rate=args.lr,
+            batch_size=args.batch_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+            block_size=args.block_size, seed=args.seed, show_progress=not args.quiet)
+    return 0
+
+
+def _generate(args):
+    from .checkpoint import load_checkpoint
+    from .sft import greedy_answer
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt["tokenizer"] is None:
+        raise ValueError(f"checkpoint {args.checkpoint} holds no tokenizer.json: cannot encode a prompt")
+    for prompt in args.prompts:
+        print(f"Q: {prompt}\nA: {greedy_answer(ckpt['model'], ckpt['tokenizer'], prompt)}")
+    return 0
+
+
 def _bench(args):
     if args.what == "closed-form":
         from .bench_closed_form import bench_closed_form
@@ -93,6 +114,29 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="print only the summary, not the table as it trains")
     p.set_defaults(func=_closed_form)
 
+    p = sub.add_parser("sft", help="supervised fine-tuning of a small GPT on the embedded toy corpus",
+                       description="Train the NumPy GPT (hand-written backprop) on the toy prompt/response "
+                                   "corpus with the loss on response tokens only, save a checkpoint, and "
+                                   "print greedy answers to the notes' three prompts.")
+    p.add_argument("--output-dir", default="runs/sft", help="metrics and checkpoints (default runs/sft)")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="optimizer steps (default 2000)")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate (default 3e-3)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per step (default 16)")
+    p.add_argument("--n-layer", type=_positive_int, default=3, help="transformer blocks (default 3)")
+    p.add_argument("--n-head", type=_positive_int, default=4, help="attention heads (default 4)")
+    p.add_argument("--n-embd", type=_positive_int, default=96, help="channels (default 96)")
+    p.add_argument("--block-size", type=_positive_int, default=160, help="context length (default 160)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    p.set_defaults(func=_sft)
+
+    p = sub.add_parser("generate", help="greedy answers from a saved checkpoint",
+                       description="Load a checkpoint (parameters, config, tokenizer) and answer each prompt "
+                                   "greedily, stopping at the end token.")
+    p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/sft/final")
+    p.add_argument("prompts", nargs="+", help="questions, e.g. 'What is 2+2?'")
+    p.set_defaults(func=_generate)
+
     p = sub.add_parser("bench", help="benchmarks (timings, not tests)",
                        description="Time the heavy paths on this machine and print a report.")
     p.add_argument("what", choices=["closed-form", "model"], help="what to time")
@@ -104,6 +148,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:     # bad input: a message, not a traceback
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -43,3 +43,17 @@ def test_closed_form_prints_the_final_kl_and_the_failure_modes(capsys):
 def test_bad_option_values_are_rejected_with_the_option_name():
     out = run("closed-form", "--beta", "-1")
     assert out.returncode == 2 and "--beta" in out.stderr and "must be > 0" in out.stderr
+
+
+def test_generate_answers_from_a_checkpoint_and_names_a_missing_one(tmp_path, capsys):
+    from dpo_np.checkpoint import save_checkpoint
+    from dpo_np.model import GPT, GPTConfig
+    from dpo_np.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.from_corpus("Q: What is 2+2?\nA: 4")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=1, n_embd=8))
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer=tok)
+    assert main(["generate", str(tmp_path / "ckpt"), "What is 2+2?"]) == 0
+    assert capsys.readouterr().out.startswith("Q: What is 2+2?\nA: ")
+    assert main(["generate", str(tmp_path / "nowhere"), "What is 2+2?"]) == 2
+    assert "no checkpoint directory" in capsys.readouterr().err
