@@ -38,15 +38,14 @@ learning rate serve every setting. The loss is full-batch and convex in θ, so
 no noise, no schedule and no weight decay are needed.
 """
 
-import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend, losses, rlhf, toy
+from dpo_np.plots import save_figure
 from dpo_np.progress import progress as progress_bar
 
 DEFAULT_PAIRS = 2_000_000
@@ -251,17 +250,4 @@ def plot_closed_form(result, path="figures/closed_form.png"):
     ax_pi.legend(fontsize="small")
     fig.tight_layout()
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".closed_form-", suffix="." + fmt)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_figure(fig, path, dpi=120)

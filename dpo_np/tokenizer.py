@@ -18,7 +18,8 @@ thirteen characters, not the end token, unless ``allowed_special=True``. Append
 
 import json
 import os
-import tempfile
+
+from dpo_np.files import write_json_atomic
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -188,22 +189,3 @@ class CharTokenizer:
             return cls.from_dict(d)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: {err}") from err
-
-
-def write_json_atomic(path, obj):
-    """``json.dump(obj)`` to ``path`` through a temp file in the same directory,
-    so a crash leaves either the old file or the new one, never half of one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)            # mkstemp makes 0600; a saved file should read like any other
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -33,6 +33,7 @@ import numpy as np
 from dpo_np import backend
 from dpo_np.checkpoint import load_checkpoint, save_checkpoint
 from dpo_np.data import batch_indices
+from dpo_np.files import atomic_write
 from dpo_np.model import GPT
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule
 from dpo_np.progress import progress
@@ -216,14 +217,10 @@ def _append_jsonl(path, obj):
 
 
 def _rewrite_jsonl(path, rows):
-    """Replace ``path`` with ``rows`` through a temp file (``os.replace``): never half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Replace ``path`` with ``rows``, whole or not at all (``files.atomic_write``)."""
+    with atomic_write(path) as f:
         for r in rows:
             f.write(json.dumps(r, allow_nan=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_metrics(path):
