@@ -269,6 +269,11 @@ def vocabulary_text():
     return "".join(sorted(set("".join(texts))))
 
 
+def prompt_families():
+    """``{prompt: family}`` for every prompt the rules make (addition, geography, manners, ...)."""
+    return {x: family for family, x, *_ in _candidates()}
+
+
 def sequence_length(prompt, response):
     """Characters of ``format_prompt(prompt) + response`` plus one for the eos token."""
     return len(format_prompt(prompt)) + len(response) + 1

@@ -107,3 +107,9 @@ def test_sft_corpus_holds_both_responses_of_every_train_pair_and_nothing_else(da
         assert {r["prompt"] for r in sft}.isdisjoint({r["prompt"] for r in datasets[seed]["eval"]})
         for x, y_w, y_l in toydata.NOTES_EXAMPLES:
             assert (x, y_w) in pairs and (x, y_l) in pairs
+
+
+def test_every_prompt_of_both_splits_has_a_family():
+    families = toydata.prompt_families()
+    data = toydata.preference_dataset(0)
+    assert {families[r["prompt"]] for r in data["train"] + data["eval"]} == set(families.values())

@@ -1,0 +1,228 @@
+"""The demo end to end on a quick configuration, the KL estimator against the exact KL of
+enumerated responses, and the metric figures."""
+
+import importlib.util
+import itertools
+import math
+import os
+
+import numpy as np
+import pytest
+
+from dpo_np import toydata
+from dpo_np.data import format_prompt
+from dpo_np.demo import (QUICK, TABLE_ROWS, classify_answer, estimate_kl, per_token_kl, run_demo,
+                         sample_responses)
+from dpo_np.logprobs import get_batch_logps
+from dpo_np.model import GPT, GPTConfig
+from dpo_np.tokenizer import CharTokenizer
+from dpo_np.training import frozen_copy
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+# ---- the whole pipeline, quick --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    printed = []
+    result = run_demo(output_dir=str(root / "runs"), figures_dir=str(root / "figures"), quick=True,
+                      show_progress=False, print_fn=printed.append)
+    return result, "\n".join(printed), root
+
+
+def test_quick_demo_prints_every_row_of_the_table_and_every_notes_prompt(quick):
+    result, printed, _ = quick
+    for _, label in TABLE_ROWS:
+        assert label in printed and label in result["table"]
+    for prompt in toydata.NOTES_PROMPTS:
+        assert f"Q: {prompt}" in printed
+        a = result["answers"][prompt]
+        assert a["before_is"] in ("chosen", "rejected", "other") and a["after_is"] in ("chosen", "rejected", "other")
+
+
+def test_quick_demo_reports_only_finite_numbers(quick):
+    result, _, _ = quick
+    for side in ("before", "after"):
+        for key, _ in TABLE_ROWS:
+            assert math.isfinite(result[side][key]), (side, key, result[side][key])
+        assert math.isfinite(result[side]["kl_stderr"])
+        assert result[side]["pairs"] == len(toydata.preference_dataset(0)["eval"])
+    assert all(math.isfinite(s) and s >= 0 for s in result["seconds"].values())
+
+
+def test_before_dpo_every_implicit_reward_is_exactly_zero_and_the_loss_is_log_2(quick):
+    # π_θ = π_ref at step 0, so r̂ = β(log π_θ − log π_ref) is 0 exactly, every pair a tie
+    before = quick[0]["before"]
+    assert np.all(before["chosen_rewards"] == 0.0) and np.all(before["rejected_rewards"] == 0.0)
+    assert before["implicit_reward_ties"] == before["pairs"]
+    assert before["implicit_reward_accuracy"] == 0.0 and before["implicit_reward_margin"] == 0.0
+    assert before["dpo_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert before["kl"] == 0.0 and np.all(before["kl_estimate"]["per_sample"] == 0.0)
+
+
+def test_after_dpo_the_policy_has_moved_from_the_reference(quick):
+    after = quick[0]["after"]
+    assert after["implicit_reward_ties"] < after["pairs"]
+    assert after["kl"] > 0.0
+    # the implicit reward's accuracy is computed from the same arrays it summarises
+    assert after["implicit_reward_accuracy"] == np.mean(after["chosen_rewards"] > after["rejected_rewards"])
+
+
+def test_family_breakdown_covers_every_held_out_pair_once(quick):
+    result, printed, _ = quick
+    families = result["families"]
+    assert "held-out accuracy by family" in printed
+    for key in ("implicit_reward", "logp_before", "logp_after", "reward_model"):
+        assert set(families[key]) == {"addition", "subtraction", "geography", "capitals", "explain", "manners"}
+        assert sum(n for _, n in families[key].values()) == result["before"]["pairs"]
+    wins = sum(w for w, _ in families["implicit_reward"].values())
+    assert wins == round(result["after"]["implicit_reward_accuracy"] * result["after"]["pairs"])
+    wins = sum(w for w, _ in families["reward_model"].values())
+    assert wins == round(result["after"]["reward_model_accuracy"] * result["after"]["pairs"])
+
+
+def test_quick_demo_writes_its_runs_and_figures(quick):
+    result, printed, root = quick
+    for run in ("sft", "dpo", "reward"):
+        assert (root / "runs" / run / "metrics.jsonl").is_file()
+        assert (root / "runs" / run / "final").is_dir()
+    if HAVE_MATPLOTLIB:
+        names = sorted(os.path.basename(p) for p in result["figures"])
+        assert names == ["dpo_metrics.png", "reward_model.png", "sft_loss.png"]
+        for p in result["figures"]:
+            with open(p, "rb") as f:
+                assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert not [n for n in os.listdir(root / "figures") if n.startswith(".figure-")]
+    else:
+        assert result["figures"] == [] and "matplotlib is not installed" in printed
+
+
+def test_run_demo_names_an_unknown_argument():
+    with pytest.raises(TypeError, match="dpo_stepz"):
+        run_demo(quick=True, dpo_stepz=3)
+    assert set(QUICK) >= {"beta", "dpo_steps", "sft_steps", "rm_steps", "kl_samples"}
+
+
+def test_classify_answer_tells_chosen_from_rejected_from_new_text():
+    records = [{"prompt": "x", "chosen": "good", "rejected": "bad"},
+               {"prompt": "x", "chosen": "good", "rejected": "worse"},
+               {"prompt": "z", "chosen": "other", "rejected": "good"}]
+    assert classify_answer("good", "x", records) == "chosen"
+    assert classify_answer("worse", "x", records) == "rejected"
+    assert classify_answer("other", "x", records) == "other"      # z's answer, not x's
+
+
+# ---- KL(π_θ ‖ π_ref) against the exact value -------------------------------------------------
+
+TOK = CharTokenizer.from_corpus(format_prompt("") + "ab")
+PROMPT = "ab"
+L = 3                                              # responses of at most L tokens
+
+
+def _sharp_gpt(seed, dtype=np.float64):
+    # GPT-2's init gives nearly uniform next-token distributions; a larger tied embedding and a
+    # random final LayerNorm bias make peaked distributions that differ from seed to seed, so the
+    # KL is large and the test has power
+    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8),
+                seed=seed, dtype=dtype)
+    model.params["wte.weight"] *= 30.0
+    model.params["ln_f.bias"][:] = np.random.default_rng(seed).normal(0.0, 1.0, 8)
+    return model
+
+
+def _every_response(V, eos):
+    """Every response a sampler capped at L tokens can return: ending at its first eos, or L tokens."""
+    out = []
+    for k in range(1, L + 1):
+        for ys in itertools.product(range(V), repeat=k):
+            if eos in ys[:-1] or (k < L and ys[-1] != eos):
+                continue
+            out.append(list(ys))
+    return out
+
+
+def _sequence_logps(model, prompt_ids, responses):
+    """log π(y|x) of each response from the model's logits through ``logprobs.get_batch_logps``."""
+    out = []
+    for k in sorted({len(r) for r in responses}):
+        rows = [r for r in responses if len(r) == k]
+        ids = np.array([prompt_ids + r for r in rows])
+        labels = ids.copy()
+        labels[:, :len(prompt_ids)] = -100
+        out += list(zip(map(tuple, rows), get_batch_logps(model.forward(ids, cache=False), labels)))
+    d = dict(out)
+    return np.array([d[tuple(r)] for r in responses])
+
+
+@pytest.fixture(scope="module")
+def exact():
+    policy, ref = _sharp_gpt(1), _sharp_gpt(2)
+    prompt_ids = TOK.encode(format_prompt(PROMPT))
+    responses = _every_response(TOK.vocab_size, TOK.eos_token_id)
+    lp, lq = _sequence_logps(policy, prompt_ids, responses), _sequence_logps(ref, prompt_ids, responses)
+    return policy, ref, prompt_ids, responses, lp, lq
+
+
+def test_the_enumerated_responses_carry_all_the_probability(exact):
+    _, _, _, _, lp, lq = exact
+    assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.exp(lq).sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_expected_sum_of_next_token_kls_is_the_exact_sequence_kl(exact):
+    # the chain rule of KL, checked exactly: Σ_y π_θ(y) Σ_t KL_t(y_<t) = Σ_y π_θ(y) log π_θ(y)/π_ref(y)
+    policy, ref, prompt_ids, responses, lp, lq = exact
+    kl_exact = float(np.sum(np.exp(lp) * (lp - lq)))
+    terms = per_token_kl(policy, ref, [(prompt_ids, r) for r in responses], TOK.pad_token_id)
+    assert kl_exact > 0.5                                            # far apart: a real test
+    assert float(np.sum(np.exp(lp) * terms)) == pytest.approx(kl_exact, rel=1e-10)
+    assert np.all(terms >= 0.0)
+
+
+def test_estimate_kl_is_within_four_standard_errors_of_the_exact_kl(exact):
+    policy, ref, _, _, lp, lq = exact
+    kl_exact = float(np.sum(np.exp(lp) * (lp - lq)))
+    est = estimate_kl(policy, ref, TOK, [PROMPT], n_samples=3000, seed=0, max_new_tokens=L)
+    assert est["n"] == 3000 and est["stderr"] < 0.05 * kl_exact      # precise enough to mean something
+    assert abs(est["kl"] - kl_exact) < 4 * est["stderr"]
+
+
+def test_estimate_kl_is_exactly_zero_when_the_policy_is_the_reference():
+    policy = _sharp_gpt(3, dtype=np.float32)
+    est = estimate_kl(policy, frozen_copy(policy), TOK, [PROMPT, "b", "abba"], n_samples=5, seed=1,
+                      max_new_tokens=6)
+    assert est["kl"] == 0.0 and np.all(est["per_sample"] == 0.0) and est["n"] == 15
+
+
+def test_sample_responses_are_seeded_in_prompt_order_and_stop_at_the_end_token():
+    model = _sharp_gpt(4, dtype=np.float32)
+    prompts = ["ab", "b", "abba", "ba"]                              # three different lengths
+    a = sample_responses(model, TOK, prompts, n_samples=3, seed=5, max_new_tokens=5)
+    assert a == sample_responses(model, TOK, prompts, n_samples=3, seed=5, max_new_tokens=5)
+    assert len(a) == 12
+    for k, (prompt_ids, response) in enumerate(a):
+        assert prompt_ids == TOK.encode(format_prompt(prompts[k // 3]))
+        assert 1 <= len(response) <= 5
+        assert TOK.eos_token_id not in response[:-1]
+        assert response[-1] == TOK.eos_token_id or len(response) == 5
+    with pytest.raises(ValueError, match="n_samples"):
+        sample_responses(model, TOK, prompts, n_samples=0)
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+def test_plot_metric_curves_writes_a_png_atomically_and_names_bad_input(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dpo_np.plots import plot_dpo_metrics, plot_metric_curves
+    rows = [{"step": s, "loss": 0.7 - 0.01 * s, "rewards/margins": 0.1 * s} for s in range(1, 6)]
+    rows.append({"step": 5, "eval/loss": 0.66, "eval/rewards/margins": 0.4})
+    path = plot_dpo_metrics(rows, tmp_path / "sub" / "dpo.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path / "sub") == ["dpo.png"]
+    with pytest.raises(ValueError, match="rows"):
+        plot_metric_curves([], [("loss", ("loss",))], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="step"):
+        plot_metric_curves([{"loss": 1.0}], [("loss", ("loss",))], tmp_path / "x.png")
