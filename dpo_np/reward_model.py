@@ -32,7 +32,7 @@ from dpo_np.checkpoint import load_checkpoint, save_checkpoint
 from dpo_np.data import collate_preferences, load_preferences, tokenize_preference
 from dpo_np.model import GPT, GPTConfig, param_shapes
 from dpo_np.rlhf import bradley_terry_loss
-from dpo_np.training import Trainer, TrainingConfig, resolve_config
+from dpo_np.training import Trainer, TrainingConfig, check_model_fits, resolve_config
 
 HEAD = ("score.weight", "score.bias")
 
@@ -182,14 +182,7 @@ class RewardTrainer(Trainer):
         args = resolve_config(RewardConfig, args, overrides)
         if not isinstance(model, RewardModel):
             raise TypeError(f"model must be a RewardModel, got {type(model).__name__}")
-        if tokenizer is None:
-            raise ValueError("tokenizer is required: the trainer tokenizes the datasets itself")
-        if args.max_length > model.config.block_size:
-            raise ValueError(f"max_length ({args.max_length}) exceeds model.config.block_size "
-                             f"({model.config.block_size})")
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than "
-                             f"model.config.vocab_size ({model.config.vocab_size})")
+        check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
         self.train_features = self._tokenize(train_dataset)
         self.eval_features = self._tokenize(eval_dataset)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from dpo_np import backend
 from dpo_np import logprobs
 from dpo_np.data import LABEL_PAD_TOKEN_ID, collate_sft, format_prompt, load_sft, tokenize_sft
-from dpo_np.training import Trainer, TrainingConfig, resolve_config
+from dpo_np.training import Trainer, TrainingConfig, check_model_fits, resolve_config
 
 
 @dataclass
@@ -71,14 +71,7 @@ class SFTTrainer(Trainer):
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, tokenizer=None, **overrides):
         args = resolve_config(SFTConfig, args, overrides)
-        if tokenizer is None:
-            raise ValueError("tokenizer is required: the trainer tokenizes the datasets itself")
-        if args.max_length > model.config.block_size:
-            raise ValueError(f"max_length ({args.max_length}) exceeds model.config.block_size "
-                             f"({model.config.block_size})")
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than "
-                             f"model.config.vocab_size ({model.config.vocab_size})")
+        check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
         self.train_features = self._tokenize(train_dataset)
         self.eval_features = self._tokenize(eval_dataset)

@@ -35,7 +35,7 @@ from dpo_np import backend
 from dpo_np import logprobs
 from dpo_np.data import LABEL_PAD_TOKEN_ID, collate_preferences, load_preferences, tokenize_preference
 from dpo_np.losses import LOSS_TYPES, dpo_loss, update_running_mean
-from dpo_np.training import Trainer, TrainingConfig, frozen_copy, resolve_config
+from dpo_np.training import Trainer, TrainingConfig, check_model_fits, frozen_copy, resolve_config
 
 AVERAGED_LOSSES = ("ipo", "sigmoid_norm")   # these read per-token mean log-probs
 
@@ -253,7 +253,7 @@ class DPOTrainer(Trainer):
     def __init__(self, model, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
                  tokenizer=None, **overrides):
         args = resolve_config(DPOConfig, args, overrides)
-        _check_model(model, "model", args, tokenizer)
+        check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
         if args.reference_free:
             self.ref_model = None
@@ -263,7 +263,7 @@ class DPOTrainer(Trainer):
             raise ValueError("ref_model is the same object as model; pass a separate copy "
                              "(or ref_model=None for a frozen copy of the initial policy)")
         else:
-            _check_model(ref_model, "ref_model", args, tokenizer)
+            check_model_fits(ref_model, "ref_model", args, tokenizer)
             self.ref_model = ref_model
         self.train_features = self._tokenize(train_dataset)
         self.eval_features = self._tokenize(eval_dataset)
@@ -427,18 +427,3 @@ def _summary(outs):
         count = sum(o[f"{side}_logit_count"] for o in outs)
         metrics[f"logits/{side}"] = total / max(count, 1)
     return metrics
-
-
-def _check_model(model, name, args, tokenizer):
-    for attr in ("params", "config", "forward", "backward", "zero_grad"):
-        if not hasattr(model, attr):
-            raise TypeError(f"{name} must be a GPT (with .{attr}), got {type(model).__name__}")
-    if tokenizer is None:
-        raise ValueError("tokenizer is required: the trainer tokenizes the datasets itself "
-                         "(a CharTokenizer built from the data's text)")
-    if args.max_length > model.config.block_size:
-        raise ValueError(f"max_length ({args.max_length}) exceeds {name}.config.block_size "
-                         f"({model.config.block_size}); the model cannot read sequences that long")
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than "
-                         f"{name}.config.vocab_size ({model.config.vocab_size})")

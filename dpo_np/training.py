@@ -186,6 +186,23 @@ def global_grad_norm(grads):
     return math.sqrt(sum(float(xp.sum(xp.square(g), dtype=xp.float64)) for g in grads.values()))
 
 
+def check_model_fits(model, name, args, tokenizer):
+    """The model can read what the trainer will feed it: a tokenizer, no longer sequences than
+    block_size, no more token ids than vocab_size. ValueError/TypeError naming ``name`` otherwise."""
+    for attr in ("params", "config", "forward", "backward", "zero_grad"):
+        if not hasattr(model, attr):
+            raise TypeError(f"{name} must be a model with .{attr} (a GPT), got {type(model).__name__}")
+    if tokenizer is None:
+        raise ValueError("tokenizer is required: the trainer tokenizes the datasets itself "
+                         "(a CharTokenizer built from the data's text)")
+    if args.max_length > model.config.block_size:
+        raise ValueError(f"max_length ({args.max_length}) exceeds {name}.config.block_size "
+                         f"({model.config.block_size}); the model cannot read sequences that long")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than "
+                         f"{name}.config.vocab_size ({model.config.vocab_size})")
+
+
 def frozen_copy(model):
     """A deep copy of a GPT's parameters in a new model with no gradient buffers: the frozen π_ref."""
     ref = GPT(model.config, dtype=model.dtype)

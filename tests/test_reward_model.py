@@ -2,18 +2,18 @@
 differences, the reward read at the last real token whatever the padding, initialisation from an
 SFT policy, checkpoints, and held-out pair accuracy above chance after a short run."""
 
-import math
 
 import numpy as np
 import pytest
 
 from dpo_np import toydata
 from dpo_np.data import collate_preferences, format_prompt, tokenize_preference
-from dpo_np.gradcheck import relative_error
+from dpo_np.gradcheck import parameter_gradient_errors, relative_error
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.reward_model import RewardModel, RewardTrainer, load_reward_model, score_backward, score_forward
 from dpo_np.rlhf import bradley_terry_loss
 from dpo_np.tokenizer import CharTokenizer
+from helpers import binomial_critical_accuracy
 from dpo_np.training import read_metrics
 
 PAIRS = [
@@ -48,21 +48,7 @@ def test_reward_model_gradient_matches_central_differences_for_every_parameter()
     # r(x, y) + c leaves σ(r_w − r_l) unchanged, so the bias gets no gradient at all (the same reason
     # β log Z(x) cancels in DPO); its finite differences are pure rounding noise, checked apart
     assert abs(float(rm.grads["score.bias"][0])) < 1e-12
-    errors = {}
-    for k, p in rm.params.items():
-        if k == "score.bias":
-            continue
-        numeric = np.zeros_like(p)
-        flat = p.reshape(-1)
-        for i in range(flat.size):
-            saved = flat[i]
-            flat[i] = saved + 1e-5
-            up = loss()
-            flat[i] = saved - 1e-5
-            down = loss()
-            flat[i] = saved
-            numeric.reshape(-1)[i] = (up - down) / 2e-5
-        errors[k] = relative_error(rm.grads[k], numeric)
+    errors = parameter_gradient_errors(rm.params, rm.grads, loss, skip=("score.bias",))
     assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
     assert np.abs(rm.grads["h.0.attn.c_attn.weight"]).sum() > 0       # the gradient reached the body
 
@@ -126,14 +112,6 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
     assert resumed.state["log_history"] == [r for r in straight.state["log_history"] if r["step"] > 2]
 
 
-def _binomial_critical_accuracy(n, alpha=0.01):
-    """The smallest accuracy k/n with P(X ≥ k) ≤ alpha for X ~ Binomial(n, 1/2) (a coin flip)."""
-    for k in range(n + 1):
-        if sum(math.comb(n, j) for j in range(k, n + 1)) / 2 ** n <= alpha:
-            return k / n
-    return 1.0
-
-
 def test_reward_model_on_toy_preferences_ranks_heldout_pairs_above_chance(tmp_path):
     tok = CharTokenizer.from_corpus(toydata.vocabulary_text())
     data = toydata.preference_dataset(seed=0)
@@ -146,7 +124,7 @@ def test_reward_model_on_toy_preferences_ranks_heldout_pairs_above_chance(tmp_pa
                             tokenizer=tok)
     trainer.train()
     metrics = trainer.evaluate()
-    assert metrics["eval/accuracy"] >= _binomial_critical_accuracy(len(data["eval"]))
+    assert metrics["eval/accuracy"] >= binomial_critical_accuracy(len(data["eval"]))
     assert metrics["eval/margin"] > 0
     rows = read_metrics(tmp_path / "rm")
     assert {"loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected", "lr", "grad_norm"} <= set(rows[-1])

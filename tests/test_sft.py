@@ -10,7 +10,7 @@ import pytest
 
 from dpo_np.checkpoint import load_checkpoint
 from dpo_np.data import collate_sft, format_prompt, tokenize_sft
-from dpo_np.gradcheck import relative_error
+from dpo_np.gradcheck import parameter_gradient_errors
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.sft import SFTConfig, SFTTrainer, greedy_answer, run_sft, sft_loss_backward, sft_loss_forward
 from dpo_np.tokenizer import CharTokenizer
@@ -78,19 +78,7 @@ def test_sft_gradient_matches_central_differences_for_every_parameter():
     logits = model.forward(batch["input_ids"], batch["attention_mask"])
     _, _, cache = sft_loss_forward(logits, batch["labels"])
     model.backward(sft_loss_backward(cache))
-    errors = {}
-    for k, p in model.params.items():
-        numeric = np.zeros_like(p)
-        flat = p.reshape(-1)
-        for i in range(flat.size):
-            saved = flat[i]
-            flat[i] = saved + 1e-5
-            up = loss()
-            flat[i] = saved - 1e-5
-            down = loss()
-            flat[i] = saved
-            numeric.reshape(-1)[i] = (up - down) / 2e-5
-        errors[k] = relative_error(model.grads[k], numeric)
+    errors = parameter_gradient_errors(model.params, model.grads, loss)
     assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 

@@ -11,10 +11,11 @@ import pytest
 from dpo_np import logprobs, toydata
 from dpo_np.checkpoint import load_checkpoint
 from dpo_np.data import collate_preferences, collate_sft, format_prompt, tokenize_preference
-from dpo_np.gradcheck import relative_error
+from dpo_np.gradcheck import parameter_gradient_errors, relative_error
 from dpo_np.losses import LOSS_TYPES
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.tokenizer import CharTokenizer
+from helpers import binomial_critical_accuracy
 from dpo_np.training import NonFiniteLossError, TrainingConfig, read_metrics
 from dpo_np.trainers import (DPOConfig, DPOTrainer, ld_split_labels, sequence_logps_backward,
                              sequence_logps_forward, sync_reference, wpo_weights)
@@ -76,19 +77,8 @@ def _all_param_gradcheck(trainer, idx, h=1e-5):
     out = trainer.batch_outputs(idx, backward=True)
     analytic = {k: g.copy() for k, g in model.grads.items()}
     weights = out["policy_weights"]
-    errors = {}
-    for k, p in model.params.items():
-        numeric = np.zeros_like(p)
-        flat, nflat = p.reshape(-1), numeric.reshape(-1)
-        for i in range(flat.size):
-            saved = flat[i]
-            flat[i] = saved + h
-            up = trainer.batch_outputs(idx, policy_weights=weights)["loss"]
-            flat[i] = saved - h
-            down = trainer.batch_outputs(idx, policy_weights=weights)["loss"]
-            flat[i] = saved
-            nflat[i] = (up - down) / (2 * h)
-        errors[k] = relative_error(analytic[k], numeric)
+    errors = parameter_gradient_errors(
+        model.params, analytic, lambda: trainer.batch_outputs(idx, policy_weights=weights)["loss"], h)
     return errors, analytic
 
 
@@ -377,15 +367,6 @@ def test_a_plain_training_config_is_accepted_as_args(tmp_path):
 
 # ---- learning --------------------------------------------------------------------------------
 
-def _binomial_critical_accuracy(n, alpha=0.01):
-    """The smallest accuracy k/n with P(X ≥ k) ≤ alpha for X ~ Binomial(n, 1/2): what a coin
-    flipping model reaches by luck at most 1% of the time."""
-    for k in range(n + 1):
-        if sum(math.comb(n, j) for j in range(k, n + 1)) / 2 ** n <= alpha:
-            return k / n
-    return 1.0
-
-
 def test_dpo_on_toy_preferences_raises_heldout_reward_accuracy_above_chance(tmp_path):
     tok = CharTokenizer.from_corpus(toydata.vocabulary_text())
     data = toydata.preference_dataset(seed=0)
@@ -401,5 +382,5 @@ def test_dpo_on_toy_preferences_raises_heldout_reward_accuracy_above_chance(tmp_
     trainer.train()
     after = trainer.evaluate()
     n = len(data["eval"])
-    assert after["eval/rewards/accuracies"] >= _binomial_critical_accuracy(n)
+    assert after["eval/rewards/accuracies"] >= binomial_critical_accuracy(n)
     assert after["eval/rewards/margins"] > 0
