@@ -29,7 +29,7 @@ defaults). Summing each distinct triple's loss times its count gives the same
 loss and gradient as the full mean, so a step over 2M pairs costs as much as a
 step over ~3k triples.
 
-Why Adam (written out inline, six lines) rather than plain gradient steps: the
+Why Adam (``optim.AdamW`` without weight decay) rather than plain gradient steps: the
 curvature of the loss along θ[x, y] is β² times how often y appears in a
 pair, which spans orders of magnitude (π_ref(y) from ~1e-3 to ~0.2) and
 changes with β, V and L. A plain gradient step fast enough for rare
@@ -45,6 +45,7 @@ import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend, losses, rlhf, toy
+from dpo_np.optim import AdamW
 from dpo_np.plots import save_figure
 from dpo_np.progress import progress as progress_bar
 
@@ -52,8 +53,6 @@ DEFAULT_PAIRS = 2_000_000
 DEFAULT_STEPS = 1000
 DEFAULT_LR = 0.05
 DEFAULT_LOG_EVERY = 100
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 
 
 def aggregate_pairs(prompt, chosen, rejected, n_responses):
@@ -78,12 +77,6 @@ def _toy_problem(vocab_size, length, n_prompts, beta, seed, reference_scale, rew
     return responses, ref_logprobs, rewards, rlhf.optimal_policy(ref_logprobs, rewards, beta)
 
 
-def _check_count(x, name):
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {x!r}")
-    return int(x)
-
-
 def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT_PAIRS, steps=DEFAULT_STEPS,
                     lr=DEFAULT_LR, seed=0, train_beta=None, reference_free=False, log_every=DEFAULT_LOG_EVERY,
                     progress=True, *, reward_scale=0.5, reference_scale=0.5, proposal="reference", file=None):
@@ -106,14 +99,14 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
           NumPy probabilities; responses (N, L), rewards (P, N);
       n_pairs, n_triples, config (every setting), seconds ({"data", "train"}).
     """
-    V, L, P = (_check_count(vocab_size, "vocab_size"), _check_count(length, "length"),
-               _check_count(n_prompts, "n_prompts"))
-    n_pairs = _check_count(DEFAULT_PAIRS if pairs is None else pairs, "pairs")
+    V, L, P = (toy.positive_int(vocab_size, "vocab_size"), toy.positive_int(length, "length"),
+               toy.positive_int(n_prompts, "n_prompts"))
+    n_pairs = toy.positive_int(DEFAULT_PAIRS if pairs is None else pairs, "pairs")
     steps = DEFAULT_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     steps = int(steps)
-    log_every = _check_count(DEFAULT_LOG_EVERY if log_every is None else log_every, "log_every")
+    log_every = toy.positive_int(DEFAULT_LOG_EVERY if log_every is None else log_every, "log_every")
     beta = rlhf.check_beta(beta)
     train_beta = beta if train_beta is None else rlhf.check_beta(train_beta, "train_beta")
     lr = float(DEFAULT_LR if lr is None else lr)
@@ -135,8 +128,7 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
     t_data = time.perf_counter() - t0
 
     theta = xp.array(ref_logprobs, dtype=np.float64)          # (P, N) logits: π_θ starts at π_ref exactly
-    m, v = xp.zeros_like(theta), xp.zeros_like(theta)         # Adam's first and second moments
-    b1, b2 = ADAM_BETAS
+    adam = AdamW({"theta": theta}, lr=lr, weight_decay=0.0)   # no decay: plain Adam, updating theta in place
     history = {"step": [], "loss": [], "kl": [], "objective": []}
     if progress:
         print(f"closed form: V={V} L={L} → {N} responses × {P} prompts; β={beta:g} (train β={train_beta:g}"
@@ -167,12 +159,7 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
         if step == steps:
             continue                                # the last row: measured, not updated
         loss.backward()
-        g = th.grad
-        # Adam (Kingma & Ba 2015, Algorithm 1), bias-corrected
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        t = step + 1
-        theta = theta - lr * (m / (1 - b1 ** t)) / (xp.sqrt(v / (1 - b2 ** t)) + ADAM_EPS)
+        adam.step({"theta": th.grad})
     t_train = time.perf_counter() - t1
 
     final_logp = ag.log_softmax(theta, axis=-1).data

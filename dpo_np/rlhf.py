@@ -189,6 +189,9 @@ def _policy_inputs(ref_logprobs, rewards, beta):
     _check_same_shape("ref_logprobs", ref_logprobs, rewards=rewards)
     check_logprobs(ref_logprobs, "ref_logprobs")
     check_rewards(rewards)
+    if not isinstance(rewards, ag.Tensor):
+        # the result's dtype follows the log-probabilities (float32 stays float32), not the rewards'
+        rewards = rewards.astype(_data(ref_logprobs).dtype, copy=False)
     return ref_logprobs, rewards, check_beta(beta)
 
 

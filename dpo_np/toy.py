@@ -27,7 +27,8 @@ PAD = -1
 MAX_RESPONSES = 1 << 24        # 16.7M rows: beyond this, enumeration is not a toy any more
 
 
-def _positive_int(x, name):
+def positive_int(x, name):
+    """``x`` as an int >= 1, or a ValueError naming it."""
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
         raise ValueError(f"{name} must be an int >= 1, got {x!r}")
     return int(x)
@@ -35,7 +36,7 @@ def _positive_int(x, name):
 
 def count_responses(vocab_size, length, eos=False):
     """How many responses ``enumerate_responses`` lists: V^L, or Σ_{l=0}^{L−1} V^l with an end token."""
-    V, L = _positive_int(vocab_size, "vocab_size"), _positive_int(length, "length")
+    V, L = positive_int(vocab_size, "vocab_size"), positive_int(length, "length")
     return sum(V ** l for l in range(L)) if eos else V ** L
 
 
@@ -53,7 +54,7 @@ def enumerate_responses(vocab_size, length, eos=False):
     content tokens (lexicographic) followed by EOS = V and padded with PAD = −1
     to width L; the empty response [EOS, PAD, ...] comes first.
     """
-    V, L = _positive_int(vocab_size, "vocab_size"), _positive_int(length, "length")
+    V, L = positive_int(vocab_size, "vocab_size"), positive_int(length, "length")
     n = count_responses(V, L, eos)
     if n > MAX_RESPONSES:
         raise ValueError(f"vocab_size={V}, length={L} gives {n} responses, more than {MAX_RESPONSES} "
@@ -80,8 +81,8 @@ def random_reference_table(n_prompts, vocab_size, length, seed, eos=False, scale
     (negative: longer responses). With ``eos=True`` the last position holds EOS
     with probability 1, so every response ends within L tokens.
     """
-    P = _positive_int(n_prompts, "n_prompts")
-    V, L = _positive_int(vocab_size, "vocab_size"), _positive_int(length, "length")
+    P = positive_int(n_prompts, "n_prompts")
+    V, L = positive_int(vocab_size, "vocab_size"), positive_int(length, "length")
     scale, eos_bias = float(scale), float(eos_bias)
     if not (np.isfinite(scale) and scale >= 0):
         raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
@@ -151,7 +152,7 @@ def random_rewards(responses, n_prompts, vocab_size, seed, scale=1.0):
     rewards in the hundreds.
     """
     xp = backend.xp()
-    P, V = _positive_int(n_prompts, "n_prompts"), _positive_int(vocab_size, "vocab_size")
+    P, V = positive_int(n_prompts, "n_prompts"), positive_int(vocab_size, "vocab_size")
     scale = float(scale)
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale!r}")
@@ -186,7 +187,7 @@ def sample_preference_pairs(ref_logprobs, rewards, n_pairs, seed, proposal="refe
     DPO gradient. Returns ``{"prompt", "chosen", "rejected"}``: int arrays
     (n_pairs,) of prompt and response indices.
     """
-    n_pairs = _positive_int(n_pairs, "n_pairs")
+    n_pairs = positive_int(n_pairs, "n_pairs")
     if proposal not in ("reference", "uniform"):
         raise ValueError(f"proposal must be 'reference' or 'uniform', got {proposal!r}")
     ref = np.asarray(backend.to_numpy(ref_logprobs), dtype=np.float64)

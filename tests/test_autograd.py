@@ -8,7 +8,7 @@ from dpo_np import autograd as ag
 from dpo_np.autograd import Tensor, no_grad
 from dpo_np.gradcheck import gradcheck, relative_error
 
-TOL = 1e-6
+TOL = 1e-7       # observed ~1e-11; the issue asks < 1e-6, DESIGN.md aims for < 1e-7
 SETTINGS = settings(max_examples=25, deadline=None)
 
 

@@ -374,3 +374,12 @@ def test_empty_response_set_is_rejected():
         rlhf.bradley_terry_loss(np.zeros(0), np.zeros(0))
     with pytest.raises(ValueError, match="response axis"):
         rlhf.optimal_policy(np.float64(0.0), np.float64(1.0), 0.5)
+
+
+def test_results_follow_the_dtype_of_the_log_probabilities_not_of_the_rewards():
+    logprobs = np.log(np.full((2, 4), 0.25, dtype=np.float32))
+    rewards = np.arange(8, dtype=np.int64).reshape(2, 4)           # integers, or float64, in
+    for r in (rewards, rewards.astype(np.float64)):
+        assert rlhf.rlhf_objective(logprobs, logprobs, r, 0.5).dtype == np.float32
+        assert rlhf.optimal_policy(logprobs, r, 0.5).dtype == np.float32
+        assert rlhf.log_partition(logprobs, r, 0.5).dtype == np.float32
