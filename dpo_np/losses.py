@@ -33,8 +33,8 @@ LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "bco_pair", "nca_pair", "sppo
               "apo_zero", "apo_down", "aot", "aot_unpaired", "discopop", "sigmoid_norm", "sft")
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
-# the losses built on the score h, which the f-divergence choice reshapes
-_SCORE_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "sigmoid_norm")
+# the losses whose formula contains ε; every other loss would ignore a label smoothing silently
+SMOOTHED_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "robust", "exo_pair", "aot", "aot_unpaired")
 _EXO_DEFAULT_SMOOTHING = 1e-3
 
 
@@ -86,6 +86,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=
           (Wang et al. 2024, arXiv 2411.10442).
       label_smoothing: ε, the probability that a label is flipped; [0, 0.5) for "robust",
           [0, 1) for "exo_pair" (0 there means 1e-3, as log ε must be finite), else [0, 1].
+          Only the losses of ``SMOOTHED_LOSS_TYPES`` contain ε; ε ≠ 0 with any other loss
+          type (alone or in a list) is an error rather than a silently ignored setting.
       reference_free: use π_ref ≡ 1 (log π_ref = 0) everywhere, so h = log π_θ(y_w) − log π_θ(y_l)
           and the rewards are β log π_θ(y); the reference arguments are ignored.
       f_divergence_type: the divergence of the constraint (f-DPO, Wang et al. 2023, "Beyond Reverse
@@ -119,7 +121,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=
                          f"got {f_divergence_type!r}")
     alpha = _check_positive("f_alpha_divergence_coef", f_alpha_divergence_coef)
     tau = _check_positive("discopop_tau", discopop_tau)
-    bco_delta = float(bco_delta)
+    bco_delta = _check_number("bco_delta", bco_delta)
     if not np.isfinite(bco_delta):
         raise ValueError(f"bco_delta must be finite, got {bco_delta}")
 
@@ -146,6 +148,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=
         _check_same_shape(("policy_chosen_logps", pw), ("chosen_lengths", lengths))
         if not bool((lengths.data > 0).all()):
             raise ValueError("chosen_lengths must be positive token counts")
+        # a constant in the policy's dtype, like the reference: float64 counts must not upcast ℓ
+        lengths = ag.Tensor(lengths.data.astype(pw.dtype))
 
     rho_w, rho_l = pw - rw, pl - rl                                       # the log-ratios, (B,)
     q = _Quantities(pw=pw, pl=pl, rw=rw, rl=rl, rho_w=rho_w, rho_l=rho_l,
@@ -224,14 +228,23 @@ class _Quantities(NamedTuple):
     lengths: object      # |y_w| (B,) Tensor or None
 
 
+def _smoothed_logistic(z, eps):
+    """−(1 − ε) log σ(z) − ε log σ(−z): the cross-entropy of σ(z) against a label that is flipped
+    with probability ε; ε = 0 leaves the logistic loss −log σ(z)."""
+    loss = -ag.logsigmoid(z)
+    return loss if eps == 0 else loss * (1.0 - eps) - ag.logsigmoid(-z) * eps
+
+
 def _sigmoid(q):
     """DPO (Rafailov et al. 2023, arXiv 2305.18290, eq. 7); with label smoothing ε, the conservative
     DPO of Mitchell (2023, "A note on DPO with noisy preferences"):
         ℓ = −(1 − ε) log σ(βh) − ε log σ(−βh),
-    the cross-entropy against a label that is flipped with probability ε. ε = 0 is the notes' L_DPO."""
-    z = q.h * q.beta
-    loss = -ag.logsigmoid(z)
-    return loss if q.eps == 0 else loss * (1.0 - q.eps) - ag.logsigmoid(-z) * q.eps
+    the cross-entropy against a label that is flipped with probability ε. ε = 0 is the notes' L_DPO.
+
+    "sigmoid_norm" is this same loss on length-normalised log-ratios: h is built from per-token
+    *averaged* log-probabilities (the caller passes ``average_log_prob=True`` results), which
+    removes DPO's pull towards longer responses at the price of changing β's scale."""
+    return _smoothed_logistic(q.h * q.beta, q.eps)
 
 
 def _robust(q):
@@ -306,12 +319,6 @@ def _apo_down(q):
     return ag.sigmoid(q.rho_w * q.beta) + ag.sigmoid(-((q.rho_w - q.rho_l) * q.beta))
 
 
-def _aot_loss(delta, q):
-    z = delta * q.beta
-    loss = -ag.logsigmoid(z)
-    return loss if q.eps == 0 else loss * (1.0 - q.eps) - ag.logsigmoid(-z) * q.eps
-
-
 def _aot(q):
     """AOT, paired (Melnyk et al. 2024, "Distributional Preference Alignment via Optimal
     Transport", arXiv 2406.05882): first-order stochastic dominance of the policy's margins over
@@ -319,13 +326,13 @@ def _aot(q):
     ℓ_i = −(1 − ε) log σ(β δ_i) − ε log σ(−β δ_i),
     δ = sort(log π_θ(y_w) − log π_θ(y_l)) − sort(log π_ref(y_w) − log π_ref(y_l)).
     The sort couples the examples of the batch."""
-    return _aot_loss(ag.sort(q.pw - q.pl) - ag.sort(q.rw - q.rl), q)
+    return _smoothed_logistic((ag.sort(q.pw - q.pl) - ag.sort(q.rw - q.rl)) * q.beta, q.eps)
 
 
 def _aot_unpaired(q):
     """AOT, unpaired (Melnyk et al. 2024): the chosen log-ratios should dominate the
     rejected ones as distributions: δ = sort(ρ_w) − sort(ρ_l), then the loss of ``_aot``."""
-    return _aot_loss(ag.sort(q.rho_w) - ag.sort(q.rho_l), q)
+    return _smoothed_logistic((ag.sort(q.rho_w) - ag.sort(q.rho_l)) * q.beta, q.eps)
 
 
 def _discopop(q):
@@ -339,13 +346,6 @@ def _discopop(q):
     return -ag.logsigmoid(z) * ag.sigmoid(-scaled) + ag.exp(ag.logsigmoid(scaled) - z)
 
 
-def _sigmoid_norm(q):
-    """DPO on length-normalised log-ratios: −log σ(βh) with h built from per-token *averaged*
-    log-probabilities (the caller passes ``average_log_prob=True`` results), which removes
-    DPO's pull towards longer responses at the price of changing β's scale."""
-    return _sigmoid(q)
-
-
 def _sft(q):
     """SFT / NLL on the chosen response: ℓ = −log π_θ(y_w|x), or −log π_θ(y_w|x)/|y_w| with
     ``chosen_lengths`` (the length-normalised NLL term of RPO, Pang et al. 2024)."""
@@ -356,9 +356,9 @@ def _sft(q):
 _LOSSES = {"sigmoid": _sigmoid, "robust": _robust, "hinge": _hinge, "ipo": _ipo,
            "bco_pair": _bco_pair, "nca_pair": _nca_pair, "sppo_hard": _sppo_hard,
            "exo_pair": _exo_pair, "apo_zero": _apo_zero, "apo_down": _apo_down, "aot": _aot,
-           "aot_unpaired": _aot_unpaired, "discopop": _discopop, "sigmoid_norm": _sigmoid_norm,
+           "aot_unpaired": _aot_unpaired, "discopop": _discopop, "sigmoid_norm": _sigmoid,
            "sft": _sft}
-assert set(_LOSSES) == set(LOSS_TYPES)
+assert set(_LOSSES) == set(LOSS_TYPES) and set(SMOOTHED_LOSS_TYPES) <= set(LOSS_TYPES)
 
 
 # -- argument checks -------------------------------------------------------------------
@@ -403,26 +403,40 @@ def _check_same_shape(a, b):
                          f"they must match")
 
 
-def _check_positive(name, value):
+def _check_number(name, value):
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from err
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})") from err
+
+
+def _check_positive(name, value):
+    v = _check_number(name, value)
     if not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return v
 
 
 def _check_loss_types(loss_type, loss_weights):
-    kinds = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    if isinstance(loss_type, str):
+        kinds = [loss_type]
+    else:
+        try:
+            kinds = list(loss_type)
+        except TypeError:
+            raise TypeError(f"loss_type must be a name of LOSS_TYPES or a list of them, "
+                            f"got {loss_type!r}") from None
     if not kinds:
         raise ValueError(f"loss_type must name at least one of {LOSS_TYPES}")
     for kind in kinds:
-        if kind not in _LOSSES:
+        if not isinstance(kind, str) or kind not in _LOSSES:
             raise ValueError(f"unknown loss_type {kind!r}; valid loss types: {', '.join(LOSS_TYPES)}")
     if loss_weights is None:
         return kinds, [1.0] * len(kinds)
-    weights = [float(w) for w in np.atleast_1d(loss_weights)]
+    try:
+        weights = [float(w) for w in np.atleast_1d(loss_weights)]
+    except (TypeError, ValueError):
+        raise TypeError(f"loss_weights must be numbers, one per loss type, got {loss_weights!r}") from None
     if len(weights) != len(kinds):
         raise ValueError(f"loss_weights has {len(weights)} entries but loss_type names {len(kinds)} "
                          f"losses ({kinds}); give one weight per loss")
@@ -432,7 +446,7 @@ def _check_loss_types(loss_type, loss_weights):
 
 
 def _check_label_smoothing(eps, kinds):
-    eps = float(eps)
+    eps = _check_number("label_smoothing", eps)
     if "robust" in kinds and not 0.0 <= eps < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5) for loss_type 'robust' "
                          f"(it divides by 1 − 2ε), got {eps}")
@@ -441,4 +455,9 @@ def _check_label_smoothing(eps, kinds):
                          f"(it takes log(1 − ε)), got {eps}")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
+    ignoring = [kind for kind in kinds if kind not in SMOOTHED_LOSS_TYPES]
+    if eps != 0.0 and ignoring:
+        raise ValueError(f"label_smoothing={eps} would be ignored by loss_type "
+                         f"{', '.join(map(repr, ignoring))}: only {', '.join(SMOOTHED_LOSS_TYPES)} "
+                         f"contain ε; use label_smoothing=0 with this loss_type")
     return eps

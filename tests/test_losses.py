@@ -5,10 +5,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dpo_np import autograd as ag
+from dpo_np import losses as losses_module
 from dpo_np.autograd import Tensor
 from dpo_np.gradcheck import gradcheck
-from dpo_np.losses import (F_DIVERGENCE_TYPES, LOSS_TYPES, dpo_loss, implicit_rewards, log_ratio,
-                           log_ratio_margin, update_running_mean)
+from dpo_np.losses import (F_DIVERGENCE_TYPES, LOSS_TYPES, SMOOTHED_LOSS_TYPES, dpo_loss,
+                           implicit_rewards, log_ratio, log_ratio_margin, update_running_mean)
 
 TOL = 1e-6
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -81,7 +82,14 @@ def random_logps(rng, B=6, scale=3.0):
 
 
 def valid_smoothing(kind, rng):
+    """A label smoothing ε the loss accepts: 0 for the losses without ε, which reject any other."""
+    if kind not in SMOOTHED_LOSS_TYPES:
+        return 0.0
     return float(rng.uniform(0.0, 0.45)) if kind in ("robust", "exo_pair") else float(rng.uniform(0, 1))
+
+
+def some_smoothing(kind):
+    return 0.1 if kind in SMOOTHED_LOSS_TYPES else 0.0
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -109,10 +117,10 @@ def test_each_loss_type_matches_its_formula(kind, seed, beta):
 def test_f_divergence_scores_match_f_prime_of_the_density_ratio(kind, f_div):
     rng = np.random.default_rng(7)
     pw, pl, rw, rl = random_logps(rng, scale=0.7)
-    alpha = 0.6
-    losses, _, _ = dpo_loss(pw, pl, rw, rl, beta=0.3, loss_type=kind, label_smoothing=0.2,
+    alpha, eps = 0.6, (0.2 if kind in SMOOTHED_LOSS_TYPES else 0.0)
+    losses, _, _ = dpo_loss(pw, pl, rw, rl, beta=0.3, loss_type=kind, label_smoothing=eps,
                             f_divergence_type=f_div, f_alpha_divergence_coef=alpha)
-    expected = reference_loss(kind, pw, pl, rw, rl, 0.3, 0.2, f_div=f_div, alpha=alpha)
+    expected = reference_loss(kind, pw, pl, rw, rl, 0.3, eps, f_div=f_div, alpha=alpha)
     np.testing.assert_allclose(losses, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -230,9 +238,10 @@ def test_reference_free_ignores_the_reference(seed):
     pw, pl, rw, rl = random_logps(rng)
     other_w, other_l = rw + rng.normal(size=rw.shape), rl - 3.0
     for kind in LOSS_TYPES:
-        a = dpo_loss(pw, pl, rw, rl, loss_type=kind, reference_free=True, label_smoothing=0.1)
-        b = dpo_loss(pw, pl, other_w, other_l, loss_type=kind, reference_free=True, label_smoothing=0.1)
-        c = dpo_loss(pw, pl, None, None, loss_type=kind, reference_free=True, label_smoothing=0.1)
+        eps = some_smoothing(kind)
+        a = dpo_loss(pw, pl, rw, rl, loss_type=kind, reference_free=True, label_smoothing=eps)
+        b = dpo_loss(pw, pl, other_w, other_l, loss_type=kind, reference_free=True, label_smoothing=eps)
+        c = dpo_loss(pw, pl, None, None, loss_type=kind, reference_free=True, label_smoothing=eps)
         for x, y, w in zip(a, b, c):
             np.testing.assert_array_equal(x, y)
             np.testing.assert_array_equal(x, w)
@@ -250,8 +259,8 @@ def test_a_shared_shift_of_both_responses_cancels_like_log_Z(seed):
     pw, pl, rw, rl = random_logps(rng)
     c = rng.normal(size=pw.shape) * 5.0
     for kind in ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "aot", "discopop"):
-        a, _, _ = dpo_loss(pw, pl, rw, rl, loss_type=kind, label_smoothing=0.1)
-        b, _, _ = dpo_loss(pw + c, pl + c, rw, rl, loss_type=kind, label_smoothing=0.1)
+        a, _, _ = dpo_loss(pw, pl, rw, rl, loss_type=kind, label_smoothing=some_smoothing(kind))
+        b, _, _ = dpo_loss(pw + c, pl + c, rw, rl, loss_type=kind, label_smoothing=some_smoothing(kind))
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -299,7 +308,8 @@ def test_large_margins_stay_finite_in_values_and_gradients(kind, dtype):
     pl = np.array([-big, big, 0.0], dtype=dtype)
     zeros = np.zeros(3, dtype=dtype)
     tw, tl = Tensor(pw, requires_grad=True), Tensor(pl, requires_grad=True)
-    losses, _, _ = dpo_loss(tw, tl, zeros, zeros, beta=1.0, loss_type=kind, label_smoothing=0.1)
+    losses, _, _ = dpo_loss(tw, tl, zeros, zeros, beta=1.0, loss_type=kind,
+                            label_smoothing=some_smoothing(kind))
     assert losses.dtype == dtype
     assert np.isfinite(losses.data).all(), losses.data
     losses.backward(np.ones(3, dtype=dtype))
@@ -335,6 +345,22 @@ def test_plain_inputs_give_plain_arrays_in_their_dtype():
         assert isinstance(losses, np.ndarray) and losses.dtype == np.float32, kind
         assert losses.shape == pw.shape
         assert chosen_rewards.dtype == np.float32
+
+
+@pytest.mark.parametrize("loss_type", ["sft", ["sigmoid", "sft"]])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_float64_chosen_lengths_keep_float32_losses(loss_type, as_tensor):
+    """|y_w| is a constant like π_ref: it takes the policy's dtype instead of upcasting ℓ."""
+    pw, pl, rw, rl = (x.astype(np.float32) for x in random_logps(np.random.default_rng(17)))
+    lengths = np.arange(1.0, len(pw) + 1.0)                               # float64
+    tw, tl = (Tensor(pw, requires_grad=True), Tensor(pl, requires_grad=True)) if as_tensor else (pw, pl)
+    losses, _, _ = dpo_loss(tw, tl, rw, rl, loss_type=loss_type, chosen_lengths=lengths)
+    assert losses.dtype == np.float32
+    if as_tensor:
+        losses.sum().backward()
+        assert tw.grad.dtype == np.float32
+    sft = losses if loss_type == "sft" else losses - dpo_loss(pw, pl, rw, rl)[0]
+    np.testing.assert_allclose(sft.data if as_tensor else sft, -pw / lengths, rtol=1e-5)
 
 
 # -- errors ---------------------------------------------------------------------------------------------
@@ -406,3 +432,43 @@ def test_other_argument_errors(batch):
         dpo_loss(*batch, loss_type="sft", chosen_lengths=np.zeros(4))
     with pytest.raises(TypeError, match="beta"):
         dpo_loss(*batch, beta="0.1x")
+
+
+@pytest.mark.parametrize("kind", [k for k in LOSS_TYPES if k not in SMOOTHED_LOSS_TYPES])
+def test_label_smoothing_is_rejected_by_a_loss_without_epsilon(batch, kind):
+    with pytest.raises(ValueError, match=f"label_smoothing=0.1 would be ignored by loss_type '{kind}'"):
+        dpo_loss(*batch, loss_type=kind, label_smoothing=0.1)
+    with pytest.raises(ValueError, match=f"label_smoothing.*'{kind}'"):       # one deaf term is enough
+        dpo_loss(*batch, loss_type=["sigmoid", kind], label_smoothing=0.1)
+    dpo_loss(*batch, loss_type=kind, label_smoothing=0.0)
+
+
+def test_label_smoothing_is_accepted_when_every_loss_type_reads_it(batch):
+    smoothed, _, _ = dpo_loss(*batch, loss_type=list(SMOOTHED_LOSS_TYPES), label_smoothing=0.2)
+    parts = [dpo_loss(*batch, loss_type=k, label_smoothing=0.2)[0] for k in SMOOTHED_LOSS_TYPES]
+    np.testing.assert_allclose(smoothed, sum(parts), rtol=1e-12)
+
+
+def test_the_smoothed_loss_types_are_exactly_those_whose_value_depends_on_epsilon(batch, monkeypatch):
+    """The rejection list is read off the formulas: with the check lifted, ε moves exactly these losses."""
+    monkeypatch.setattr(losses_module, "SMOOTHED_LOSS_TYPES", LOSS_TYPES)
+    moved = {kind for kind in LOSS_TYPES
+             if not np.array_equal(dpo_loss(*batch, loss_type=kind, label_smoothing=0.0)[0],
+                                   dpo_loss(*batch, loss_type=kind, label_smoothing=0.2)[0])}
+    assert moved == set(SMOOTHED_LOSS_TYPES)
+
+
+@pytest.mark.parametrize("kwargs, name, shown", [
+    (dict(loss_type=None), "loss_type", "None"),
+    (dict(loss_type=3), "loss_type", "3"),
+    (dict(loss_type=["sigmoid", None]), "loss_type", "None"),
+    (dict(label_smoothing="x"), "label_smoothing", "'x'"),
+    (dict(label_smoothing=None), "label_smoothing", "None"),
+    (dict(bco_delta="x"), "bco_delta", "'x'"),
+    (dict(loss_weights=["a"]), "loss_weights", "['a']"),
+    (dict(beta="0.1x"), "beta", "'0.1x'"),
+])
+def test_an_argument_of_the_wrong_kind_is_named_with_its_value(batch, kwargs, name, shown):
+    with pytest.raises((TypeError, ValueError)) as err:
+        dpo_loss(*batch, **kwargs)
+    assert name in str(err.value) and shown in str(err.value), str(err.value)
