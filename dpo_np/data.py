@@ -335,28 +335,36 @@ def collate_sft(features, pad_token_id, label_pad_token_id=LABEL_PAD_TOKEN_ID):
 
 
 def batch_indices(n, batch_size, seed=None, shuffle=True, drop_last=False):
-    """Yield index arrays covering ``range(n)`` once (one epoch).
+    """An iterator of index arrays covering ``range(n)`` once (one epoch).
 
-    With ``shuffle`` the order is a permutation drawn from ``seed``; the same
-    seed gives the same batches, so pass ``seed + epoch`` for a new order
-    each epoch. The last batch is smaller unless ``drop_last``.
+    With ``shuffle`` (the default) the order is a permutation drawn from
+    ``seed``, which is then required: the same seed gives the same batches, so
+    pass ``seed + epoch`` for a new order each epoch. ``seed`` may be left out
+    only with ``shuffle=False`` (the order 0..n−1). The last batch is smaller
+    unless ``drop_last``. Arguments are checked at the call, not at the first batch.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if shuffle and seed is None:
+        raise ValueError("seed is required to shuffle (an int: the same seed gives the same order); "
+                         "pass seed=..., or shuffle=False for the order 0..n-1")
     order = backend.rng(seed).permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]
+    return (order[start:start + batch_size] for start in range(0, stop, batch_size))
 
 
 def batches(dataset, batch_size, seed=None, shuffle=True, drop_last=False, collate=None):
-    """Yield lists of items of ``dataset`` (``collate(items)`` if given), one epoch,
-    in the order of ``batch_indices``."""
-    for idx in batch_indices(len(dataset), batch_size, seed, shuffle, drop_last):
-        items = [dataset[int(i)] for i in idx]
-        yield items if collate is None else collate(items)
+    """An iterator of lists of items of ``dataset`` (``collate(items)`` if given), one
+    epoch, in the order of ``batch_indices`` (so ``seed`` is required to shuffle)."""
+    order = batch_indices(len(dataset), batch_size, seed, shuffle, drop_last)
+    return (_items(dataset, idx, collate) for idx in order)
+
+
+def _items(dataset, idx, collate):
+    items = [dataset[int(i)] for i in idx]
+    return items if collate is None else collate(items)
 
 
 def split(records, eval_fraction, seed, key="prompt"):
@@ -370,6 +378,9 @@ def split(records, eval_fraction, seed, key="prompt"):
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
     groups = {}
     for i, r in enumerate(records):
+        if key is not None and (not isinstance(r, dict) or key not in r):
+            raise ValueError(f"records[{i}] has no key {key!r} to group by "
+                             f"(pass key=None to split record by record)")
         groups.setdefault(i if key is None else r[key], []).append(i)
     names = list(groups)
     n_eval = int(round(eval_fraction * len(names)))

@@ -22,7 +22,12 @@ Two paths share that first half (``get_per_token_logps``):
 
 A sequence with no unmasked token (a response truncated to nothing) has
 log-probability 0.0 for the sum and 0.0 for the mean — never 0/0 = NaN — and
-passes no gradient.
+passes no gradient. Non-finite logits (a diverged model) are refused with a
+ValueError naming the first bad (row, position), never turned into NaN log-probs.
+
+The pieces other modules share live here once: ``response_mask`` (which label
+positions count), ``row_scale`` (the 1/n_b of the per-token mean) and
+``log_normaliser`` (log Σ_v e^{z_v}, the log of softmax's denominator).
 """
 
 import numpy as np
@@ -42,6 +47,7 @@ def get_per_token_logps(logits, labels, label_pad_token_id=-100, is_encoder_deco
     """
     data = logits.data if isinstance(logits, ag.Tensor) else backend.asarray(logits)
     labels, loss_mask = _shifted_labels(data, labels, label_pad_token_id, is_encoder_decoder)
+    _check_finite(data)
     if isinstance(logits, ag.Tensor):
         z = logits if is_encoder_decoder else logits[:, :-1, :]          # (B, T', V)
         picked = ag.gather(ag.log_softmax(z, axis=-1), labels[..., None], axis=-1)
@@ -63,7 +69,7 @@ def get_batch_logps(logits, labels, average_log_prob=False, label_pad_token_id=-
     """
     per_token_logps, loss_mask = get_per_token_logps(logits, labels, label_pad_token_id,
                                                      is_encoder_decoder)
-    scale = _row_scale(loss_mask, average_log_prob, per_token_logps.dtype)    # (B,) or None
+    scale = row_scale(loss_mask, per_token_logps.dtype) if average_log_prob else None    # (B,)
     if isinstance(per_token_logps, ag.Tensor):
         total = ag.where(loss_mask, per_token_logps, 0.0).sum(axis=-1)
         return total if scale is None else total * scale
@@ -89,12 +95,13 @@ def batch_logps_forward(logits, labels, average_log_prob=False, label_pad_token_
     if logits.dtype.kind != "f":
         raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
     labels, loss_mask = _shifted_labels(logits, labels, label_pad_token_id, is_encoder_decoder)
+    _check_finite(logits)
     z = logits if is_encoder_decoder else logits[:, :-1, :]                     # (B, T', V)
     per_token_logps, lse = _token_logps(z, labels)                              # (B, T'), (B, T')
     xp = backend.xp()
     total = xp.where(loss_mask, per_token_logps, 0).sum(axis=-1)               # (B,)
     weights = loss_mask.astype(logits.dtype)                                    # (B, T')
-    scale = _row_scale(loss_mask, average_log_prob, logits.dtype)
+    scale = row_scale(loss_mask, logits.dtype) if average_log_prob else None    # (B,)
     if scale is not None:
         weights *= scale[:, None]
     logps = total if scale is None else total * scale
@@ -132,25 +139,62 @@ def batch_logps_backward(dlogps, cache):
 
 # -- the shared pieces ------------------------------------------------------------------------
 
-def _token_logps(z, labels):
-    """log softmax(z)[y] = z[y] − logsumexp(z) with the max shift; returns it and logsumexp, (B, T')."""
+def response_mask(labels, label_pad_token_id=-100, is_encoder_decoder=False):
+    """m_bt: True where position t of row b scores a response token, (B, T').
+
+    The mask of the notes' ``get_batch_logps``: labels shifted left by one for a decoder-only
+    model (the logits at t score the label at t + 1; T' = T − 1), unshifted for an
+    encoder–decoder (T' = T), then ``labels ≠ label_pad_token_id``. Σ_t m_bt = |y_b|, the
+    number of response tokens of row b.
+    """
     xp = backend.xp()
-    m = z.max(axis=-1, keepdims=True)                                            # (B, T', 1)
-    e = z - m                                  # the only (B, T', V) temporary, exponentiated in place
+    labels = xp.asarray(labels.data if isinstance(labels, ag.Tensor) else labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must have shape (B, T), got {tuple(labels.shape)}")
+    return (labels if is_encoder_decoder else labels[:, 1:]) != label_pad_token_id
+
+
+def row_scale(loss_mask, dtype):
+    """s_b = 1/n_b per row, the weight that turns the masked sum into the per-token mean, (B,).
+
+    n_b = Σ_t m_bt unmasked tokens of row b (``loss_mask`` (B, T'), e.g. ``response_mask``);
+    an empty row gets 0, not 1/0, so its mean is 0.0 like its sum.
+    """
+    xp = backend.xp()
+    count = loss_mask.sum(axis=-1)                                               # (B,)
+    return xp.where(count > 0, 1.0 / xp.maximum(count, 1), 0.0).astype(dtype)
+
+
+def log_normaliser(z):
+    """log Σ_v e^{z_v} over the last axis, with the max shift so large logits do not overflow.
+
+    The log of softmax's denominator: log softmax(z)_v = z_v − log_normaliser(z). (…, V) → (…).
+    """
+    xp = backend.xp()
+    m = z.max(axis=-1, keepdims=True)                                            # (…, 1)
+    e = z - m                                  # the only (…, V) temporary, exponentiated in place
     xp.exp(e, out=e)
-    lse = xp.log(e.sum(axis=-1)) + m[..., 0]                                     # (B, T')
-    del e
+    return xp.log(e.sum(axis=-1)) + m[..., 0]
+
+
+def _token_logps(z, labels):
+    """log softmax(z)[y] = z[y] − logsumexp(z); returns it and logsumexp, (B, T')."""
+    xp = backend.xp()
+    lse = log_normaliser(z)                                                      # (B, T')
     picked = xp.take_along_axis(z, labels[..., None], axis=-1)[..., 0]          # (B, T')
     return picked - lse, lse
 
 
-def _row_scale(loss_mask, average_log_prob, dtype):
-    """1/n_b per row for the mean (n_b unmasked tokens; an empty row gets 0, not 1/0), None for the sum."""
-    if not average_log_prob:
-        return None
+def _check_finite(logits):
+    """One reduction on the happy path; only a bad array pays for finding where it went bad."""
     xp = backend.xp()
-    count = loss_mask.sum(axis=-1)                                               # (B,)
-    return xp.where(count > 0, 1.0 / xp.maximum(count, 1), 0.0).astype(dtype)
+    if bool(xp.isfinite(logits).all()):
+        return
+    bad = ~xp.isfinite(logits).all(axis=-1)                                      # (B, T)
+    b, t = (int(i) for i in xp.argwhere(bad)[0])
+    value = float(logits[b, t][~xp.isfinite(logits[b, t])][0])
+    raise ValueError(f"logits hold a non-finite value ({value}) at (row {b}, position {t}); "
+                     f"log-probabilities of non-finite logits would be NaN (has the model diverged?)")
 
 
 def _shifted_labels(logits, labels, label_pad_token_id, is_encoder_decoder):
@@ -166,9 +210,9 @@ def _shifted_labels(logits, labels, label_pad_token_id, is_encoder_decoder):
     if tuple(logits.shape[:-1]) != tuple(labels.shape):
         raise ValueError(f"logits (batch and sequence dims) and labels must have the same shape: "
                          f"logits has shape {tuple(logits.shape)}, labels has shape {tuple(labels.shape)}")
+    loss_mask = response_mask(labels, label_pad_token_id, is_encoder_decoder)   # (B, T')
     if not is_encoder_decoder:
         labels = labels[:, 1:]          # token t + 1 is scored by the logits at t
-    loss_mask = labels != label_pad_token_id                                     # (B, T')
     V = logits.shape[-1]
     bad = loss_mask & ((labels < 0) | (labels >= V))
     if bool(bad.any()):

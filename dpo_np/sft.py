@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dpo_np import backend
 from dpo_np import logprobs
-from dpo_np.data import LABEL_PAD_TOKEN_ID, collate_sft, format_prompt, load_sft, tokenize_sft
+from dpo_np.data import collate_sft, format_prompt, load_sft, tokenize_sft
 from dpo_np.training import Trainer, TrainingConfig, check_model_fits, resolve_config
 
 
@@ -42,10 +42,13 @@ def sft_loss_forward(logits, labels):
     Returns (loss (float), n_tokens, cache). Rows are summed by ``logprobs.batch_logps_forward``,
     then the batch total is divided by the number of response tokens N (a token-level mean, so a
     long response weighs in proportion to its tokens). A batch with no response token has loss 0.
+    Non-finite logits (a diverged model) give loss = nan and no cache, which the training loop
+    turns into its clean stop.
     """
-    xp = backend.xp()
+    n = int(logprobs.response_mask(labels).sum())                                # N
+    if not bool(backend.xp().isfinite(logits).all()):
+        return float("nan"), n, None
     logps, cache = logprobs.batch_logps_forward(logits, labels)                 # (B,)
-    n = int((xp.asarray(labels)[:, 1:] != LABEL_PAD_TOKEN_ID).sum())
     loss = -float(logps.sum()) / max(n, 1)
     return loss, n, (cache, logps.shape[0], n, logits.dtype)
 

@@ -144,6 +144,12 @@ def ld_split_labels(labels, ld_alpha, label_pad_token_id=LABEL_PAD_TOKEN_ID):
     """
     xp = backend.xp()
     labels = xp.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must have shape (2B, T) (chosen rows, then rejected rows), "
+                         f"got {tuple(labels.shape)}")
+    if labels.shape[0] % 2:
+        raise ValueError(f"labels has shape {tuple(labels.shape)}: LD-DPO pairs row i with row B + i, "
+                         f"so the rows must be 2B (B chosen, then B rejected), an even number")
     is_response = labels != label_pad_token_id                         # (2B, T)
     position = xp.cumsum(is_response, axis=1)                          # 1-based response position
     n = is_response.sum(axis=1)                                        # (2B,) response lengths
@@ -169,11 +175,8 @@ def sequence_logps_forward(logits, labels, average_log_prob=False, ld_alpha=None
     front, rear = ld_split_labels(labels, ld_alpha)
     logps_front, cache_front = logprobs.batch_logps_forward(logits, front)
     logps_rear, cache_rear = logprobs.batch_logps_forward(logits, rear)
-    scale = 1.0
-    if average_log_prob:
-        xp = backend.xp()
-        n = (xp.asarray(labels)[:, 1:] != LABEL_PAD_TOKEN_ID).sum(axis=1)
-        scale = xp.where(n > 0, 1.0 / xp.maximum(n, 1), 0.0).astype(logits.dtype)
+    # the mean divides by the whole response length |y|, front and rear together
+    scale = logprobs.row_scale(logprobs.response_mask(labels), logits.dtype) if average_log_prob else 1.0
     logps = (logps_front + ld_alpha * logps_rear) * scale
     return logps, ("ld", cache_front, cache_rear, ld_alpha, scale)
 
@@ -205,13 +208,11 @@ def wpo_weights(logits, labels):
     """
     xp = backend.xp()
     per_token, mask = logprobs.get_per_token_logps(logits, labels)          # (2B, T')
-    z = xp.asarray(logits)[:, :-1, :]
-    m = z.max(axis=-1, keepdims=True)
-    lse = xp.log(xp.exp(z - m).sum(axis=-1)) + m[..., 0]                   # log Σ_v e^z
-    lse2 = xp.log(xp.exp(2.0 * (z - m)).sum(axis=-1)) + 2.0 * m[..., 0]     # log Σ_v e^{2z}
-    log_sum_p2 = lse2 - 2.0 * lse                                          # log Σ_v p_v²
-    n = mask.sum(axis=1)
-    mean_adjusted = xp.where(mask, per_token - log_sum_p2, 0.0).sum(axis=1) / xp.maximum(n, 1)
+    z = xp.asarray(logits)[:, :-1, :]                                       # (2B, T', V)
+    # log Σ_v p_v² = log Σ_v e^{2z_v} − 2 log Σ_v e^{z_v}
+    log_sum_p2 = logprobs.log_normaliser(2.0 * z) - 2.0 * logprobs.log_normaliser(z)    # (2B, T')
+    mean_adjusted = (xp.where(mask, per_token - log_sum_p2, 0.0).sum(axis=1)
+                     * logprobs.row_scale(mask, per_token.dtype))           # (2B,) ℓ̄(y)
     B = logits.shape[0] // 2
     return xp.minimum(1.0, xp.exp(mean_adjusted[:B] + mean_adjusted[B:])).astype(logits.dtype)
 
@@ -220,7 +221,7 @@ def response_logit_sums(logits, labels):
     """Σ of the logits (over the vocabulary and the response positions) and the number of entries,
     per row: (sums (B',), counts (B',)); logits/chosen = Σ sums / Σ counts over the chosen rows."""
     xp = backend.xp()
-    mask = xp.asarray(labels)[:, 1:] != LABEL_PAD_TOKEN_ID                # (B', T')
+    mask = logprobs.response_mask(labels)                                   # (B', T')
     per_position = xp.asarray(logits)[:, :-1, :].sum(axis=-1)               # (B', T')
     sums = xp.where(mask, per_position, 0.0).sum(axis=1)
     return sums, mask.sum(axis=1) * logits.shape[-1]
@@ -324,8 +325,10 @@ class DPOTrainer(Trainer):
         (a gradient check holds them constant, as the training step does).
         Returns a dict: loss (float), per-example arrays losses, chosen_rewards,
         rejected_rewards, chosen_logps, rejected_logps, policy_weights, and the response-logit
-        sums/counts of the chosen and rejected rows. A non-finite log-probability returns
-        loss = nan before the loss (and any backward) is computed.
+        sums/counts of the chosen and rejected rows. Non-finite logits or log-probabilities
+        return loss = nan before the loss (and any backward) is computed. BCO's running mean δ
+        moves only in a training step (``split="train"`` with ``backward=True``), so measuring a
+        batch, evaluating or checking a gradient leaves it where the last step put it.
         """
         a = self.args
         xp = backend.xp()
@@ -334,6 +337,9 @@ class DPOTrainer(Trainer):
         batch = collate_preferences([feats[int(i)] for i in idx], self.tokenizer.pad_token_id)
         labels = batch["labels"]
         logits = self.model.forward(batch["input_ids"], batch["attention_mask"], cache=backward)  # (2B, T, V)
+        if not bool(xp.isfinite(logits).all()):
+            # a diverged policy: the training loop turns a nan loss into its clean stop
+            return {"loss": float("nan")}
         logps, cache = sequence_logps_forward(logits, labels, a.average_log_prob, a.ld_alpha)     # (2B,)
         if not bool(xp.isfinite(logps).all()):
             return {"loss": float("nan")}
@@ -344,7 +350,7 @@ class DPOTrainer(Trainer):
         bco_delta = 0.0
         if "bco_pair" in a.loss_kinds:
             c = self.state["counters"]
-            if split == "train":
+            if split == "train" and backward:
                 ref_c = 0.0 if ref_chosen is None else ref_chosen
                 ref_r = 0.0 if ref_rejected is None else ref_rejected
                 c["bco_mean"], c["bco_count"] = update_running_mean(
@@ -352,7 +358,7 @@ class DPOTrainer(Trainer):
             bco_delta = c["bco_mean"]
         chosen_lengths = None
         if "sft" in a.loss_kinds and not a.average_log_prob:
-            chosen_lengths = (labels[:B, 1:] != LABEL_PAD_TOKEN_ID).sum(axis=1)
+            chosen_lengths = logprobs.response_mask(labels[:B]).sum(axis=1)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=a.beta,
             loss_type=a.loss_type, label_smoothing=a.label_smoothing, reference_free=a.reference_free,

@@ -342,3 +342,20 @@ def test_split_is_deterministic_and_never_shares_a_prompt():
             split(records, bad, seed=3)
     with pytest.raises(ValueError, match="empty split"):
         split(records[:2], 0.1, seed=3)
+
+
+def test_shuffling_without_a_seed_is_refused_at_the_call_naming_seed():
+    # the defaults shuffle, so a seed is part of the call; the error comes at once, not at the first batch
+    for call in (lambda: batch_indices(10, 2), lambda: batches(list(range(10)), 2)):
+        with pytest.raises(ValueError, match=r"seed.*shuffle=False"):
+            call()
+    assert [list(b) for b in batch_indices(5, 2, shuffle=False)] == [[0, 1], [2, 3], [4]]   # no seed needed
+
+
+def test_split_names_the_missing_key_and_the_record():
+    records = [{"prompt": f"p{i}", "chosen": "c", "rejected": "r"} for i in range(6)]
+    records[4] = {"chosen": "c", "rejected": "r"}
+    with pytest.raises(ValueError, match=r"records\[4\].*'prompt'"):
+        split(records, 0.5, seed=0)
+    with pytest.raises(ValueError, match=r"records\[0\].*'source'"):
+        split(records, 0.5, seed=0, key="source")

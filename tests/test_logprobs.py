@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from dpo_np.autograd import Tensor
 from dpo_np.gradcheck import central_difference, gradcheck, relative_error
 from dpo_np.logprobs import (batch_logps_backward, batch_logps_forward, get_batch_logps,
-                             get_per_token_logps)
+                             get_per_token_logps, log_normaliser, response_mask, row_scale)
 
 TOL = 1e-6
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -240,3 +240,37 @@ def test_backward_argument_errors():
         batch_logps_forward(Tensor(logits), labels)
     with pytest.raises(TypeError, match="floating"):
         batch_logps_forward(np.ones((2, 5, 4), dtype=np.int64), labels)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_are_refused_naming_logits_and_where(bad):
+    # a diverged model must not turn into NaN log-probabilities downstream
+    logits, labels = random_batch(np.random.default_rng(11), 3, 5, 4)
+    logits[2, 3, 1] = bad
+    for call in (lambda: get_batch_logps(logits, labels), lambda: get_batch_logps(Tensor(logits), labels),
+                 lambda: get_per_token_logps(logits, labels), lambda: batch_logps_forward(logits, labels)):
+        with pytest.raises(ValueError, match=r"logits .*non-finite.*\(row 2, position 3\)"):
+            call()
+
+
+# -- the shared pieces other modules reuse ----------------------------------------------------------
+
+@pytest.mark.parametrize("encoder_decoder", [False, True])
+def test_response_mask_and_row_scale_are_the_mask_and_mean_weights_of_get_batch_logps(encoder_decoder):
+    logits, labels = random_batch(np.random.default_rng(12), 4, 6, 5, empty_row=True)
+    mask = response_mask(labels, PAD, encoder_decoder)
+    expected = (labels if encoder_decoder else labels[:, 1:]) != PAD
+    assert mask.shape == expected.shape and np.array_equal(mask, expected)
+    scale = row_scale(mask, np.float64)
+    n = expected.sum(axis=1)
+    assert scale[-1] == 0.0 and np.all(scale[:-1] == 1.0 / n[:-1])         # empty row: 0, not 1/0
+    sums = get_batch_logps(logits, labels, False, PAD, encoder_decoder)
+    means = get_batch_logps(logits, labels, True, PAD, encoder_decoder)
+    np.testing.assert_allclose(means, sums * scale, rtol=1e-13)
+
+
+def test_log_normaliser_is_log_sum_exp_and_stays_finite_for_large_logits():
+    z = np.random.default_rng(13).standard_normal((2, 3, 7))
+    np.testing.assert_allclose(log_normaliser(z), np.log(np.exp(z).sum(axis=-1)), rtol=1e-13)
+    big = z + 1000.0                                         # exp overflows; the max shift does not
+    np.testing.assert_allclose(log_normaliser(big), log_normaliser(z) + 1000.0, rtol=1e-13)

@@ -14,7 +14,7 @@ from dpo_np.gradcheck import parameter_gradient_errors
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.sft import SFTConfig, SFTTrainer, greedy_answer, run_sft, sft_loss_backward, sft_loss_forward
 from dpo_np.tokenizer import CharTokenizer
-from dpo_np.training import TrainingConfig, learning_rate_at, read_metrics
+from dpo_np.training import NonFiniteLossError, TrainingConfig, learning_rate_at, read_metrics
 
 RECORDS = [
     {"prompt": "ab", "response": "abc"},
@@ -158,6 +158,24 @@ def test_the_final_checkpoint_holds_the_trained_model_and_tokenizer(tmp_path):
     assert saved["step"] == 2 and saved["tokenizer"] == TOK
     assert all(np.array_equal(saved["model"].params[k], p) for k, p in trainer.model.params.items())
     assert saved["extra"]["trainer"] == "sft"
+
+
+def test_a_diverged_model_stops_training_at_that_step_and_keeps_the_last_checkpoint(tmp_path):
+    # NaN logits are refused by the log-prob code; the trainer turns them into its clean non-finite stop
+    trainer = SFTTrainer(GPT(TINY), _args(tmp_path, max_steps=5, save_steps=2), train_dataset=RECORDS,
+                         eval_dataset=RECORDS, tokenizer=TOK)
+    original = trainer.training_step
+
+    def poisoned(idx):
+        if trainer.state["step"] == 2:                       # while computing step 3
+            trainer.model.params["ln_f.bias"][0] = np.nan
+        return original(idx)
+    trainer.training_step = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"step 3: the loss is nan") as err:
+        trainer.train()
+    assert str(tmp_path / "run" / "checkpoint-2") in str(err.value)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint-2")["step"] == 2
+    assert math.isnan(trainer.evaluate()["eval/loss"])
 
 
 def test_evaluate_reports_the_token_level_loss_independent_of_batching(tmp_path):

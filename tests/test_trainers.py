@@ -71,26 +71,41 @@ def test_step0_rewards_are_exactly_zero_and_sigmoid_loss_is_exactly_log2(tmp_pat
 
 def _all_param_gradcheck(trainer, idx, h=1e-5):
     """dL/dθ through model.backward against central differences of the trainer's own loss, for
-    every coordinate of every parameter; WPO's weights are held at their value, as in training."""
+    every coordinate of every parameter; WPO's weights and BCO's δ are held at their value, as in training."""
     model = trainer.model
     model.zero_grad()
     out = trainer.batch_outputs(idx, backward=True)
     analytic = {k: g.copy() for k, g in model.grads.items()}
     weights = out["policy_weights"]
+    counters = dict(trainer.state["counters"])          # BCO's δ: the measurements must not move it
     errors = parameter_gradient_errors(
         model.params, analytic, lambda: trainer.batch_outputs(idx, policy_weights=weights)["loss"], h)
+    assert trainer.state["counters"] == counters
     return errors, analytic
 
 
 @pytest.mark.parametrize("variant", [dict(loss_type="sigmoid"), dict(loss_type="ipo"),
-                                     dict(ld_alpha=0.3), dict(use_weighting=True)],
-                         ids=["sigmoid", "ipo", "ld_alpha", "wpo"])
+                                     dict(ld_alpha=0.3), dict(use_weighting=True), dict(loss_type="bco_pair")],
+                         ids=["sigmoid", "ipo", "ld_alpha", "wpo", "bco_pair"])
 def test_dpo_gradient_matches_central_differences_for_every_parameter(tmp_path, variant):
     # π_ref ≠ π_θ so the margin is not 0 and σ's slope is not the trivial one; β large enough to matter
     trainer = _trainer(tmp_path, ref_seed=7, beta=0.5, **variant)
     errors, analytic = _all_param_gradcheck(trainer, np.arange(len(PAIRS)))
     assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
     assert sum(float(np.abs(g).sum()) for g in analytic.values()) > 0       # not vacuous
+
+
+def test_bco_running_mean_moves_only_in_a_training_step(tmp_path):
+    # δ is a statistic of the training run: a measurement (backward=False) or an eval batch must leave it
+    trainer = _trainer(tmp_path, ref_seed=7, beta=0.5, loss_type="bco_pair", eval_pairs=PAIRS[:2])
+    idx = np.arange(2)
+    before = dict(trainer.state["counters"])
+    first = trainer.batch_outputs(idx)["loss"]
+    trainer.batch_outputs(idx, "eval")
+    assert trainer.state["counters"] == before and trainer.batch_outputs(idx)["loss"] == first
+    trainer.batch_outputs(idx, backward=True)
+    assert trainer.state["counters"]["bco_count"] == before["bco_count"] + 2 * len(idx)
+    assert trainer.state["counters"]["bco_mean"] != before["bco_mean"]
 
 
 def test_sequence_logps_backward_matches_central_differences_with_a_random_upstream():
@@ -267,6 +282,14 @@ def test_notes_snippet_runs_as_written(tmp_path):
     assert dpo_trainer.args.beta == 0.1 and dpo_trainer.state["step"] == 2
     assert dpo_trainer.ref_model is model_ref
     assert os.path.isdir(tmp_path / "snippet" / "final")
+
+
+def test_ld_split_refuses_an_odd_number_of_rows_naming_labels():
+    labels = np.array([[-100, 1, 2], [-100, 3, -100], [-100, 2, 2]])     # 3 rows: not chosen then rejected
+    with pytest.raises(ValueError, match=r"labels .*\(3, 3\).*2B"):
+        ld_split_labels(labels, 0.5)
+    with pytest.raises(ValueError, match=r"labels must have shape \(2B, T\)"):
+        ld_split_labels(labels[0], 0.5)
 
 
 def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
