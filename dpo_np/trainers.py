@@ -83,8 +83,6 @@ class DPOConfig(TrainingConfig):
                 self.loss_type = list(self.loss_type)
             except TypeError:
                 raise ValueError(f"loss_type must be a name or a list of names, got {self.loss_type!r}") from None
-        if self.loss_weights is not None:
-            self.loss_weights = [float(w) for w in np.atleast_1d(self.loss_weights)]
         # the loss function is the authority on its own arguments: one dry call validates them all
         one = np.zeros(1)
         try:
@@ -95,6 +93,8 @@ class DPOConfig(TrainingConfig):
         except (TypeError, ValueError) as err:
             raise ValueError(f"DPOConfig: {err}") from None
         self.beta = float(self.beta)
+        if self.loss_weights is not None:
+            self.loss_weights = [float(w) for w in np.atleast_1d(self.loss_weights)]
         if self.ld_alpha is not None:
             a = self.ld_alpha
             if isinstance(a, bool) or not isinstance(a, (int, float, np.floating)) or not 0.0 <= a <= 1.0:

@@ -407,3 +407,8 @@ def test_dpo_on_toy_preferences_raises_heldout_reward_accuracy_above_chance(tmp_
     n = len(data["eval"])
     assert after["eval/rewards/accuracies"] >= binomial_critical_accuracy(n)
     assert after["eval/rewards/margins"] > 0
+
+
+def test_config_names_a_loss_weight_that_is_not_a_number():
+    with pytest.raises(ValueError, match=r"DPOConfig: .*loss_weights"):
+        DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=["a", 1.0])
