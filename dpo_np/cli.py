@@ -24,7 +24,7 @@ def _positive_int(text):
 
 
 def _closed_form(args):
-    from .closed_form import plot_closed_form, run_closed_form
+    from .experiments.closed_form import plot_closed_form, run_closed_form
 
     result = run_closed_form(vocab_size=args.vocab_size, length=args.length, n_prompts=args.prompts,
                              beta=args.beta, pairs=args.pairs, steps=args.steps, lr=args.lr, seed=args.seed,
@@ -60,7 +60,7 @@ def _figure(plot, result, path):
 
 
 def _demo(args):
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     overrides = {k: v for k, v in (("sft_steps", args.sft_steps), ("dpo_steps", args.dpo_steps),
                                    ("beta", args.beta)) if v is not None}
@@ -70,7 +70,7 @@ def _demo(args):
 
 
 def _sft(args):
-    from .sft import run_sft
+    from .experiments.runs import run_sft
 
     run_sft(output_dir=args.output_dir, max_steps=args.steps, learning_rate=args.lr,
             batch_size=args.batch_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
@@ -80,7 +80,7 @@ def _sft(args):
 
 def _generate(args):
     from .checkpoint import load_checkpoint
-    from .sft import greedy_answer
+    from .generate import greedy_answer
 
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["tokenizer"] is None:
@@ -92,13 +92,13 @@ def _generate(args):
 
 def _bench(args):
     if args.what == "closed-form":
-        from .bench_closed_form import bench_closed_form
+        from .bench.closed_form import bench_closed_form
         bench_closed_form()
     elif args.what == "model":
-        from .bench_model import bench_model
+        from .bench.model import bench_model
         bench_model()
     elif args.what == "dpo":
-        from .bench_dpo import bench_dpo
+        from .bench.dpo import bench_dpo
         bench_dpo()
     return 0
 

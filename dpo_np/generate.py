@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from dpo_np import backend
+from dpo_np.data import format_prompt
 
 
 # ---- arguments ----------------------------------------------------------------------
@@ -254,3 +255,19 @@ def _beam_search_one(model, prompt, max_new_tokens, num_beams, eos_token_id, len
     if not hypotheses:                        # max_new_tokens == 0
         return list(map(int, prompt))
     return max(hypotheses, key=lambda h: h[0])[1]
+
+
+# ---- answering a question ---------------------------------------------------------------
+
+def greedy_answer(model, tokenizer, prompt, max_new_tokens=None):
+    """π_θ's greedy answer to ``prompt`` (formatted with ``data.format_prompt``), up to the end token.
+
+    At most ``block_size − len(prompt)`` new tokens, so the context is never cropped.
+    """
+    ids = tokenizer.encode(format_prompt(prompt))
+    room = model.config.block_size - len(ids)
+    if room <= 0:
+        raise ValueError(f"prompt is {len(ids)} tokens, no room left in block_size={model.config.block_size}")
+    n = room if max_new_tokens is None else min(int(max_new_tokens), room)
+    out = generate(model, ids, n, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[len(ids):])

@@ -30,7 +30,6 @@ positions count), ``row_scale`` (the 1/n_b of the per-token mean) and
 ``log_normaliser`` (log Σ_v e^{z_v}, the log of softmax's denominator).
 """
 
-import numpy as np
 
 from . import autograd as ag
 from . import backend

@@ -24,7 +24,6 @@ point of the notes — but it is what DPO replaces, so here it is, proven the sa
 import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend

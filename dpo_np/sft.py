@@ -10,16 +10,14 @@ predicted, so its positions carry label −100 and count nothing:
 computed with the same hand-written log-prob pair as DPO (``logprobs.batch_logps_forward``:
 the per-row sum of the notes' ``get_batch_logps``), whose backward hands dL/dlogits to the model.
 
-    python -m dpo_np sft      # run_sft(): the toy corpus, a small GPT, a checkpoint, greedy answers
 """
 
 import math
-import time
 from dataclasses import dataclass
 
 from dpo_np import backend
 from dpo_np import logprobs
-from dpo_np.data import collate_sft, format_prompt, load_sft, tokenize_sft
+from dpo_np.data import collate_sft, load_sft, tokenize_sft
 from dpo_np.training import Trainer, TrainingConfig, check_model_fits, resolve_config
 
 
@@ -110,55 +108,3 @@ class SFTTrainer(Trainer):
             loss, n, _ = sft_loss_forward(logits, batch["labels"])
             total, count = total + loss * n, count + n
         return {"eval/loss": total / max(count, 1), "eval/tokens": count}
-
-
-def greedy_answer(model, tokenizer, prompt, max_new_tokens=None):
-    """π_θ's greedy answer to ``prompt`` (formatted with ``data.format_prompt``), up to the end token.
-
-    At most ``block_size − len(prompt)`` new tokens, so the context is never cropped.
-    """
-    from dpo_np.generate import generate
-    ids = tokenizer.encode(format_prompt(prompt))
-    room = model.config.block_size - len(ids)
-    if room <= 0:
-        raise ValueError(f"prompt is {len(ids)} tokens, no room left in block_size={model.config.block_size}")
-    n = room if max_new_tokens is None else min(int(max_new_tokens), room)
-    out = generate(model, ids, n, do_sample=False, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[len(ids):])
-
-
-def run_sft(output_dir="runs/sft", max_steps=2000, learning_rate=3e-3, batch_size=16, n_layer=3, n_head=4,
-            n_embd=96, block_size=160, seed=0, data_seed=0, show_progress=True, print_fn=print):
-    """Supervised fine-tuning of a small GPT on ``toydata.sft_corpus(data_seed)``; the command ``sft``.
-
-    Builds the character tokenizer from ``toydata.vocabulary_text()``, trains for ``max_steps``
-    (cosine schedule), saves the checkpoint ``output_dir/final`` (metrics in
-    ``output_dir/metrics.jsonl``), then prints the greedy answers to the notes' three prompts.
-    Returns ``{"model", "tokenizer", "trainer", "result", "answers", "checkpoint", "seconds"}``.
-    """
-    from dpo_np import toydata
-    from dpo_np.model import GPT, GPTConfig
-    from dpo_np.tokenizer import CharTokenizer
-
-    tokenizer = CharTokenizer.from_corpus(toydata.vocabulary_text())
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=n_layer,
-                       n_head=n_head, n_embd=n_embd)
-    model = GPT(config, seed=seed)
-    corpus = toydata.sft_corpus(data_seed)
-    args = SFTConfig(output_dir=output_dir, max_steps=max_steps, learning_rate=learning_rate,
-                     per_device_train_batch_size=batch_size, max_length=block_size, seed=seed,
-                     show_progress=show_progress)
-    trainer = SFTTrainer(model, args, train_dataset=corpus, tokenizer=tokenizer)
-    print_fn(f"sft: {len(corpus)} examples, GPT {n_layer} layers × {n_embd} channels "
-             f"({model.num_params():,} parameters), {trainer.total_steps} steps")
-    start = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - start
-    print_fn(f"sft: final training loss {result['metrics'].get('loss', float('nan')):.4f} "
-             f"in {seconds:.0f} s; checkpoint: {trainer.final_checkpoint}")
-    answers = {}
-    for prompt in toydata.NOTES_PROMPTS:
-        answers[prompt] = greedy_answer(model, tokenizer, prompt)
-        print_fn(f"  Q: {prompt}\n  A: {answers[prompt]}")
-    return {"model": model, "tokenizer": tokenizer, "trainer": trainer, "result": result,
-            "answers": answers, "checkpoint": trainer.final_checkpoint, "seconds": seconds}

@@ -15,8 +15,8 @@ import pytest
 
 from dpo_np import autograd as ag
 from dpo_np import rlhf
-from dpo_np.bench_closed_form import bench_closed_form
-from dpo_np.closed_form import aggregate_pairs, plot_closed_form, run_closed_form
+from dpo_np.bench.closed_form import bench_closed_form
+from dpo_np.experiments.closed_form import aggregate_pairs, plot_closed_form, run_closed_form
 from dpo_np.losses import dpo_loss
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpo_np import backend
-from dpo_np.data import (PROMPT_TEMPLATE, REASONS, batch_indices, batches, collate_preferences, collate_sft,
+from dpo_np.data import (REASONS, batch_indices, batches, collate_preferences, collate_sft,
                          format_prompt, load_preferences, load_sft, split, tokenize_preference, tokenize_sft)
 from dpo_np.logprobs import get_batch_logps
 from dpo_np.tokenizer import CharTokenizer

@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from dpo_np import toydata
+from dpo_np.experiments import toy_preferences
 from dpo_np.data import format_prompt
-from dpo_np.demo import (QUICK, TABLE_ROWS, classify_answer, estimate_kl, per_token_kl, run_demo,
-                         sample_responses)
+from dpo_np.experiments.demo import QUICK, TABLE_ROWS, run_demo
+from dpo_np.experiments.evaluation import classify_answer, estimate_kl, per_token_kl, sample_responses
 from dpo_np.logprobs import get_batch_logps
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.tokenizer import CharTokenizer
@@ -36,7 +36,7 @@ def test_quick_demo_prints_every_row_of_the_table_and_every_notes_prompt(quick):
     result, printed, _ = quick
     for _, label in TABLE_ROWS:
         assert label in printed and label in result["table"]
-    for prompt in toydata.NOTES_PROMPTS:
+    for prompt in toy_preferences.NOTES_PROMPTS:
         assert f"Q: {prompt}" in printed
         a = result["answers"][prompt]
         assert a["before_is"] in ("chosen", "rejected", "other") and a["after_is"] in ("chosen", "rejected", "other")
@@ -48,7 +48,7 @@ def test_quick_demo_reports_only_finite_numbers(quick):
         for key, _ in TABLE_ROWS:
             assert math.isfinite(result[side][key]), (side, key, result[side][key])
         assert math.isfinite(result[side]["kl_stderr"])
-        assert result[side]["pairs"] == len(toydata.preference_dataset(0)["eval"])
+        assert result[side]["pairs"] == len(toy_preferences.preference_dataset(0)["eval"])
     assert all(math.isfinite(s) and s >= 0 for s in result["seconds"].values())
 
 
@@ -215,7 +215,7 @@ def test_sample_responses_are_seeded_in_prompt_order_and_stop_at_the_end_token()
 
 def test_plot_metric_curves_writes_a_png_atomically_and_names_bad_input(tmp_path):
     pytest.importorskip("matplotlib")
-    from dpo_np.plots import plot_dpo_metrics, plot_metric_curves
+    from dpo_np.experiments.plots import plot_dpo_metrics, plot_metric_curves
     rows = [{"step": s, "loss": 0.7 - 0.01 * s, "rewards/margins": 0.1 * s} for s in range(1, 6)]
     rows.append({"step": 5, "eval/loss": 0.66, "eval/rewards/margins": 0.4})
     path = plot_dpo_metrics(rows, tmp_path / "sub" / "dpo.png")

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dpo_np import autograd as ag
 from dpo_np import losses as losses_module
 from dpo_np.autograd import Tensor
 from dpo_np.gradcheck import gradcheck

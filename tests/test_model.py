@@ -504,7 +504,7 @@ def test_backward_rejects_bad_dlogits_and_a_missing_cache():
 # the benchmark's bookkeeping (its timings are not asserted: they depend on the machine)
 
 def test_bench_counts_every_matmul_flop_of_forward_and_backward_from_the_shapes():
-    from dpo_np.bench_model import bench_model
+    from dpo_np.bench.model import bench_model
     B, T, C, V, nh, L = 2, 8, 16, 11, 2, 1
     r = bench_model(n_layer=L, n_head=nh, n_embd=C, block_size=T, batch_size=B, vocab_size=V,
                     steps=1, verbose=False)

@@ -6,7 +6,7 @@ SFT policy, checkpoints, and held-out pair accuracy above chance after a short r
 import numpy as np
 import pytest
 
-from dpo_np import toydata
+from dpo_np.experiments import toy_preferences
 from dpo_np.data import collate_preferences, format_prompt, tokenize_preference
 from dpo_np.gradcheck import parameter_gradient_errors, relative_error
 from dpo_np.model import GPT, GPTConfig
@@ -113,13 +113,13 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
 
 
 def test_reward_model_on_toy_preferences_ranks_heldout_pairs_above_chance(tmp_path):
-    tok = CharTokenizer.from_corpus(toydata.vocabulary_text())
-    data = toydata.preference_dataset(seed=0)
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=toydata.MAX_SEQUENCE_LENGTH,
+    tok = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
+    data = toy_preferences.preference_dataset(seed=0)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=toy_preferences.MAX_SEQUENCE_LENGTH,
                        n_layer=2, n_head=2, n_embd=32)
     trainer = RewardTrainer(RewardModel(config, seed=0), output_dir=str(tmp_path / "rm"), max_steps=150,
                             learning_rate=3e-3, per_device_train_batch_size=8, per_device_eval_batch_size=32,
-                            max_length=toydata.MAX_SEQUENCE_LENGTH, max_prompt_length=64, logging_steps=10,
+                            max_length=toy_preferences.MAX_SEQUENCE_LENGTH, max_prompt_length=64, logging_steps=10,
                             show_progress=False, train_dataset=data["train"], eval_dataset=data["eval"],
                             tokenizer=tok)
     trainer.train()

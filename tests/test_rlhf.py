@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dpo_np import autograd as ag
-from dpo_np import rlhf, toy
+from dpo_np import rlhf
+from dpo_np.experiments import toy_problem as toy
 from dpo_np.autograd import Tensor
 from dpo_np.gradcheck import gradcheck, relative_error
 from dpo_np.losses import dpo_loss

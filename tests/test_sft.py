@@ -12,7 +12,9 @@ from dpo_np.checkpoint import load_checkpoint
 from dpo_np.data import collate_sft, format_prompt, tokenize_sft
 from dpo_np.gradcheck import parameter_gradient_errors
 from dpo_np.model import GPT, GPTConfig
-from dpo_np.sft import SFTConfig, SFTTrainer, greedy_answer, run_sft, sft_loss_backward, sft_loss_forward
+from dpo_np.experiments.runs import run_sft
+from dpo_np.generate import greedy_answer
+from dpo_np.sft import SFTConfig, SFTTrainer, sft_loss_backward, sft_loss_forward
 from dpo_np.tokenizer import CharTokenizer
 from dpo_np.training import NonFiniteLossError, TrainingConfig, learning_rate_at, read_metrics
 

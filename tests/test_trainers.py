@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from dpo_np import logprobs, toydata
+from dpo_np import logprobs
+from dpo_np.experiments import toy_preferences
 from dpo_np.checkpoint import load_checkpoint
 from dpo_np.data import collate_preferences, collate_sft, format_prompt, tokenize_preference
 from dpo_np.gradcheck import parameter_gradient_errors, relative_error
@@ -391,13 +392,13 @@ def test_a_plain_training_config_is_accepted_as_args(tmp_path):
 # ---- learning --------------------------------------------------------------------------------
 
 def test_dpo_on_toy_preferences_raises_heldout_reward_accuracy_above_chance(tmp_path):
-    tok = CharTokenizer.from_corpus(toydata.vocabulary_text())
-    data = toydata.preference_dataset(seed=0)
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=toydata.MAX_SEQUENCE_LENGTH,
+    tok = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
+    data = toy_preferences.preference_dataset(seed=0)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=toy_preferences.MAX_SEQUENCE_LENGTH,
                        n_layer=1, n_head=2, n_embd=32)
     trainer = DPOTrainer(GPT(config, seed=0), args=DPOConfig(
         output_dir=str(tmp_path / "toy"), max_steps=40, learning_rate=3e-3, beta=0.1,
-        per_device_train_batch_size=8, per_device_eval_batch_size=32, max_length=toydata.MAX_SEQUENCE_LENGTH,
+        per_device_train_batch_size=8, per_device_eval_batch_size=32, max_length=toy_preferences.MAX_SEQUENCE_LENGTH,
         max_prompt_length=64, logging_steps=10, show_progress=False, save_at_end=False),
         train_dataset=data["train"], eval_dataset=data["eval"], tokenizer=tok)
     before = trainer.evaluate()

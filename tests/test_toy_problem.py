@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from dpo_np import rlhf, toy
+from dpo_np import rlhf
+from dpo_np.experiments import toy_problem
 
 
 def logsumexp(a, axis=-1):
@@ -15,8 +16,8 @@ def logsumexp(a, axis=-1):
 
 @pytest.mark.parametrize("V,L", [(1, 3), (2, 1), (3, 3), (4, 2), (2, 5)])
 def test_fixed_length_enumeration_lists_all_v_to_the_l_sequences_lexicographically(V, L):
-    responses = toy.enumerate_responses(V, L)
-    assert responses.shape == (V ** L, L) == (toy.count_responses(V, L), L)
+    responses = toy_problem.enumerate_responses(V, L)
+    assert responses.shape == (V ** L, L) == (toy_problem.count_responses(V, L), L)
     assert responses.dtype == np.int64
     # exactly itertools.product's order: lexicographic, the last token fastest
     np.testing.assert_array_equal(responses, np.array(list(itertools.product(range(V), repeat=L))))
@@ -24,14 +25,14 @@ def test_fixed_length_enumeration_lists_all_v_to_the_l_sequences_lexicographical
 
 @pytest.mark.parametrize("V,L", [(1, 3), (2, 1), (2, 3), (3, 4)])
 def test_eos_enumeration_lists_every_response_ending_in_eos(V, L):
-    responses = toy.enumerate_responses(V, L, eos=True)
+    responses = toy_problem.enumerate_responses(V, L, eos=True)
     n = sum(V ** l for l in range(L))                              # l = 0..L−1 content tokens, then EOS
-    assert responses.shape == (n, L) and toy.count_responses(V, L, eos=True) == n
+    assert responses.shape == (n, L) and toy_problem.count_responses(V, L, eos=True) == n
     eos_at = (responses == V).argmax(axis=1)
     assert np.all((responses == V).sum(axis=1) == 1)               # exactly one EOS per response
     for row, l in zip(responses, eos_at):
         assert np.all((row[:l] >= 0) & (row[:l] < V))               # content before it
-        assert np.all(row[l + 1:] == toy.PAD)                       # padding after it
+        assert np.all(row[l + 1:] == toy_problem.PAD)                       # padding after it
     assert len({tuple(row) for row in responses}) == n             # no duplicates
     np.testing.assert_array_equal(np.bincount(eos_at, minlength=L), [V ** l for l in range(L)])
 
@@ -39,9 +40,9 @@ def test_eos_enumeration_lists_every_response_ending_in_eos(V, L):
 @pytest.mark.parametrize("eos", [False, True])
 @pytest.mark.parametrize("V,L,P", [(3, 3, 4), (2, 5, 2), (5, 2, 3)])
 def test_reference_logprobs_normalize_exactly_over_the_enumerated_set(V, L, P, eos):
-    responses = toy.enumerate_responses(V, L, eos=eos)
-    table = toy.random_reference_table(P, V, L, seed=V * 10 + L, eos=eos, scale=2.0)
-    ref = toy.sequence_logprobs(table, responses)
+    responses = toy_problem.enumerate_responses(V, L, eos=eos)
+    table = toy_problem.random_reference_table(P, V, L, seed=V * 10 + L, eos=eos, scale=2.0)
+    ref = toy_problem.sequence_logprobs(table, responses)
     assert ref.shape == (P, len(responses))
     np.testing.assert_allclose(logsumexp(ref), 0.0, atol=len(responses) * 1e-15)
     rlhf.check_logprobs(ref, "ref_logprobs")
@@ -52,15 +53,15 @@ def test_reference_logprobs_normalize_exactly_over_the_enumerated_set(V, L, P, e
 def test_sequence_logprobs_is_the_sum_of_next_token_logprobs():
     V, L = 3, 4
     for eos in (False, True):
-        responses = toy.enumerate_responses(V, L, eos=eos)
-        table = toy.random_reference_table(2, V, L, seed=3, eos=eos, eos_bias=-0.5)
-        ref = toy.sequence_logprobs(table, responses)
+        responses = toy_problem.enumerate_responses(V, L, eos=eos)
+        table = toy_problem.random_reference_table(2, V, L, seed=3, eos=eos, eos_bias=-0.5)
+        ref = toy_problem.sequence_logprobs(table, responses)
         rng = np.random.default_rng(0)
         for i in rng.choice(len(responses), size=12, replace=False):
             for x in range(2):
                 prev, total = V, 0.0                                # V marks the start of the response
                 for t, token in enumerate(responses[i]):
-                    if token == toy.PAD:
+                    if token == toy_problem.PAD:
                         break
                     total += table[x, t, prev, token]
                     prev = token
@@ -68,40 +69,40 @@ def test_sequence_logprobs_is_the_sum_of_next_token_logprobs():
 
 
 def test_sequence_logprobs_rejects_bad_tokens():
-    table = toy.random_reference_table(1, 3, 2, seed=0)
+    table = toy_problem.random_reference_table(1, 3, 2, seed=0)
     with pytest.raises(ValueError, match="token ids in"):
-        toy.sequence_logprobs(table, np.array([[0, 3]]))
+        toy_problem.sequence_logprobs(table, np.array([[0, 3]]))
     with pytest.raises(ValueError, match="2-D"):
-        toy.sequence_logprobs(table, np.array([0, 1]))
+        toy_problem.sequence_logprobs(table, np.array([0, 1]))
     with pytest.raises(ValueError, match="positions"):
-        toy.sequence_logprobs(table, np.zeros((2, 3), dtype=np.int64))
+        toy_problem.sequence_logprobs(table, np.zeros((2, 3), dtype=np.int64))
     with pytest.raises(TypeError, match="integer"):
-        toy.sequence_logprobs(table, np.zeros((2, 2)))
+        toy_problem.sequence_logprobs(table, np.zeros((2, 2)))
 
 
 def test_enumeration_refuses_sizes_beyond_a_toy():
     with pytest.raises(ValueError, match="too many"):
-        toy.enumerate_responses(10, 10)
+        toy_problem.enumerate_responses(10, 10)
     with pytest.raises(ValueError, match="vocab_size"):
-        toy.enumerate_responses(0, 3)
+        toy_problem.enumerate_responses(0, 3)
 
 
 def test_rewards_are_deterministic_from_the_seed_and_scale_linearly():
-    responses = toy.enumerate_responses(3, 3, eos=True)
-    r = toy.random_rewards(responses, 2, 3, seed=5)
-    np.testing.assert_array_equal(r, toy.random_rewards(responses, 2, 3, seed=5))
-    assert not np.allclose(r, toy.random_rewards(responses, 2, 3, seed=6))
-    np.testing.assert_allclose(toy.random_rewards(responses, 2, 3, seed=5, scale=100.0), 100 * r, rtol=1e-14)
-    assert np.abs(toy.random_rewards(toy.enumerate_responses(3, 3), 2, 3, seed=5, scale=100.0)).max() > 100
+    responses = toy_problem.enumerate_responses(3, 3, eos=True)
+    r = toy_problem.random_rewards(responses, 2, 3, seed=5)
+    np.testing.assert_array_equal(r, toy_problem.random_rewards(responses, 2, 3, seed=5))
+    assert not np.allclose(r, toy_problem.random_rewards(responses, 2, 3, seed=6))
+    np.testing.assert_allclose(toy_problem.random_rewards(responses, 2, 3, seed=5, scale=100.0), 100 * r, rtol=1e-14)
+    assert np.abs(toy_problem.random_rewards(toy_problem.enumerate_responses(3, 3), 2, 3, seed=5, scale=100.0)).max() > 100
     assert len(np.unique(r[0])) == r.shape[1]                       # the reward separates responses
 
 
 def test_pair_sampling_is_seeded():
-    ref = toy.sequence_logprobs(toy.random_reference_table(2, 2, 2, seed=0), toy.enumerate_responses(2, 2))
-    r = toy.random_rewards(toy.enumerate_responses(2, 2), 2, 2, seed=1)
-    a = toy.sample_preference_pairs(ref, r, 500, seed=3)
-    b = toy.sample_preference_pairs(ref, r, 500, seed=3)
-    c = toy.sample_preference_pairs(ref, r, 500, seed=4)
+    ref = toy_problem.sequence_logprobs(toy_problem.random_reference_table(2, 2, 2, seed=0), toy_problem.enumerate_responses(2, 2))
+    r = toy_problem.random_rewards(toy_problem.enumerate_responses(2, 2), 2, 2, seed=1)
+    a = toy_problem.sample_preference_pairs(ref, r, 500, seed=3)
+    b = toy_problem.sample_preference_pairs(ref, r, 500, seed=3)
+    c = toy_problem.sample_preference_pairs(ref, r, 500, seed=4)
     for key in ("prompt", "chosen", "rejected"):
         np.testing.assert_array_equal(a[key], b[key])
     assert any(not np.array_equal(a[k], c[k]) for k in a)
@@ -116,10 +117,10 @@ def test_pair_sampling_frequencies_match_bradley_terry(proposal):
     # while a wrong probability (e.g. σ(r_b − r_a), or a skipped label) is off by dozens of sigmas.
     Z = 5.5
     V, L, P, n = 2, 2, 3, 400_000
-    responses = toy.enumerate_responses(V, L)
-    ref = toy.sequence_logprobs(toy.random_reference_table(P, V, L, seed=1), responses)
-    r = toy.random_rewards(responses, P, V, seed=2, scale=0.7)
-    pairs = toy.sample_preference_pairs(ref, r, n, seed=3, proposal=proposal)
+    responses = toy_problem.enumerate_responses(V, L)
+    ref = toy_problem.sequence_logprobs(toy_problem.random_reference_table(P, V, L, seed=1), responses)
+    r = toy_problem.random_rewards(responses, P, V, seed=2, scale=0.7)
+    pairs = toy_problem.sample_preference_pairs(ref, r, n, seed=3, proposal=proposal)
     x, w, l = (np.asarray(pairs[k]) for k in ("prompt", "chosen", "rejected"))
     N = responses.shape[0]
     proposal_probs = np.exp(ref) if proposal == "reference" else np.full(ref.shape, 1.0 / N)
@@ -138,15 +139,15 @@ def test_pair_sampling_frequencies_match_bradley_terry(proposal):
 
 
 def test_pair_sampling_rejects_bad_arguments():
-    ref = toy.sequence_logprobs(toy.random_reference_table(2, 2, 2, seed=0), toy.enumerate_responses(2, 2))
+    ref = toy_problem.sequence_logprobs(toy_problem.random_reference_table(2, 2, 2, seed=0), toy_problem.enumerate_responses(2, 2))
     r = np.zeros_like(ref)
     with pytest.raises(ValueError, match="proposal"):
-        toy.sample_preference_pairs(ref, r, 10, seed=0, proposal="greedy")
+        toy_problem.sample_preference_pairs(ref, r, 10, seed=0, proposal="greedy")
     with pytest.raises(ValueError, match="n_pairs"):
-        toy.sample_preference_pairs(ref, r, 0, seed=0)
+        toy_problem.sample_preference_pairs(ref, r, 0, seed=0)
     with pytest.raises(ValueError, match="shape"):
-        toy.sample_preference_pairs(ref, r[:, :2], 10, seed=0)
+        toy_problem.sample_preference_pairs(ref, r[:, :2], 10, seed=0)
     with pytest.raises(ValueError, match="ref_logprobs do not normalize"):
-        toy.sample_preference_pairs(ref + 0.1, r, 10, seed=0)
+        toy_problem.sample_preference_pairs(ref + 0.1, r, 10, seed=0)
     with pytest.raises(ValueError, match="seed"):
-        toy.sample_preference_pairs(ref, r, 10, seed=None)
+        toy_problem.sample_preference_pairs(ref, r, 10, seed=None)

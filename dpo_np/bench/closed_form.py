@@ -3,10 +3,10 @@
 For V = 8, L = 6 there are 8^6 = 262,144 responses per prompt. The benchmark
 times, separately and vectorized in log space:
 
-- ``enumerate``: listing every response (``toy.enumerate_responses``);
+- ``enumerate``: listing every response (``toy_problem.enumerate_responses``);
 - ``reference``: exact log π_ref(y|x) from the autoregressive table, a sum of
-  L next-token log-probabilities per response (``toy.sequence_logprobs``);
-- ``rewards``: the known reward r(x, y) of every response (``toy.random_rewards``);
+  L next-token log-probabilities per response (``toy_problem.sequence_logprobs``);
+- ``rewards``: the known reward r(x, y) of every response (``toy_problem.random_rewards``);
 - ``optimal``: log Z(x), log π*(y|x) and J(π*) (DPO paper eq. 4, ``rlhf.py``).
 
 Each is the best of ``repeats`` runs (the least disturbed by other work on the
@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from dpo_np import backend, rlhf, toy
+from dpo_np import backend, rlhf
+from dpo_np.experiments import toy_problem
 
 
 def _timed(fn, repeats):
@@ -49,10 +50,10 @@ def bench_closed_form(vocab_size=8, length=6, n_prompts=4, beta=0.1, repeats=5, 
     beta = rlhf.check_beta(beta)
     out = sys.stdout if file is None else file
 
-    responses, t_enum = _timed(lambda: toy.enumerate_responses(vocab_size, length), repeats)
-    table = toy.random_reference_table(n_prompts, vocab_size, length, seed=seed)       # (P, L, V+1, V)
-    ref_logprobs, t_ref = _timed(lambda: toy.sequence_logprobs(table, responses), repeats)    # (P, N)
-    rewards, t_rew = _timed(lambda: toy.random_rewards(responses, n_prompts, vocab_size, seed=seed + 1,
+    responses, t_enum = _timed(lambda: toy_problem.enumerate_responses(vocab_size, length), repeats)
+    table = toy_problem.random_reference_table(n_prompts, vocab_size, length, seed=seed)       # (P, L, V+1, V)
+    ref_logprobs, t_ref = _timed(lambda: toy_problem.sequence_logprobs(table, responses), repeats)    # (P, N)
+    rewards, t_rew = _timed(lambda: toy_problem.random_rewards(responses, n_prompts, vocab_size, seed=seed + 1,
                                                        scale=reward_scale), repeats)        # (P, N)
 
     def optimum():

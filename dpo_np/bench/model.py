@@ -8,7 +8,7 @@ step could reach on this machine. ``ratio`` = that floor / the measured forward+
 = (model FLOP/s) / (NumPy's matmul FLOP/s on the model's shapes). The rest is LayerNorm, GELU,
 softmax, the embedding scatter and Python overhead.
 
-    python -m dpo_np.bench_model            # the default toy GPT-2, batch 32
+    python -m dpo_np.bench.model            # the default toy GPT-2, batch 32
 """
 
 import argparse
@@ -55,10 +55,10 @@ def model_gemms(config, batch_size, dtype=np.float32, seed=0):
     kT, vT, attT = k_.transpose(0, 1, 3, 2), v.transpose(0, 1, 3, 2), att.transpose(0, 1, 3, 2)
     gemms += [(f"attn q@kᵀ   ({B},{nh},{T},{hs})@(..,{hs},{T})", L, f, lambda: q @ kT),
               (f"attn att@v  ({B},{nh},{T},{T})@(..,{T},{hs})", L, f, lambda: np.matmul(att, v, out=y)),
-              (f"attn bwd attᵀ@dy", L, f, lambda: np.matmul(attT, dy, out=y)),
-              (f"attn bwd dy@vᵀ", L, f, lambda: dy @ vT),
-              (f"attn bwd ds@k", L, f, lambda: np.matmul(att, k_, out=y)),
-              (f"attn bwd dsᵀ@q", L, f, lambda: np.matmul(attT, q, out=y))]
+              ("attn bwd attᵀ@dy", L, f, lambda: np.matmul(attT, dy, out=y)),
+              ("attn bwd dy@vᵀ", L, f, lambda: dy @ vT),
+              ("attn bwd ds@k", L, f, lambda: np.matmul(att, k_, out=y)),
+              ("attn bwd dsᵀ@q", L, f, lambda: np.matmul(attT, q, out=y))]
     # the tied LM head: h @ wteᵀ, dlogits @ wte, dlogitsᵀ @ h
     h, wte, dl = rand(N, C), rand(V, C), rand(N, V)
     f = 2 * N * C * V

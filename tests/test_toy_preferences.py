@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from dpo_np import toydata
+from dpo_np.experiments import toy_preferences
 from dpo_np.data import format_prompt, load_preferences, load_sft, tokenize_preference
 from dpo_np.tokenizer import CharTokenizer
 
@@ -15,7 +15,7 @@ SEEDS = (0, 1, 7)
 
 @pytest.fixture(scope="module")
 def datasets():
-    return {seed: toydata.preference_dataset(seed) for seed in SEEDS}
+    return {seed: toy_preferences.preference_dataset(seed) for seed in SEEDS}
 
 
 def test_sizes_are_a_few_hundred_pairs_with_a_held_out_fifth(datasets):
@@ -27,8 +27,8 @@ def test_sizes_are_a_few_hundred_pairs_with_a_held_out_fifth(datasets):
 
 
 def test_the_same_seed_gives_the_same_data_and_another_seed_other_data(datasets):
-    assert toydata.preference_dataset(1) == datasets[1]
-    assert toydata.sft_corpus(1) == toydata.sft_corpus(1)
+    assert toy_preferences.preference_dataset(1) == datasets[1]
+    assert toy_preferences.sft_corpus(1) == toy_preferences.sft_corpus(1)
     assert datasets[0]["eval"] != datasets[1]["eval"]
     assert {r["prompt"] for r in datasets[0]["eval"]} != {r["prompt"] for r in datasets[1]["eval"]}
 
@@ -48,9 +48,9 @@ def test_eval_holds_every_family_so_it_measures_every_rule(datasets):
 
 
 def test_the_notes_three_examples_are_in_train_exactly(datasets):
-    assert toydata.NOTES_PROMPTS == ("Where is Shanghai?", "Explain gravity like I'm 5", "What is 2+2?")
+    assert toy_preferences.NOTES_PROMPTS == ("Where is Shanghai?", "Explain gravity like I'm 5", "What is 2+2?")
     for d in datasets.values():
-        for x, y_w, y_l in toydata.NOTES_EXAMPLES:
+        for x, y_w, y_l in toy_preferences.NOTES_EXAMPLES:
             assert {"prompt": x, "chosen": y_w, "rejected": y_l} in d["train"]
             assert all(r["prompt"] != x for r in d["eval"])
 
@@ -68,28 +68,28 @@ def test_every_record_passes_validation_and_every_chosen_answer_follows_its_rule
                     assert r["rejected"] != r["chosen"]
                 m = re.fullmatch(r"Where is (.+)\?", r["prompt"])
                 if m:
-                    country = next(k for k, cities in toydata.CITIES.items() if m[1] in cities)
+                    country = next(k for k, cities in toy_preferences.CITIES.items() if m[1] in cities)
                     assert r["chosen"] == f"{m[1]} is a city in {country}"
 
 
 def test_every_full_sequence_fits_in_160_tokens(datasets):
-    tok = CharTokenizer.from_corpus(toydata.vocabulary_text())
+    tok = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
     lengths = []
     for d in datasets.values():
         for r in d["train"] + d["eval"]:
             f = tokenize_preference(tok, r, max_length=10_000, max_prompt_length=9_999)   # no truncation
             for key in ("chosen_ids", "rejected_ids"):
                 n = len(f["prompt_ids"]) + len(f[key])
-                assert n == toydata.sequence_length(r["prompt"], r[key.split("_")[0]])
+                assert n == toy_preferences.sequence_length(r["prompt"], r[key.split("_")[0]])
                 lengths.append(n)
-    assert max(lengths) <= toydata.MAX_SEQUENCE_LENGTH == 160
+    assert max(lengths) <= toy_preferences.MAX_SEQUENCE_LENGTH == 160
     assert sorted(lengths)[len(lengths) // 2] <= 80                # most are much shorter
 
 
 def test_the_vocabulary_covers_every_string_any_seed_can_draw():
-    tok = CharTokenizer.from_corpus(toydata.vocabulary_text())
+    tok = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
     for seed in range(5):
-        d = toydata.preference_dataset(seed)
+        d = toy_preferences.preference_dataset(seed)
         for r in d["train"] + d["eval"]:
             for text in (format_prompt(r["prompt"]), r["chosen"], r["rejected"]):
                 assert tok.decode(tok.encode(text)) == text
@@ -98,18 +98,18 @@ def test_the_vocabulary_covers_every_string_any_seed_can_draw():
 
 def test_sft_corpus_holds_both_responses_of_every_train_pair_and_nothing_else(datasets):
     for seed in SEEDS:
-        sft = toydata.sft_corpus(seed)
+        sft = toy_preferences.sft_corpus(seed)
         assert load_sft(sft) == sft                                      # valid, no duplicates
         pairs = {(r["prompt"], r["response"]) for r in sft}
         train = datasets[seed]["train"]
         want = {(r["prompt"], r["chosen"]) for r in train} | {(r["prompt"], r["rejected"]) for r in train}
         assert pairs == want and len(sft) == len(want)
         assert {r["prompt"] for r in sft}.isdisjoint({r["prompt"] for r in datasets[seed]["eval"]})
-        for x, y_w, y_l in toydata.NOTES_EXAMPLES:
+        for x, y_w, y_l in toy_preferences.NOTES_EXAMPLES:
             assert (x, y_w) in pairs and (x, y_l) in pairs
 
 
 def test_every_prompt_of_both_splits_has_a_family():
-    families = toydata.prompt_families()
-    data = toydata.preference_dataset(0)
+    families = toy_preferences.prompt_families()
+    data = toy_preferences.preference_dataset(0)
     assert {families[r["prompt"]] for r in data["train"] + data["eval"]} == set(families.values())

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dpo_np.bench_dpo import TARGET_RATIO, bench_dpo
+from dpo_np.bench.dpo import TARGET_RATIO, bench_dpo
 
 
 def test_bench_dpo_returns_finite_positive_step_times_and_their_ratio():

@@ -3,7 +3,7 @@
 The experiment ties the notes together end to end:
 
 1. enumerate every response (V^L of them), build π_ref(y|x) from an
-   autoregressive table and a known reward r(x, y) (``toy.py``);
+   autoregressive table and a known reward r(x, y) (``toy_problem.py``);
 2. compute the optimum exactly: log π*(y|x) = log π_ref + r/β − log Z(x)
    (DPO paper eq. 4, ``rlhf.optimal_policy``) and J(π*) = β log Z(x);
 3. sample preference pairs from the Bradley–Terry model under r (eq. 1);
@@ -44,9 +44,10 @@ import time
 import numpy as np
 
 from dpo_np import autograd as ag
-from dpo_np import backend, losses, rlhf, toy
+from dpo_np import backend, losses, rlhf
+from dpo_np.experiments import toy_problem
 from dpo_np.optim import AdamW
-from dpo_np.plots import save_figure
+from dpo_np.experiments.plots import save_figure
 from dpo_np.progress import progress as progress_bar
 
 DEFAULT_PAIRS = 2_000_000
@@ -70,10 +71,10 @@ def aggregate_pairs(prompt, chosen, rejected, n_responses):
 
 def _toy_problem(vocab_size, length, n_prompts, beta, seed, reference_scale, reward_scale):
     """Responses, exact log π_ref, r and log π* for the experiment: all (P, N) float64."""
-    responses = toy.enumerate_responses(vocab_size, length)                    # (N, L)
-    table = toy.random_reference_table(n_prompts, vocab_size, length, seed=seed, scale=reference_scale)
-    ref_logprobs = toy.sequence_logprobs(table, responses)                      # (P, N)
-    rewards = toy.random_rewards(responses, n_prompts, vocab_size, seed=seed + 1, scale=reward_scale)
+    responses = toy_problem.enumerate_responses(vocab_size, length)                    # (N, L)
+    table = toy_problem.random_reference_table(n_prompts, vocab_size, length, seed=seed, scale=reference_scale)
+    ref_logprobs = toy_problem.sequence_logprobs(table, responses)                      # (P, N)
+    rewards = toy_problem.random_rewards(responses, n_prompts, vocab_size, seed=seed + 1, scale=reward_scale)
     return responses, ref_logprobs, rewards, rlhf.optimal_policy(ref_logprobs, rewards, beta)
 
 
@@ -84,7 +85,7 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
 
     ``beta`` defines the target π* (DPO paper eq. 4); ``train_beta`` (default:
     ``beta``) is the β inside the DPO loss; ``reference_free`` drops π_ref from
-    the loss. ``pairs`` preference pairs are sampled with ``toy.sample_preference_pairs``
+    the loss. ``pairs`` preference pairs are sampled with ``toy_problem.sample_preference_pairs``
     (y1, y2 ~ π_ref, or uniform with ``proposal="uniform"``). ``reward_scale`` and
     ``reference_scale`` size the toy reward and π_ref's logits. With ``progress``,
     a table (every ``log_every`` steps) goes to ``file`` (default stdout) and a
@@ -99,14 +100,14 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
           NumPy probabilities; responses (N, L), rewards (P, N);
       n_pairs, n_triples, config (every setting), seconds ({"data", "train"}).
     """
-    V, L, P = (toy.positive_int(vocab_size, "vocab_size"), toy.positive_int(length, "length"),
-               toy.positive_int(n_prompts, "n_prompts"))
-    n_pairs = toy.positive_int(DEFAULT_PAIRS if pairs is None else pairs, "pairs")
+    V, L, P = (toy_problem.positive_int(vocab_size, "vocab_size"), toy_problem.positive_int(length, "length"),
+               toy_problem.positive_int(n_prompts, "n_prompts"))
+    n_pairs = toy_problem.positive_int(DEFAULT_PAIRS if pairs is None else pairs, "pairs")
     steps = DEFAULT_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     steps = int(steps)
-    log_every = toy.positive_int(DEFAULT_LOG_EVERY if log_every is None else log_every, "log_every")
+    log_every = toy_problem.positive_int(DEFAULT_LOG_EVERY if log_every is None else log_every, "log_every")
     beta = rlhf.check_beta(beta)
     train_beta = beta if train_beta is None else rlhf.check_beta(train_beta, "train_beta")
     lr = float(DEFAULT_LR if lr is None else lr)
@@ -120,7 +121,7 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
                                                                    reward_scale)
     N = responses.shape[0]
     optimal_objective = float(rlhf.rlhf_objective(star_logprobs, ref_logprobs, rewards, beta).mean())
-    data = toy.sample_preference_pairs(ref_logprobs, rewards, n_pairs, seed=seed + 2, proposal=proposal)
+    data = toy_problem.sample_preference_pairs(ref_logprobs, rewards, n_pairs, seed=seed + 2, proposal=proposal)
     x, w, l, counts = aggregate_pairs(data["prompt"], data["chosen"], data["rejected"], N)    # (M,) each
     del data
     weight = counts / float(n_pairs)                                        # each triple's share of the mean

@@ -36,7 +36,7 @@ def bench_dpo(n_pairs=16, n_layer=3, n_head=4, n_embd=96, block_size=160, repeat
     "batch_shape", "n_pairs", "config", "profile"}`` (median seconds; ``profile`` holds the
     cProfile text of a few DPO steps when ``profile=True``, else None).
     """
-    from dpo_np import toydata
+    from dpo_np.experiments import toy_preferences
     from dpo_np.data import collate_preferences, collate_sft
     from dpo_np.model import GPT, GPTConfig
     from dpo_np.optim import clip_grad_norm
@@ -48,8 +48,8 @@ def bench_dpo(n_pairs=16, n_layer=3, n_head=4, n_embd=96, block_size=160, repeat
     for name, value, low in (("n_pairs", n_pairs, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    tokenizer = CharTokenizer.from_corpus(toydata.vocabulary_text())
-    pairs = toydata.preference_dataset(seed)["train"]
+    tokenizer = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
+    pairs = toy_preferences.preference_dataset(seed)["train"]
     if n_pairs > len(pairs):
         raise ValueError(f"n_pairs ({n_pairs}) is more than the {len(pairs)} toy train pairs")
     pairs = pairs[:n_pairs]

@@ -1,0 +1,77 @@
+"""Argument checks, in one place: what counts as an int, a number or a flag here.
+
+Every public function and config validates its arguments through these, so a bad value is
+refused at the call with the argument's name, never turned silently into something else:
+``True`` is not the number 1, ``"False"`` is not a flag, ``nan`` is not a learning rate.
+
+Each returns the value as a plain Python ``int``/``float``/``bool`` (NumPy scalars are
+accepted and converted) and raises ``TypeError`` for the wrong kind of value, ``ValueError``
+for a value out of range.
+"""
+
+import math
+import numbers
+
+
+def _range_text(low, high, low_open, high_open):
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def _in_range(x, low, high, low_open, high_open):
+    return ((low is None or (x > low if low_open else x >= low))
+            and (high is None or (x < high if high_open else x <= high)))
+
+
+def integer(value, name, low=None, high=None, optional=False):
+    """``value`` as an ``int`` (bools refused) within [low, high]; None passes when ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        kind = "an int" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if not _in_range(value, low, high, False, False):
+        raise ValueError(f"{name} must be {_range_text(low, high, False, False)}, got {value}")
+    return value
+
+
+def number(value, name, low=None, high=None, low_open=False, high_open=False, optional=False):
+    """``value`` as a finite ``float`` (bools and strings refused) within the given bounds.
+
+    ``low_open``/``high_open`` exclude the bound itself: ``number(beta, "beta", 0, low_open=True)``
+    asks for β > 0.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "a number" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if not _in_range(value, low, high, low_open, high_open):
+        raise ValueError(f"{name} must be {_range_text(low, high, low_open, high_open)}, got {value:g}")
+    return value
+
+
+def positive(value, name):
+    """A finite number > 0 (β, a temperature, a learning-rate peak)."""
+    return number(value, name, low=0.0, low_open=True)
+
+
+def flag(value, name):
+    """``value`` if it is ``True`` or ``False``; anything else (1, "False", None) is a TypeError."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def choice(value, name, options):
+    """``value`` if it is one of ``options`` (compared with ==), else a ValueError listing them."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
