@@ -460,12 +460,23 @@ def sort(x, axis=-1):
 
 # -- the log-space primitives of the notes ----------------------------------------
 
-def _logsumexp(a, axis, keepdims):
+def logsumexp_array(a, axis=-1, keepdims=False):
+    """log Σ_i e^{a_i} of a plain array, shifted by the maximum: the one log-sum-exp of the package.
+
+    The Tensor ops below (``logsumexp``, ``log_softmax``, ``softmax``) are built on it, and modules
+    that work on plain arrays (log-probabilities of logits, generation, WPO's weights) call it
+    directly. A row of all −inf gives −inf, not NaN; e^{a − max} is taken in place, so the only
+    temporary of ``a``'s size is one.
+    """
     xp = backend.xp()
+    if a.dtype.kind != "f":
+        a = a.astype(np.float64)
     m = a.max(axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0)          # a row of all −inf stays −inf, not NaN
+    e = a - m
+    xp.exp(e, out=e)
     with np.errstate(divide="ignore"):          # log 0 = −inf is the right answer there
-        out = m + xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True))
+        out = m + xp.log(e.sum(axis=axis, keepdims=True))
     return out if keepdims else out.squeeze(axis)
 
 
@@ -473,7 +484,7 @@ def logsumexp(x, axis=-1, keepdims=False):
     """log Σ_i e^{x_i}, shifted by the maximum; d/dx_i = softmax(x)_i."""
     x = tensor(x)
     xp = backend.xp()
-    out = _logsumexp(x.data, axis, keepdims)
+    out = logsumexp_array(x.data, axis, keepdims)
 
     def vjp(g):
         lse = out if keepdims else xp.expand_dims(out, axis)
@@ -487,7 +498,7 @@ def log_softmax(x, axis=-1):
     """log p_i = x_i − log Σ_j e^{x_j}; VJP: g − p · Σ_j g_j (notes: next-token log-probabilities)."""
     x = tensor(x)
     xp = backend.xp()
-    out = x.data - _logsumexp(x.data, axis, keepdims=True)
+    out = x.data - logsumexp_array(x.data, axis, keepdims=True)
     return _make(out, (x,), lambda g: (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),))
 
 
@@ -495,5 +506,5 @@ def softmax(x, axis=-1):
     """p_i = e^{x_i} / Σ_j e^{x_j}; VJP: p · (g − Σ_j g_j p_j)."""
     x = tensor(x)
     xp = backend.xp()
-    p = xp.exp(x.data - _logsumexp(x.data, axis, keepdims=True))
+    p = xp.exp(x.data - logsumexp_array(x.data, axis, keepdims=True))
     return _make(p, (x,), lambda g: (p * (g - (g * p).sum(axis=axis, keepdims=True)),))

@@ -29,7 +29,10 @@ import tempfile
 
 import numpy as np
 
-from dpo_np import backend
+from dpo_np import backend, checks
+from dpo_np.model import GPT, GPTConfig
+from dpo_np.optim import AdamW
+from dpo_np.tokenizer import CharTokenizer
 
 FORMAT_VERSION = 1
 PARAMS, CONFIG, TOKENIZER, OPTIMIZER, STATE = ("params.npz", "config.json", "tokenizer.json",
@@ -86,8 +89,7 @@ def save_checkpoint(path, model, tokenizer=None, optimizer=None, step=None, extr
     delete an unrelated directory.
     """
     path = os.path.abspath(os.fspath(path))
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))):
-        raise TypeError(f"step must be an int or None, got {step!r}")
+    step = checks.integer(step, "step", low=0, optional=True)
     try:
         extra_json = json.loads(json.dumps(extra, allow_nan=False))
     except (TypeError, ValueError) as err:
@@ -180,10 +182,6 @@ def load_checkpoint(path, model_class=None):
     Every problem raises ``CheckpointError`` (a ``ValueError``) naming the file and what is wrong;
     a missing checkpoint raises ``FileNotFoundError``.
     """
-    from dpo_np.model import GPT, GPTConfig                 # lazily: checkpoint.py needs no model to import
-    from dpo_np.optim import AdamW
-    from dpo_np.tokenizer import CharTokenizer
-
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         backup = _backup_path(path)
@@ -199,8 +197,10 @@ def load_checkpoint(path, model_class=None):
         raise CheckpointError(f"{f(STATE)}: unsupported format_version {version!r} "
                               f"(this code reads {FORMAT_VERSION})")
     step = state.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-        raise CheckpointError(f"{f(STATE)}: 'step' must be an int or null, got {step!r}")
+    try:
+        step = checks.integer(step, "'step'", low=0, optional=True)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{f(STATE)}: {err}") from None
     files = state.get("files")
     known = (PARAMS, CONFIG, TOKENIZER, OPTIMIZER, STATE)
     if not isinstance(files, list) or not set(files) <= set(known) or not {PARAMS, CONFIG} <= set(files):
@@ -219,12 +219,9 @@ def load_checkpoint(path, model_class=None):
     model_class = GPT if model_class is None else model_class
     arrays = _read_npz(f(PARAMS))
     expected = model_class.param_shapes(config)
-    missing = [k for k in expected if k not in arrays]
-    extra_names = [k for k in arrays if k not in expected]
-    if missing or extra_names:
-        raise CheckpointError(f"{f(PARAMS)}: parameters do not match {CONFIG} ({config}); "
-                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                              f"unexpected {extra_names[:5]}{'...' if len(extra_names) > 5 else ''}")
+    mismatch = checks.name_mismatch(expected, arrays)
+    if mismatch:
+        raise CheckpointError(f"{f(PARAMS)}: parameters do not match {CONFIG} ({config}); {mismatch}")
     dtypes = {a.dtype for a in arrays.values()}
     for k, shape in expected.items():
         a = arrays[k]
@@ -269,7 +266,6 @@ def load_checkpoint(path, model_class=None):
 def restore_optimizer(checkpoint, params=None):
     """An AdamW over ``params`` (default: the loaded model's) in exactly the saved state, so the
     next ``step`` gives the update the saved run would have given."""
-    from dpo_np.optim import AdamW
     if checkpoint.get("optimizer_state") is None:
         raise ValueError("checkpoint has no optimizer state (it was saved without optimizer=...)")
     opt = AdamW(checkpoint["model"].params if params is None else params)

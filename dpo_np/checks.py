@@ -75,3 +75,14 @@ def choice(value, name, options):
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+def name_mismatch(expected, got):
+    """What differs between two collections of names ("missing [...], unexpected [...]", five of
+    each at most), or None when they hold the same names: for parameter and state dicts."""
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    if not (missing or extra):
+        return None
+    more = lambda names: "..." if len(names) > 5 else ""       # noqa: E731
+    return f"missing {missing[:5]}{more(missing)}, unexpected {extra[:5]}{more(extra)}"

@@ -1,12 +1,17 @@
-"""The command line: ``python -m dpo_np <command>``, a thin layer over public functions.
-
-Each command imports its module only when it runs, so ``--help`` is instant and
-``import dpo_np`` stays light.
-"""
+"""The command line: ``python -m dpo_np <command>``, a thin layer over public functions."""
 
 import argparse
 import importlib.util
 import sys
+
+from dpo_np.bench.closed_form import bench_closed_form
+from dpo_np.bench.dpo import bench_dpo
+from dpo_np.bench.model import bench_model
+from dpo_np.checkpoint import load_checkpoint
+from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
+from dpo_np.experiments.demo import run_demo
+from dpo_np.experiments.runs import run_sft
+from dpo_np.generate import greedy_answer
 
 
 def _positive_float(text):
@@ -24,8 +29,6 @@ def _positive_int(text):
 
 
 def _closed_form(args):
-    from .experiments.closed_form import plot_closed_form, run_closed_form
-
     result = run_closed_form(vocab_size=args.vocab_size, length=args.length, n_prompts=args.prompts,
                              beta=args.beta, pairs=args.pairs, steps=args.steps, lr=args.lr, seed=args.seed,
                              progress=not args.quiet)
@@ -60,8 +63,6 @@ def _figure(plot, result, path):
 
 
 def _demo(args):
-    from .experiments.demo import run_demo
-
     overrides = {k: v for k, v in (("sft_steps", args.sft_steps), ("dpo_steps", args.dpo_steps),
                                    ("beta", args.beta)) if v is not None}
     run_demo(output_dir=args.output_dir, figures_dir=args.figures_dir or None, quick=args.quick,
@@ -70,8 +71,6 @@ def _demo(args):
 
 
 def _sft(args):
-    from .experiments.runs import run_sft
-
     run_sft(output_dir=args.output_dir, max_steps=args.steps, learning_rate=args.lr,
             batch_size=args.batch_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
             block_size=args.block_size, seed=args.seed, show_progress=not args.quiet)
@@ -79,9 +78,6 @@ def _sft(args):
 
 
 def _generate(args):
-    from .checkpoint import load_checkpoint
-    from .generate import greedy_answer
-
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["tokenizer"] is None:
         raise ValueError(f"checkpoint {args.checkpoint} holds no tokenizer.json: cannot encode a prompt")
@@ -92,13 +88,10 @@ def _generate(args):
 
 def _bench(args):
     if args.what == "closed-form":
-        from .bench.closed_form import bench_closed_form
         bench_closed_form()
     elif args.what == "model":
-        from .bench.model import bench_model
         bench_model()
     elif args.what == "dpo":
-        from .bench.dpo import bench_dpo
         bench_dpo()
     return 0
 

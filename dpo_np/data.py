@@ -42,7 +42,7 @@ import os
 
 import numpy as np
 
-from dpo_np import backend
+from dpo_np import backend, checks
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 SFT_KEYS = ("prompt", "response")
@@ -183,11 +183,8 @@ def load_sft(source, skip_invalid=False):
 
 
 def _check_lengths(max_length, max_prompt_length):
-    for name, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+    checks.integer(max_length, "max_length", low=1)
+    checks.integer(max_prompt_length, "max_prompt_length", low=1)
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length "
                          f"({max_length}), so every response keeps at least one token")
@@ -259,9 +256,8 @@ def _pad(prompts, responses, pad_token_id, label_pad_token_id):
     log-prob function drops the first label and the last logit, so the logit
     at t scores the label at t+1 (the notes' ``get_batch_logps``).
     """
-    for name, value in (("pad_token_id", pad_token_id), ("label_pad_token_id", label_pad_token_id)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    checks.integer(pad_token_id, "pad_token_id")
+    checks.integer(label_pad_token_id, "label_pad_token_id")
     N = len(prompts)
     T = max(len(p) + len(r) for p, r in zip(prompts, responses))
     input_ids = np.full((N, T), pad_token_id, dtype=np.int64)            # (N, T)
@@ -343,10 +339,8 @@ def batch_indices(n, batch_size, seed=None, shuffle=True, drop_last=False):
     only with ``shuffle=False`` (the order 0..n−1). The last batch is smaller
     unless ``drop_last``. Arguments are checked at the call, not at the first batch.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    checks.integer(batch_size, "batch_size", low=1)
+    checks.integer(n, "n", low=0)
     if shuffle and seed is None:
         raise ValueError("seed is required to shuffle (an int: the same seed gives the same order); "
                          "pass seed=..., or shuffle=False for the order 0..n-1")

@@ -21,11 +21,11 @@ growing right after it emits ``eos_token_id`` (the end token is kept), so rows
 may have different lengths; pad them yourself if you need an array.
 """
 
-import math
 
 import numpy as np
 
-from dpo_np import backend
+from dpo_np import autograd as ag
+from dpo_np import backend, checks
 from dpo_np.data import format_prompt
 
 
@@ -50,17 +50,10 @@ def _as_batch(idx, vocab_size):
 
 
 def _check_sampling_args(max_new_tokens, temperature, top_k, top_p):
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-            or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float, np.floating)) and math.isfinite(temperature)
-            and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
-                              or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float, np.floating)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    checks.integer(max_new_tokens, "max_new_tokens", low=0)
+    checks.number(temperature, "temperature", low=0.0)
+    checks.integer(top_k, "top_k", low=1, optional=True)
+    checks.number(top_p, "top_p", 0.0, 1.0, low_open=True, optional=True)
 
 
 # ---- the distribution over the next token ---------------------------------------------
@@ -84,7 +77,7 @@ def log_softmax(logits, temperature=1.0):
     producing inf − inf = NaN.
     """
     z = (logits - logits.max(axis=-1, keepdims=True)) / temperature   # <= 0, max entries exactly 0
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return z - ag.logsumexp_array(z, keepdims=True)
 
 
 def _filter(logp, top_k=None, top_p=None):
@@ -204,10 +197,8 @@ def beam_search(model, idx, max_new_tokens, num_beams=4, eos_token_id=None, leng
     sequence per prompt, prompt included, like ``generate``.
     """
     _check_sampling_args(max_new_tokens, 1.0, None, None)
-    if isinstance(num_beams, bool) or not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
-        raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
-    if not (isinstance(length_penalty, (int, float, np.floating)) and math.isfinite(length_penalty)):
-        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+    checks.integer(num_beams, "num_beams", low=1)
+    length_penalty = checks.number(length_penalty, "length_penalty")
     seqs, single = _as_batch(idx, model.config.vocab_size)
     out = [_beam_search_one(model, row, max_new_tokens, num_beams, eos_token_id, float(length_penalty))
            for row in seqs]

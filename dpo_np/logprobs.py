@@ -26,8 +26,7 @@ passes no gradient. Non-finite logits (a diverged model) are refused with a
 ValueError naming the first bad (row, position), never turned into NaN log-probs.
 
 The pieces other modules share live here once: ``response_mask`` (which label
-positions count), ``row_scale`` (the 1/n_b of the per-token mean) and
-``log_normaliser`` (log Σ_v e^{z_v}, the log of softmax's denominator).
+positions count) and ``row_scale`` (the 1/n_b of the per-token mean).
 """
 
 
@@ -164,22 +163,10 @@ def row_scale(loss_mask, dtype):
     return xp.where(count > 0, 1.0 / xp.maximum(count, 1), 0.0).astype(dtype)
 
 
-def log_normaliser(z):
-    """log Σ_v e^{z_v} over the last axis, with the max shift so large logits do not overflow.
-
-    The log of softmax's denominator: log softmax(z)_v = z_v − log_normaliser(z). (…, V) → (…).
-    """
-    xp = backend.xp()
-    m = z.max(axis=-1, keepdims=True)                                            # (…, 1)
-    e = z - m                                  # the only (…, V) temporary, exponentiated in place
-    xp.exp(e, out=e)
-    return xp.log(e.sum(axis=-1)) + m[..., 0]
-
-
 def _token_logps(z, labels):
     """log softmax(z)[y] = z[y] − logsumexp(z); returns it and logsumexp, (B, T')."""
     xp = backend.xp()
-    lse = log_normaliser(z)                                                      # (B, T')
+    lse = ag.logsumexp_array(z)                                                  # (B, T')
     picked = xp.take_along_axis(z, labels[..., None], axis=-1)[..., 0]          # (B, T')
     return picked - lse, lse
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from dpo_np import backend
+from dpo_np import backend, checks
 
 LN_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)   # a Python float: NumPy float64 scalars would upcast float32
@@ -43,12 +43,7 @@ class GPTConfig:
 
     def __post_init__(self):
         for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"GPTConfig.{f.name} must be an int, got {value!r}")
-            if value <= 0:
-                raise ValueError(f"GPTConfig.{f.name} must be positive, got {value}")
-            setattr(self, f.name, int(value))
+            setattr(self, f.name, checks.integer(getattr(self, f.name), f"GPTConfig.{f.name}", low=1))
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
                              f"n_head ({self.n_head})")
@@ -141,38 +136,15 @@ def linear_backward(dout, cache):
 
 def gelu_forward(x):
     """GELU, tanh approximation as in GPT-2: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
-    xp = backend.xp()
-    u = x * x
-    u *= GELU_COEF
-    u += 1.0
-    u *= x
-    u *= GELU_SCALE                    # u = √(2/π)·(x + 0.044715·x³)
-    t = xp.tanh(u, out=u)
-    out = t + 1.0
-    out *= x
-    out *= 0.5
-    return out, (x, t)
+    t = backend.xp().tanh(GELU_SCALE * (x + GELU_COEF * x * x * x))
+    return 0.5 * x * (1.0 + t), (x, t)
 
 
-# in the forward pass this was: out = 0.5·x·(1 + t),  t = tanh(u),  u = √(2/π)·(x + 0.044715·x³)
-# dout/dx = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)
+# in the forward pass this was: out = 0.5·x·(1 + t),  t = tanh(√(2/π)·(x + 0.044715·x³))
+# dout/dx = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)       (tanh' = 1 − tanh²)
 def gelu_backward(dout, cache):
     x, t = cache
-    xp = backend.xp()
-    # each step in place: a temporary per term would be one more (B, T, 4C) array
-    dx = x * x
-    dx *= 3.0 * GELU_COEF
-    dx += 1.0
-    dx *= GELU_SCALE                   # du/dx = √(2/π)·(1 + 3·0.044715·x²)
-    sech2 = t * t
-    xp.subtract(1.0, sech2, out=sech2) # 1 − t² = tanh'(u)
-    dx *= sech2
-    dx *= x
-    dx += t
-    dx += 1.0
-    dx *= 0.5                          # 0.5·(1 + t + x·(1 − t²)·du/dx)
-    dx *= dout
-    return dx
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_COEF * x * x))
 
 
 def attention_allowed(T, attention_mask=None):
@@ -202,19 +174,17 @@ def attention_forward(qkv, n_head, attention_mask=None):
     C = C3 // 3
     hs = C // n_head
     # a view, no copy: each (T, hs) slice is BLAS-ready with row stride 3C
-    qkvh = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)   # (3, B, nh, T, hs)
-    q, k, v = qkvh[0], qkvh[1], qkvh[2]
+    q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)   # each (B, nh, T, hs)
     scale = 1.0 / math.sqrt(hs)
     att = q @ k.transpose(0, 1, 3, 2)                          # (B, nh, T, T)
     att *= scale
     allowed = attention_allowed(T, attention_mask)
     xp.copyto(att, np.finfo(att.dtype).min / 2, where=~allowed)
-    att -= att.max(axis=-1, keepdims=True)                     # stable softmax
-    xp.exp(att, out=att)
+    att -= att.max(axis=-1, keepdims=True)                     # stable softmax, in place: att is the
+    xp.exp(att, out=att)                                       # largest activation of the model
     att /= att.sum(axis=-1, keepdims=True)
-    y = xp.empty((B, T, n_head, hs), dtype=att.dtype)
-    xp.matmul(att, v, out=y.transpose(0, 2, 1, 3))             # heads written straight into (B, T, nh, hs)
-    out = y.reshape(B, T, C)
+    y = att @ v                                                # (B, nh, T, hs)
+    out = y.transpose(0, 2, 1, 3).reshape(B, T, C)             # heads side by side again
     return out, (q, k, v, att, out, scale)
 
 
@@ -232,17 +202,16 @@ def attention_backward(dout, cache):
     B, nh, T, hs = q.shape
     dyh = dout.reshape(B, T, nh, hs)
     dy = dyh.transpose(0, 2, 1, 3)                             # (B, nh, T, hs) view
-    dqkv = xp.empty((B, T, 3, nh, hs), dtype=dout.dtype)
-    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                 # views into dqkv
-    xp.matmul(att.transpose(0, 1, 3, 2), dy, out=dv)
+    dv = att.transpose(0, 1, 3, 2) @ dy
     datt = dy @ v.transpose(0, 1, 3, 2)                        # (B, nh, T, T)
     dy_dot_y = (dyh * out.reshape(B, T, nh, hs)).sum(axis=-1)  # (B, T, nh)
     datt -= dy_dot_y.transpose(0, 2, 1)[..., None]
     datt *= att
     datt *= scale                                              # ds · scale
-    xp.matmul(datt, k, out=dq)
-    xp.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)
-    return dqkv.reshape(B, T, 3 * nh * hs)
+    dq = datt @ k
+    dk = datt.transpose(0, 1, 3, 2) @ q
+    # back to c_attn's layout (B, T, 3C): the inverse of the forward's split into q, k, v
+    return xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hs)
 
 
 def lm_head_forward(h, wte):

@@ -11,38 +11,26 @@ import math
 
 import numpy as np
 
-from dpo_np import backend
-
-
-def _number(x, name, low=0.0):
-    """``x`` as a Python float, finite and >= low, or a ValueError naming it."""
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {x!r}") from None
-    if not (math.isfinite(f) and f >= low):
-        raise ValueError(f"{name} must be a finite number >= {low}, got {x!r}")
-    return f
+from dpo_np import backend, checks
 
 
 def _check_hparams(lr, betas, eps, weight_decay):
+    """The four AdamW settings, checked: lr ≥ 0, β₁ and β₂ in [0, 1), ε > 0 (ε = 0 divides 0 by 0
+    wherever a gradient has always been 0), λ ≥ 0."""
     try:
-        b1, b2 = (float(b) for b in betas)
+        b1, b2 = betas
     except (TypeError, ValueError):
-        raise ValueError(f"betas must be a pair of numbers, got {betas!r}") from None
-    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-        raise ValueError(f"betas must each lie in [0, 1), got {betas!r}")
-    return (_number(lr, "lr"), (b1, b2), _number(eps, "eps"), _number(weight_decay, "weight_decay"))
+        raise TypeError(f"betas must be a pair of numbers, got {betas!r}") from None
+    b1, b2 = (checks.number(b, f"betas[{i}]", 0.0, 1.0, high_open=True) for i, b in enumerate((b1, b2)))
+    return (checks.number(lr, "lr", low=0.0), (b1, b2), checks.positive(eps, "eps"),
+            checks.number(weight_decay, "weight_decay", low=0.0))
 
 
 def _check_grads(params, grads, argname="grads"):
     """Same names as ``params``, same shapes: anything else is a bug upstream."""
-    missing = [k for k in params if k not in grads]
-    extra = [k for k in grads if k not in params]
-    if missing or extra:
-        raise ValueError(f"{argname} must have exactly the parameter names; "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+    mismatch = checks.name_mismatch(params, grads)
+    if mismatch:
+        raise ValueError(f"{argname} must have exactly the parameter names; {mismatch}")
     for k, p in params.items():
         if tuple(grads[k].shape) != tuple(p.shape):
             raise ValueError(f"{argname}[{k!r}] has shape {tuple(grads[k].shape)}, "
@@ -96,7 +84,7 @@ class AdamW:
         """
         _check_grads(self.params, grads)
         if lr is not None:
-            self.lr = _number(lr, "lr")
+            self.lr = checks.number(lr, "lr", low=0.0)
         xp = backend.xp()
         self.t += 1
         b1, b2 = self.betas
@@ -151,7 +139,7 @@ class AdamW:
         step = int(np.asarray(state["step"]))
         if step < 0:
             raise ValueError(f"optimizer state 'step' must be >= 0, got {step}")
-        lr, betas, eps, wd = _check_hparams(float(np.asarray(state["lr"])), tuple(np.asarray(state["betas"])),
+        lr, betas, eps, wd = _check_hparams(float(np.asarray(state["lr"])), tuple(np.asarray(state["betas"]).tolist()),
                                             float(np.asarray(state["eps"])),
                                             float(np.asarray(state["weight_decay"])))
         decay = {str(name) for name in np.asarray(state["decay"]).reshape(-1)}
@@ -176,9 +164,7 @@ def clip_grad_norm(grads, max_norm, error_if_nonfinite=True):
     offending gradients instead of silently poisoning the update; pass
     ``error_if_nonfinite=False`` to get the norm back and decide yourself.
     """
-    max_norm = _number(max_norm, "max_norm")
-    if max_norm == 0:
-        raise ValueError("max_norm must be > 0, got 0")
+    max_norm = checks.positive(max_norm, "max_norm")
     xp = backend.xp()
     sq = 0.0
     for g in grads.values():
@@ -209,13 +195,10 @@ def cosine_schedule(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
     step ``warmup_steps`` and lands on min_lr at ``total_steps`` (nanoGPT's
     ``get_lr``, with the GPT-3 paper's cosine-to-floor shape).
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
-    if not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
-    if not isinstance(total_steps, (int, np.integer)) or total_steps < warmup_steps:
-        raise ValueError(f"total_steps must be an int >= warmup_steps ({warmup_steps}), got {total_steps!r}")
-    max_lr, min_lr = _number(max_lr, "max_lr"), _number(min_lr, "min_lr")
+    step = checks.integer(step, "step", low=0)
+    warmup_steps = checks.integer(warmup_steps, "warmup_steps", low=0)
+    total_steps = checks.integer(total_steps, "total_steps", low=warmup_steps)
+    max_lr, min_lr = checks.number(max_lr, "max_lr", low=0.0), checks.number(min_lr, "min_lr", low=0.0)
     if min_lr > max_lr:
         raise ValueError(f"min_lr must be <= max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
     if step < warmup_steps:

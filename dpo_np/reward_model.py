@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from dpo_np import autograd as ag
 from dpo_np import backend
 from dpo_np.checkpoint import load_checkpoint, save_checkpoint
-from dpo_np.data import collate_preferences, load_preferences, tokenize_preference
+from dpo_np.data import collate_preferences
 from dpo_np.model import GPT, GPTConfig, param_shapes
 from dpo_np.rlhf import bradley_terry_loss
-from dpo_np.training import Trainer, TrainingConfig, check_model_fits, resolve_config
+from dpo_np.training import Trainer, TrainingConfig, check_model_fits, pair_metrics, resolve_config
 
 HEAD = ("score.weight", "score.bias")
 
@@ -176,6 +176,7 @@ class RewardTrainer(Trainer):
     """
 
     name = "reward"
+    data_kind = "preference"
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, tokenizer=None, **overrides):
         args = resolve_config(RewardConfig, args, overrides)
@@ -183,15 +184,8 @@ class RewardTrainer(Trainer):
             raise TypeError(f"model must be a RewardModel, got {type(model).__name__}")
         check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
-        self.train_features = self._tokenize(train_dataset)
-        self.eval_features = self._tokenize(eval_dataset)
-
-    def _tokenize(self, dataset):
-        if dataset is None:
-            return []
-        a = self.args
-        return [tokenize_preference(self.tokenizer, r, a.max_length, a.max_prompt_length)
-                for r in load_preferences(dataset)]
+        self.train_features = self.tokenize(train_dataset)
+        self.eval_features = self.tokenize(eval_dataset)
 
     def batch_outputs(self, features, idx, backward=False):
         """L_R of the pairs ``idx`` and the rewards (r_w, r_l); with ``backward`` dL/dφ is accumulated."""
@@ -236,7 +230,6 @@ class RewardTrainer(Trainer):
 
 def _reward_summary(outs):
     xp = backend.xp()
-    r_w = xp.concatenate([o["chosen"] for o in outs])
-    r_l = xp.concatenate([o["rejected"] for o in outs])
-    return {"accuracy": float((r_w > r_l).mean()), "margin": float((r_w - r_l).mean()),
-            "rewards/chosen": float(r_w.mean()), "rewards/rejected": float(r_l.mean())}
+    m = pair_metrics(xp.concatenate([o["chosen"] for o in outs]), xp.concatenate([o["rejected"] for o in outs]))
+    return {"accuracy": m["accuracy"], "margin": m["margin"],
+            "rewards/chosen": m["chosen"], "rewards/rejected": m["rejected"]}

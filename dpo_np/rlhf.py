@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from dpo_np import autograd as ag
-from dpo_np import backend
+from dpo_np import backend, checks
 
 
 # -- input checks -----------------------------------------------------------------
@@ -81,6 +81,13 @@ def _first_bad(mask):
     return tuple(int(i) for i in np.unravel_index(flat, mask.shape))
 
 
+def _check_no_nan_or_plus_inf(a, name):
+    bad = backend.xp().isnan(a) | (a == np.inf)
+    if bool(bad.any()):
+        idx = _first_bad(bad)
+        raise ValueError(f"{name} must be log-probabilities (finite or -inf), got {a[idx]} at index {idx}")
+
+
 def normalization_tolerance(dtype):
     """How far log Σ_y π(y|x) may sit from 0 and still count as normalized: √ε of the dtype
     (3.5e-4 in float32, 1.5e-8 in float64), room for rounding in a sum over many responses."""
@@ -95,12 +102,8 @@ def check_logprobs(logprobs, name="logprobs"):
     every prompt; the error names the first prompt index that fails.
     """
     _check_response_axis(logprobs, name)
-    xp = backend.xp()
     a = _data(logprobs)
-    bad = xp.isnan(a) | (a == xp.inf)
-    if bool(bad.any()):
-        idx = _first_bad(bad)
-        raise ValueError(f"{name} must be log-probabilities (finite or -inf), got {a[idx]} at index {idx}")
+    _check_no_nan_or_plus_inf(a, name)
     # the log-sum-exp of each prompt's row, in float64 so the check does not add its own rounding
     total = backend.to_numpy(ag.logsumexp(a.astype(np.float64), axis=-1).data)
     off = ~(np.abs(total) <= normalization_tolerance(a.dtype))      # catches a row of all −inf too
@@ -123,16 +126,10 @@ def check_rewards(rewards, name="rewards"):
 
 
 def check_beta(beta, name="beta"):
-    """β as a Python float, or a ValueError: it must be a finite number > 0."""
+    """β as a Python float: a finite number > 0 (a Tensor is refused: β is a fixed hyper-parameter)."""
     if isinstance(beta, ag.Tensor):
         raise TypeError(f"{name} must be a number, not a Tensor (β is a fixed hyper-parameter)")
-    try:
-        b = float(beta)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {beta!r}") from None
-    if not (math.isfinite(b) and b > 0.0):
-        raise ValueError(f"{name} must be a finite number > 0, got {beta!r}")
-    return b
+    return checks.positive(beta, name)
 
 
 def _check_broadcast(r_w, r_l):
@@ -264,18 +261,20 @@ def rlhf_objective(logprobs, ref_logprobs, rewards, beta):
 def implicit_reward(logprobs, ref_logprobs, beta):
     """r̂(x, y) = β log π(y|x)/π_ref(y|x): the reward a policy implies (DPO paper eq. 5, §5).
 
-    For π = π*, r(x, y) = r̂(x, y) + β log Z(x): the reward up to a per-prompt
-    constant, which Bradley–Terry never sees. These are the "rewards" DPO logs.
-    A response both policies give probability 0 has no implicit reward (ValueError).
+    For π = π*, r(x, y) = r̂(x, y) + β log Z(x): the reward up to a per-prompt constant, which
+    Bradley–Terry never sees. These are the "rewards" DPO logs. The inputs are log-probabilities
+    of the same responses under both policies — a whole enumerated set, or a batch of sequences
+    (so they need not sum to one). A response both policies give probability 0 has no implicit
+    reward (ValueError).
     """
     logprobs = _as_input(logprobs, "logprobs")
     ref_logprobs = _as_input(ref_logprobs, "ref_logprobs")
     _check_response_axis(logprobs, "logprobs")
     _check_same_shape("logprobs", logprobs, ref_logprobs=ref_logprobs)
-    check_logprobs(logprobs, "logprobs")
-    check_logprobs(ref_logprobs, "ref_logprobs")
     beta = check_beta(beta)
     xp = backend.xp()
+    _check_no_nan_or_plus_inf(_data(logprobs), "logprobs")
+    _check_no_nan_or_plus_inf(_data(ref_logprobs), "ref_logprobs")
     undefined = xp.isneginf(_data(logprobs)) & xp.isneginf(_data(ref_logprobs))
     if bool(undefined.any()):
         idx = _first_bad(undefined)

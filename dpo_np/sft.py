@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from dpo_np import backend
 from dpo_np import logprobs
-from dpo_np.data import collate_sft, load_sft, tokenize_sft
+from dpo_np.data import collate_sft
 from dpo_np.training import Trainer, TrainingConfig, check_model_fits, resolve_config
 
 
@@ -74,15 +74,9 @@ class SFTTrainer(Trainer):
         args = resolve_config(SFTConfig, args, overrides)
         check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
-        self.train_features = self._tokenize(train_dataset)
-        self.eval_features = self._tokenize(eval_dataset)
+        self.train_features = self.tokenize(train_dataset)
+        self.eval_features = self.tokenize(eval_dataset)
         self.state["counters"] = {"tokens": 0}
-
-    def _tokenize(self, dataset):
-        if dataset is None:
-            return []
-        a = self.args
-        return [tokenize_sft(self.tokenizer, r, a.max_length, a.max_prompt_length) for r in load_sft(dataset)]
 
     def _batch(self, features, idx):
         return collate_sft([features[int(i)] for i in idx], self.tokenizer.pad_token_id)

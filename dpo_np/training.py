@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from dpo_np import backend
+from dpo_np import backend, checks
 from dpo_np.checkpoint import load_checkpoint, save_checkpoint
-from dpo_np.data import batch_indices
+from dpo_np.data import batch_indices, load_preferences, load_sft, tokenize_preference, tokenize_sft
 from dpo_np.files import atomic_write
 from dpo_np.model import GPT
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule
@@ -81,27 +81,19 @@ class TrainingConfig:
     show_progress: bool = True
 
     def __post_init__(self):
-        _check_int(self, "warmup_steps", low=0)
-        _check_int(self, "per_device_train_batch_size", low=1)
-        _check_int(self, "per_device_eval_batch_size", low=1)
-        _check_int(self, "num_train_epochs", low=1)
-        _check_int(self, "max_steps", low=-1)
-        _check_int(self, "max_length", low=2)
-        _check_int(self, "max_prompt_length", low=1)
-        _check_int(self, "seed", low=0)
-        _check_int(self, "logging_steps", low=1)
-        _check_int(self, "eval_steps", low=1, optional=True)
-        _check_int(self, "save_steps", low=1, optional=True)
-        _check_float(self, "learning_rate", low=0.0)
-        _check_float(self, "weight_decay", low=0.0)
-        _check_float(self, "adam_epsilon", low=0.0)
-        _check_float(self, "max_grad_norm", low=0.0, optional=True)
+        for name, low in (("warmup_steps", 0), ("per_device_train_batch_size", 1),
+                          ("per_device_eval_batch_size", 1), ("num_train_epochs", 1), ("max_steps", -1),
+                          ("max_length", 2), ("max_prompt_length", 1), ("seed", 0), ("logging_steps", 1)):
+            setattr(self, name, checks.integer(getattr(self, name), name, low=low))
+        for name in ("eval_steps", "save_steps"):
+            setattr(self, name, checks.integer(getattr(self, name), name, low=1, optional=True))
+        for name in ("learning_rate", "weight_decay"):
+            setattr(self, name, checks.number(getattr(self, name), name, low=0.0))
+        self.adam_epsilon = checks.positive(self.adam_epsilon, "adam_epsilon")     # ε = 0 divides 0 by 0
+        self.max_grad_norm = checks.number(self.max_grad_norm, "max_grad_norm", low=0.0, optional=True)
         for name in ("adam_beta1", "adam_beta2"):
-            _check_float(self, name, low=0.0)
-            if not getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.lr_scheduler_type not in LR_SCHEDULERS:
-            raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_type!r}")
+            setattr(self, name, checks.number(getattr(self, name), name, 0.0, 1.0, high_open=True))
+        checks.choice(self.lr_scheduler_type, "lr_scheduler_type", LR_SCHEDULERS)
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be smaller than "
                              f"max_length ({self.max_length}), so every response keeps a token")
@@ -109,35 +101,10 @@ class TrainingConfig:
             raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
         self.output_dir = os.fspath(self.output_dir)
         for name in ("save_at_end", "show_progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            checks.flag(getattr(self, name), name)
 
     def to_dict(self):
         return asdict(self)
-
-
-def _check_int(cfg, name, low, optional=False):
-    value = getattr(cfg, name)
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int{' or None' if optional else ''}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    setattr(cfg, name, int(value))
-
-
-def _check_float(cfg, name, low, optional=False):
-    value = getattr(cfg, name)
-    if optional and value is None:
-        return
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not (math.isfinite(f) and f >= low):
-        raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
-    setattr(cfg, name, f)
 
 
 def resolve_config(config_cls, args, overrides):
@@ -203,6 +170,13 @@ def check_model_fits(model, name, args, tokenizer):
                          f"{name}.config.vocab_size ({model.config.vocab_size})")
 
 
+def pair_metrics(chosen, rejected):
+    """How a score ranks each pair: the mean score of y_w and of y_l, the fraction of pairs where
+    y_w scores higher (a tie is a miss, as in the standard ``rewards/accuracies``), the mean margin."""
+    return {"chosen": float(chosen.mean()), "rejected": float(rejected.mean()),
+            "accuracy": float((chosen > rejected).mean()), "margin": float((chosen - rejected).mean())}
+
+
 def frozen_copy(model):
     """A deep copy of a GPT's parameters in a new model with no gradient buffers: the frozen π_ref."""
     ref = GPT(model.config, dtype=model.dtype)
@@ -261,6 +235,7 @@ class Trainer:
     """
 
     name = "train"
+    data_kind = "sft"              # "sft": {"prompt", "response"} records; "preference": pairs
     cumulative_metrics = ()        # running totals: logged as their last value, not a window mean
 
     def __init__(self, model, args, tokenizer=None):
@@ -274,6 +249,16 @@ class Trainer:
         self.train_features = []
         self.final_checkpoint = None
         self._epoch_batches = (None, None)
+
+    def tokenize(self, dataset):
+        """The records of ``dataset`` (a list or a JSONL path, checked by ``data.load_preferences`` or
+        ``data.load_sft``) as token ids under this run's length limits; [] for None."""
+        if dataset is None:
+            return []
+        load, encode = ((load_preferences, tokenize_preference) if self.data_kind == "preference"
+                        else (load_sft, tokenize_sft))
+        a = self.args
+        return [encode(self.tokenizer, r, a.max_length, a.max_prompt_length) for r in load(dataset)]
 
     # -- what a subclass provides ------------------------------------------------------------
 
@@ -376,6 +361,24 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def update(self, idx, lr):
+        """One optimizer step on the examples ``idx``: gradients (``training_step``), the global
+        norm clipped, AdamW at ``lr``. Returns the step's metrics with ``lr`` and ``grad_norm``.
+        A NaN/inf loss or gradient raises ``NonFiniteLossError`` before the parameters change."""
+        self.model.zero_grad()
+        metrics = self.training_step(idx)
+        grads = self.model.grads
+        if self.args.max_grad_norm:
+            grad_norm = clip_grad_norm(grads, self.args.max_grad_norm, error_if_nonfinite=False)
+        else:
+            grad_norm = global_grad_norm(grads)
+        if not (_finite(metrics["loss"]) and _finite(grad_norm)):
+            what = (f"the loss is {metrics['loss']}" if not _finite(metrics["loss"])
+                    else f"the gradient norm is {grad_norm}")
+            raise NonFiniteLossError(f"{what}; training stopped before the update")
+        self.optimizer.step(grads, lr=lr)
+        return {**metrics, "lr": lr, "grad_norm": grad_norm}
+
     def train(self, resume_from_checkpoint=None):
         """Run the loop to ``total_steps``; returns ``{"global_step", "training_loss", "metrics"}``.
 
@@ -404,29 +407,18 @@ class Trainer:
         steps = range(start, total)
         bar = progress(steps, desc=self.name) if args.show_progress else steps
         for step in bar:
-            self.model.zero_grad()
-            metrics = self.training_step(self.batch_for_step(step))
-            loss = metrics["loss"]
-            grads = self.model.grads
-            if args.max_grad_norm:
-                grad_norm = clip_grad_norm(grads, args.max_grad_norm, error_if_nonfinite=False)
-            else:
-                grad_norm = global_grad_norm(grads)
-            if not (_finite(loss) and _finite(grad_norm)):
-                what = f"loss is {loss}" if not _finite(loss) else f"gradient norm is {grad_norm}"
+            try:
+                metrics = self.update(self.batch_for_step(step), lr=learning_rate_at(step, args, total))
+            except NonFiniteLossError as err:
                 where = (f"the last checkpoint, {last_checkpoint}, is untouched" if last_checkpoint
                          else "no checkpoint was written")
-                raise NonFiniteLossError(f"step {step + 1}: the {what}; training stopped before the update "
-                                         f"({where})")
-            lr = learning_rate_at(step, args, total)
-            self.optimizer.step(grads, lr=lr)
-            self.state["step"] = step + 1
+                raise NonFiniteLossError(f"step {step + 1}: {err} ({where})") from None
+            self.state["step"] = done = step + 1
             self.on_step_end()
-            losses.append(loss)
-            window.append({**metrics, "lr": lr, "grad_norm": grad_norm})
+            losses.append(metrics["loss"])
+            window.append(metrics)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=loss)
-            done = step + 1
+                bar.set_postfix(loss=metrics["loss"])
             if done % args.logging_steps == 0 or done == total:
                 self.log(_mean_metrics(window, self.cumulative_metrics))
                 window = []

@@ -263,3 +263,14 @@ def test_gradcheck_detects_a_wrong_backward():
     x = np.random.default_rng(4).standard_normal(5)
     assert gradcheck(wrong_square, [x])[0] > 0.1
     assert relative_error(np.ones(3), np.ones(3)) == 0.0
+
+
+def test_logsumexp_array_is_log_sum_exp_and_stays_finite_for_large_inputs():
+    z = np.random.default_rng(13).standard_normal((2, 3, 7))
+    np.testing.assert_allclose(ag.logsumexp_array(z), np.log(np.exp(z).sum(axis=-1)), rtol=1e-13)
+    np.testing.assert_allclose(ag.logsumexp_array(z, axis=0, keepdims=True),
+                               np.log(np.exp(z).sum(axis=0, keepdims=True)), rtol=1e-13)
+    big = z + 1000.0                                         # exp overflows; the max shift does not
+    np.testing.assert_allclose(ag.logsumexp_array(big), ag.logsumexp_array(z) + 1000.0, rtol=1e-13)
+    assert ag.logsumexp_array(np.array([-np.inf, -np.inf])) == -np.inf
+    np.testing.assert_allclose(ag.logsumexp_array(np.array([1, 2])), np.log(np.e + np.e ** 2), rtol=1e-15)

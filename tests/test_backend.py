@@ -75,10 +75,26 @@ def test_scatter_add_accumulates_repeated_indices():
     np.testing.assert_array_equal(out, [3.0, 0.0, 5.0])
 
 
+HEAVY = ('matplotlib', 'cupy', 'torch', 'jax', 'scipy', 'tqdm', 'transformers', 'safetensors', 'nbclient')
+
+
 def test_importing_every_module_of_the_package_loads_nothing_heavy():
     code = ("import importlib, pkgutil, sys, dpo_np\n"
-            "for m in pkgutil.iter_modules(dpo_np.__path__):\n"
-            "    if m.name != '__main__': importlib.import_module('dpo_np.' + m.name)\n"
-            "print([m for m in ('matplotlib', 'cupy', 'torch', 'jax', 'scipy', 'tqdm') if m in sys.modules])")
+            "names = [m.name for m in pkgutil.walk_packages(dpo_np.__path__, 'dpo_np.')]\n"
+            "for name in names:\n"
+            "    if not name.endswith('__main__'): importlib.import_module(name)\n"
+            f"print(len(names), [m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, heavy = out.stdout.strip().split(" ", 1)
+    assert int(count) > 30 and heavy == "[]"          # the subpackages (experiments, bench) included
+
+
+def test_the_main_public_names_import_from_the_package_and_load_numpy_alone():
+    code = ("import sys\n"
+            "from dpo_np import GPT, GPTConfig, DPOTrainer, DPOConfig, dpo_loss, get_batch_logps, optimal_policy\n"
+            "import dpo_np\n"
+            "assert dpo_np.DPOTrainer.__module__ == 'dpo_np.trainers' and dpo_np.GPT.__module__ == 'dpo_np.model'\n"
+            "assert all(hasattr(dpo_np, name) for name in dpo_np.__all__)\n"
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -291,13 +291,23 @@ def test_beam_search_with_enough_beams_equals_brute_force_enumeration(seed, leng
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(temperature=-0.1), "temperature"), (dict(temperature=float("nan")), "temperature"),
-    (dict(top_k=0), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_p=0.0), "top_p"),
+    (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"), (dict(max_new_tokens=-1), "max_new_tokens"),
 ])
 def test_bad_generation_arguments_raise_value_error_naming_them(kwargs, name):
     model = BigramModel(np.zeros((3, 3)))
     kwargs = {"max_new_tokens": 2, **kwargs}
     with pytest.raises(ValueError, match=name):
+        generate(model, [0], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(top_k=2.5), "top_k"), (dict(max_new_tokens=True), "max_new_tokens"), (dict(temperature="1"), "temperature"),
+])
+def test_generation_arguments_of_the_wrong_kind_raise_type_error_naming_them(kwargs, name):
+    model = BigramModel(np.zeros((3, 3)))
+    kwargs = {"max_new_tokens": 2, **kwargs}
+    with pytest.raises(TypeError, match=name):
         generate(model, [0], **kwargs)
 
 

@@ -59,7 +59,7 @@ def test_adamw_matches_the_update_written_out_for_several_steps_with_and_without
 def test_first_step_moves_each_weight_by_lr_against_the_sign_of_its_gradient():
     # at t = 1 bias correction gives m̂ = g and v̂ = g², so the step is lr · g / (|g| + ε)
     params = {"w": np.array([1.0, -2.0, 3.0])}
-    opt = AdamW(params, lr=0.1, eps=0.0, weight_decay=0.0)
+    opt = AdamW(params, lr=0.1, eps=1e-300, weight_decay=0.0)     # ε > 0 but below every |g| here
     opt.step({"w": np.array([0.5, -4.0, 1e-3])})
     np.testing.assert_allclose(params["w"], [0.9, -1.9, 2.9], rtol=0, atol=1e-15)
 
@@ -152,12 +152,30 @@ def test_load_state_dict_rejects_state_for_other_parameters():
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(lr=-1e-3), "lr"), (dict(lr=float("nan")), "lr"), (dict(betas=(1.0, 0.999)), "betas"),
-    (dict(betas=(0.9, -0.1)), "betas"), (dict(betas=0.9), "betas"), (dict(eps=-1e-8), "eps"),
+    (dict(betas=(0.9, -0.1)), "betas"), (dict(eps=-1e-8), "eps"), (dict(eps=0.0), "eps"),
     (dict(weight_decay=-0.1), "weight_decay"),
 ])
 def test_bad_hyper_parameters_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         AdamW(_params(), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(betas=0.9), "betas"), (dict(lr="0.1"), "lr"), (dict(eps=True), "eps"), (dict(weight_decay=None), "weight_decay"),
+])
+def test_hyper_parameters_of_the_wrong_kind_raise_type_error_naming_them(kwargs, name):
+    with pytest.raises(TypeError, match=name):
+        AdamW(_params(), **kwargs)
+
+
+def test_zero_epsilon_is_refused_because_it_would_divide_zero_by_zero():
+    """A coordinate whose gradient has always been 0 has m = v = 0: with ε = 0 its update is 0/0."""
+    params = {"w": np.array([1.0, 2.0])}
+    with np.errstate(invalid="ignore"):
+        m, v = np.zeros(2), np.zeros(2)
+        assert np.isnan(m / (np.sqrt(v) + 0.0)).all()
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        AdamW(params, eps=0.0)
 
 
 def test_grads_with_missing_extra_or_misshapen_entries_are_rejected_before_any_update():
@@ -230,9 +248,11 @@ def test_cosine_schedule_without_warmup_and_bad_arguments():
     assert cosine_schedule(10, 1.0, 0, 10) == 0.0
     for args, name in [((-1, 1.0, 0, 10), "step"), ((0, 1.0, -1, 10), "warmup_steps"),
                        ((0, 1.0, 5, 4), "total_steps"), ((0, 1.0, 0, 10, 2.0), "min_lr"),
-                       ((0, float("nan"), 0, 10), "max_lr"), ((1.5, 1.0, 0, 10), "step")]:
+                       ((0, float("nan"), 0, 10), "max_lr")]:
         with pytest.raises(ValueError, match=name):
             cosine_schedule(*args)
+    with pytest.raises(TypeError, match="step"):
+        cosine_schedule(1.5, 1.0, 0, 10)
 
 
 # ---- an outside reference: PyTorch (skipped when it is not installed) ----------------------

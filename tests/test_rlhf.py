@@ -308,12 +308,13 @@ def test_shape_mismatch_is_rejected():
         rlhf.bradley_terry(np.zeros(3), np.zeros(4))
 
 
-@pytest.mark.parametrize("beta", [0.0, -0.5, float("nan"), float("inf"), "x"])
-def test_nonpositive_or_nonfinite_beta_is_rejected(beta):
+@pytest.mark.parametrize("beta, error", [(0.0, ValueError), (-0.5, ValueError), (float("nan"), ValueError),
+                                         (float("inf"), ValueError), ("x", TypeError), (True, TypeError)])
+def test_nonpositive_or_nonfinite_beta_is_rejected(beta, error):
     ref, r = toy_problem()
     for call in (lambda: rlhf.log_partition(ref, r, beta), lambda: rlhf.optimal_policy(ref, r, beta),
                  lambda: rlhf.rlhf_objective(ref, ref, r, beta), lambda: rlhf.implicit_reward(ref, ref, beta)):
-        with pytest.raises(ValueError, match="beta"):
+        with pytest.raises(error, match="beta"):
             call()
 
 

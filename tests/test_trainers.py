@@ -18,8 +18,9 @@ from dpo_np.model import GPT, GPTConfig
 from dpo_np.tokenizer import CharTokenizer
 from helpers import binomial_critical_accuracy
 from dpo_np.training import NonFiniteLossError, TrainingConfig, read_metrics
-from dpo_np.trainers import (DPOConfig, DPOTrainer, ld_split_labels, sequence_logps_backward,
-                             sequence_logps_forward, sync_reference, wpo_weights)
+from dpo_np.trainers import DPOConfig, DPOTrainer
+from dpo_np.variants import (ld_split_labels, sequence_logps_backward, sequence_logps_forward, sync_reference,
+                             wpo_weights)
 
 # pairs of different lengths, so the concatenated batch is padded (and y_w, y_l differ in length)
 PAIRS = [
@@ -364,10 +365,20 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     ("beta", -1.0), ("beta", 0.0), ("loss_type", "nope"), ("label_smoothing", 2.0), ("ld_alpha", 1.5),
     ("learning_rate", -1e-3), ("per_device_train_batch_size", 0), ("lr_scheduler_type", "step"),
     ("max_prompt_length", 20), ("ref_model_mixup_alpha", 2.0), ("ref_model_sync_steps", 0),
-    ("loss_weights", [1.0, 2.0]), ("use_weighting", "yes"), ("max_grad_norm", float("nan")),
+    ("loss_weights", [1.0, 2.0]), ("max_grad_norm", float("nan")), ("adam_epsilon", float("inf")),
 ])
 def test_a_bad_config_value_is_a_value_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
+        DPOConfig(**{"max_length": 16, "max_prompt_length": 8, field: value})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("beta", True), ("reference_free", "False"), ("use_weighting", "yes"), ("precompute_ref_log_probs", 1),
+    ("learning_rate", "1e-3"), ("seed", 1.5), ("max_steps", True), ("ld_alpha", "0.5"), ("save_at_end", None),
+])
+def test_a_config_value_of_the_wrong_kind_is_a_type_error_naming_the_field(field, value):
+    """True is not the number 1 and "False" is not a flag: nothing is coerced silently."""
+    with pytest.raises(TypeError, match=field):
         DPOConfig(**{"max_length": 16, "max_prompt_length": 8, field: value})
 
 
@@ -411,5 +422,5 @@ def test_dpo_on_toy_preferences_raises_heldout_reward_accuracy_above_chance(tmp_
 
 
 def test_config_names_a_loss_weight_that_is_not_a_number():
-    with pytest.raises(ValueError, match=r"DPOConfig: .*loss_weights"):
+    with pytest.raises(TypeError, match=r"DPOConfig: .*loss_weights"):
         DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=["a", 1.0])

@@ -8,22 +8,28 @@ at the end, so the ratio of the two step times is the price of the DPO loss itse
 
     ratio = t(DPO step, N pairs) / t(SFT step, the same 2N rows)      target <= 1.15
 
-Both steps are the training loop's body (``training.Trainer.train``): zero the gradients, the
-trainer's ``training_step`` (collation, forward, loss, backward), gradient clipping and the AdamW
-update, on one model with one optimizer configuration; the padded batches are checked to be
-identical. Times are medians over ``repeats`` after ``warmup``, the two steps interleaved so
+Both steps are the training loop's own step (``training.Trainer.update``): zero the gradients,
+the trainer's ``training_step`` (collation, forward, loss, backward), gradient clipping and the
+AdamW update, on one model with one optimizer configuration; the padded batches are checked to
+be identical. Times are medians over ``repeats`` after ``warmup``, the two steps interleaved so
 both see the same machine.
 
     python -m dpo_np bench dpo
 """
 
-import math
 import statistics
 import time
 
 import numpy as np
 
-from dpo_np import backend
+from dpo_np import backend, checks
+from dpo_np.data import collate_preferences, collate_sft
+from dpo_np.experiments import toy_preferences
+from dpo_np.model import GPT, GPTConfig
+from dpo_np.sft import SFTConfig, SFTTrainer
+from dpo_np.tokenizer import CharTokenizer
+from dpo_np.trainers import DPOConfig, DPOTrainer
+from dpo_np.training import frozen_copy
 
 TARGET_RATIO = 1.15
 
@@ -36,18 +42,8 @@ def bench_dpo(n_pairs=16, n_layer=3, n_head=4, n_embd=96, block_size=160, repeat
     "batch_shape", "n_pairs", "config", "profile"}`` (median seconds; ``profile`` holds the
     cProfile text of a few DPO steps when ``profile=True``, else None).
     """
-    from dpo_np.experiments import toy_preferences
-    from dpo_np.data import collate_preferences, collate_sft
-    from dpo_np.model import GPT, GPTConfig
-    from dpo_np.optim import clip_grad_norm
-    from dpo_np.sft import SFTConfig, SFTTrainer
-    from dpo_np.tokenizer import CharTokenizer
-    from dpo_np.trainers import DPOConfig, DPOTrainer
-    from dpo_np.training import frozen_copy
-
     for name, value, low in (("n_pairs", n_pairs, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        checks.integer(value, name, low=low)
     tokenizer = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
     pairs = toy_preferences.preference_dataset(seed)["train"]
     if n_pairs > len(pairs):
@@ -74,18 +70,11 @@ def bench_dpo(n_pairs=16, n_layer=3, n_head=4, n_embd=96, block_size=160, repeat
             raise AssertionError(f"the DPO and SFT batches differ in {key}; the comparison would be unfair")
 
     def step(trainer, idx):
-        # the body of training.Trainer.train, without logging
         t = time.perf_counter()
-        model.zero_grad()
-        metrics = trainer.training_step(idx)
-        clip_grad_norm(model.grads, trainer.args.max_grad_norm)
-        trainer.optimizer.step(model.grads)
+        trainer.update(idx, lr=trainer.args.learning_rate)          # the training loop's own step
         if backend.backend_name() == "cupy":
             backend.xp().cuda.Stream.null.synchronize()
-        elapsed = time.perf_counter() - t
-        if not math.isfinite(metrics["loss"]):
-            raise ValueError(f"{trainer.name} step produced loss {metrics['loss']}")
-        return elapsed
+        return time.perf_counter() - t
 
     for _ in range(warmup):
         step(dpo, dpo_idx)

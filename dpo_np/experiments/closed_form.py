@@ -44,7 +44,7 @@ import time
 import numpy as np
 
 from dpo_np import autograd as ag
-from dpo_np import backend, losses, rlhf
+from dpo_np import backend, checks, losses, rlhf
 from dpo_np.experiments import toy_problem
 from dpo_np.optim import AdamW
 from dpo_np.experiments.plots import save_figure
@@ -104,9 +104,7 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
                toy_problem.positive_int(n_prompts, "n_prompts"))
     n_pairs = toy_problem.positive_int(DEFAULT_PAIRS if pairs is None else pairs, "pairs")
     steps = DEFAULT_STEPS if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    steps = int(steps)
+    steps = checks.integer(steps, "steps", low=0)
     log_every = toy_problem.positive_int(DEFAULT_LOG_EVERY if log_every is None else log_every, "log_every")
     beta = rlhf.check_beta(beta)
     train_beta = beta if train_beta is None else rlhf.check_beta(train_beta, "train_beta")

@@ -31,7 +31,7 @@ import importlib.util
 import os
 import time
 
-from dpo_np.experiments import toy_preferences
+from dpo_np.experiments import plots, toy_preferences
 from dpo_np.experiments.evaluation import (accuracy_by_family, classify_answer, estimate_kl,
                                            implicit_reward_metrics, reward_model_scores)
 from dpo_np.generate import greedy_answer
@@ -237,7 +237,6 @@ def _draw_figures(figures_dir, print_fn, rows, cfg):
     if importlib.util.find_spec("matplotlib") is None:
         print_fn('demo: matplotlib is not installed, so no figures: pip install "dpo-np[plot]"')
         return []
-    from dpo_np.experiments import plots
     paths = [plots.plot_sft_metrics(rows["sft"], os.path.join(figures_dir, "sft_loss.png")),
              plots.plot_dpo_metrics(rows["dpo"], os.path.join(figures_dir, "dpo_metrics.png"),
                                     title=f"DPO on the toy preferences (β = {cfg['beta']:g})"),

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from dpo_np import autograd as ag
-from dpo_np import backend
+from dpo_np import backend, checks
 from dpo_np.data import format_prompt
 from dpo_np.experiments import toy_preferences
 from dpo_np.generate import generate
@@ -34,8 +34,7 @@ def sample_responses(model, tokenizer, prompts, n_samples=1, seed=0, max_new_tok
     result depends only on ``seed`` and the prompts. Returns a list of
     ``(prompt_ids, response_ids)``, ``n_samples`` consecutive entries per prompt, in prompt order.
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    checks.integer(n_samples, "n_samples", low=1)
     encoded = [tokenizer.encode(format_prompt(p)) for p in prompts]
     out = [None] * (len(encoded) * n_samples)
     by_length = {}

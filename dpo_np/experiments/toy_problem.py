@@ -20,7 +20,8 @@ Two response sets:
 
 import numpy as np
 
-from dpo_np import backend
+from dpo_np import autograd as ag
+from dpo_np import backend, checks
 from dpo_np import rlhf
 
 PAD = -1
@@ -29,9 +30,7 @@ MAX_RESPONSES = 1 << 24        # 16.7M rows: beyond this, enumeration is not a t
 
 def positive_int(x, name):
     """``x`` as an int >= 1, or a ValueError naming it."""
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {x!r}")
-    return int(x)
+    return checks.integer(x, name, low=1)
 
 
 def count_responses(vocab_size, length, eos=False):
@@ -93,7 +92,7 @@ def random_reference_table(n_prompts, vocab_size, length, seed, eos=False, scale
     if eos:
         logits[..., V] += eos_bias
         logits[:, L - 1, :, :V] = -np.inf       # the last position can only end the response
-    table = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)       # log-softmax over y_t
+    table = ag.log_softmax(logits, axis=-1).data                               # over y_t
     return backend.asarray(table, dtype=dtype)
 
 
