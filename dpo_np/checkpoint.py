@@ -19,17 +19,25 @@ into a fresh sibling directory, then swapped in with renames
 
 A crash before the second rename leaves the previous checkpoint intact (at
 ``path``, or at ``.<name>.bak`` between the two renames, where ``load_checkpoint``
-finds it and the next save puts it back first).
+finds it and the next save puts it back first). The temporary directory is named
+``.<name>.tmp-<pid>-<random>``: a save killed before its swap leaves one behind, and
+the next save of the same path removes it once its process is gone.
+
+A save replaces only what this package wrote: an existing ``path`` must be empty or a
+checkpoint whose files are exactly those its ``state.json`` lists. A directory of other
+files, or a checkpoint that has gained a file, is refused and left as it is.
 """
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
 import numpy as np
 
 from dpo_np import backend, checks
+from dpo_np.files import process_alive
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.optim import AdamW
 from dpo_np.tokenizer import CharTokenizer
@@ -49,6 +57,55 @@ def _backup_path(path):
 
 def _is_checkpoint(path):
     return os.path.isfile(os.path.join(path, STATE)) or os.path.isfile(os.path.join(path, PARAMS))
+
+
+def _listed_files(path):
+    """The files a checkpoint's ``state.json`` says this package wrote there, or None if ``path``
+    holds no readable state.json of this format."""
+    try:
+        with open(os.path.join(path, STATE), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    files = state.get("files") if isinstance(state, dict) else None
+    if state.get("format_version") != FORMAT_VERSION or not isinstance(files, list):
+        return None
+    return set(files)
+
+
+def check_replaceable(path):
+    """Raise unless a save may replace ``path``: absent, an empty directory, or a checkpoint
+    holding exactly the files its state.json lists (nothing a person put there is ever deleted)."""
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise ValueError(f"{path} is a file, not a checkpoint directory; refusing to replace it")
+    present = set(os.listdir(path))
+    if not present:
+        return
+    listed = _listed_files(path)
+    if listed is None:
+        raise ValueError(f"{path} is not a checkpoint directory of dpo_np (no state.json of format "
+                         f"{FORMAT_VERSION}); refusing to replace it — choose another path")
+    foreign = sorted(present - listed)
+    if foreign:
+        raise ValueError(f"{path} is a checkpoint that has gained files it did not write ({foreign[:5]}); "
+                         f"refusing to replace it, which would delete them — move them out first")
+
+
+def _remove_stale_temporaries(path):
+    """Delete ``.<name>.tmp-<pid>-*`` directories of ``path`` left by a save whose process died
+    (kill -9 mid-write), if they hold nothing but checkpoint files."""
+    parent, name = os.path.dirname(path), os.path.basename(path)
+    pattern = re.compile(r"\." + re.escape(name) + r"\.tmp-(\d+)-")
+    known = {PARAMS, CONFIG, TOKENIZER, OPTIMIZER, STATE}
+    for entry in os.listdir(parent):
+        match = pattern.match(entry)
+        full = os.path.join(parent, entry)
+        if not match or not os.path.isdir(full) or os.path.islink(full) or process_alive(int(match.group(1))):
+            continue
+        if set(os.listdir(full)) <= known:
+            shutil.rmtree(full, ignore_errors=True)
 
 
 # ---- save ---------------------------------------------------------------------------------
@@ -84,9 +141,8 @@ def save_checkpoint(path, model, tokenizer=None, optimizer=None, step=None, extr
     """Write ``model`` (and optionally its tokenizer, optimizer, step and JSON ``extra``) to
     the directory ``path``, atomically replacing any checkpoint already there.
 
-    Refuses to replace a ``path`` that exists but is not a checkpoint (a file, or a
-    non-empty directory without ``state.json``/``params.npz``), so a typo cannot
-    delete an unrelated directory.
+    Refuses to replace a ``path`` that is not ours to replace (see ``check_replaceable``): a
+    file, a directory of other files, or a checkpoint that has gained files.
     """
     path = os.path.abspath(os.fspath(path))
     step = checks.integer(step, "step", low=0, optional=True)
@@ -96,18 +152,16 @@ def save_checkpoint(path, model, tokenizer=None, optimizer=None, step=None, extr
         raise TypeError(f"extra must be JSON-serialisable (dicts, lists, str, finite numbers): "
                         f"{err}") from None
     backup = _backup_path(path)
-    if os.path.lexists(path):
-        if not os.path.isdir(path) or (os.listdir(path) and not _is_checkpoint(path)):
-            raise ValueError(f"path {path!r} exists and is not a checkpoint directory; "
-                             f"refusing to replace it")
-    elif os.path.isdir(backup):
+    if not os.path.lexists(path) and os.path.isdir(backup) and _listed_files(backup) is not None:
         os.replace(backup, path)     # an earlier save died between its renames: put the old one back first
+    check_replaceable(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
+    _remove_stale_temporaries(path)
 
-    state = {"format_version": FORMAT_VERSION, "step": None if step is None else int(step),
-             "extra": extra_json, "files": [PARAMS, CONFIG, STATE]}
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-", dir=parent)
+    state = {"format_version": FORMAT_VERSION, "step": step, "extra": extra_json,
+             "files": [PARAMS, CONFIG, STATE]}
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-", dir=parent)
     try:
         os.chmod(tmp, 0o755)         # mkdtemp makes 0700; a checkpoint should read like any directory
         params = {k: backend.to_numpy(p) for k, p in model.params.items()}
@@ -128,7 +182,7 @@ def save_checkpoint(path, model, tokenizer=None, optimizer=None, step=None, extr
     had_old = os.path.lexists(path)
     try:
         if had_old:
-            if os.path.lexists(backup):
+            if os.path.lexists(backup) and _listed_files(backup) is not None:
                 shutil.rmtree(backup)  # a stale backup from a save that died after its swap
             os.replace(path, backup)
         os.replace(tmp, path)

@@ -40,6 +40,18 @@ def atomic_write(path, mode="w"):
         raise
 
 
+def process_alive(pid):
+    """Whether process ``pid`` still runs on this machine (for stale locks and temporaries). When
+    it cannot be told (another user's process), it counts as alive: nothing is deleted on a guess."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def write_json_atomic(path, obj):
     """``json.dump(obj)`` to ``path`` through ``atomic_write``."""
     with atomic_write(path) as f:

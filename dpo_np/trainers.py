@@ -32,7 +32,8 @@ from dpo_np import autograd as ag
 from dpo_np import backend, checks, logprobs, variants
 from dpo_np.data import collate_preferences
 from dpo_np.losses import dpo_loss, implicit_rewards
-from dpo_np.training import Trainer, TrainingConfig, check_model_fits, frozen_copy, pair_metrics, resolve_config
+from dpo_np.training import (Trainer, TrainingConfig, check_model_fits, check_separate, fingerprint, frozen_copy,
+                             pair_metrics, resolve_config)
 
 AVERAGED_LOSSES = ("ipo", "sigmoid_norm")   # these read per-token mean log-probs
 
@@ -134,10 +135,8 @@ class DPOTrainer(Trainer):
             self.ref_model = None
         elif ref_model is None:
             self.ref_model = frozen_copy(model)
-        elif ref_model is model:
-            raise ValueError("ref_model is the same object as model; pass a separate copy "
-                             "(or ref_model=None for a frozen copy of the initial policy)")
         else:
+            check_separate(model, ref_model)
             check_model_fits(ref_model, "ref_model", args, tokenizer)
             self.ref_model = ref_model
         self.train_features = self.tokenize(train_dataset)
@@ -260,6 +259,10 @@ class DPOTrainer(Trainer):
         a = self.args
         if a.sync_ref_model and self.state["step"] % a.ref_model_sync_steps == 0:
             variants.sync_reference(self.ref_model.params, self.model.params, a.ref_model_mixup_alpha)
+
+    def fingerprints(self):
+        reference = {} if self.ref_model is None else {"reference model": fingerprint(self.ref_model.params)}
+        return {**super().fingerprints(), **reference}
 
     def check_resume(self):
         if self.args.sync_ref_model:

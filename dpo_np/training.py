@@ -16,35 +16,59 @@ Because the data order is a function of (seed, epoch, step) alone and a
 checkpoint holds the parameters, the AdamW moments and the step, a run resumed
 from a checkpoint repeats the uninterrupted run's numbers bit for bit.
 
-Files in ``output_dir``:
+Files in ``output_dir`` (the run owns the directory; see ``Trainer.train``):
 
     metrics.jsonl        one JSON object per logging step (and per evaluation)
-    checkpoint-<step>/   every ``save_steps`` steps (``checkpoint.save_checkpoint``, atomic)
-    final/               at the end of training (``save_at_end``)
+    checkpoint-<step>/   every ``save_steps`` steps, and where Ctrl-C stopped the run
+    best/                the best evaluation so far (``load_best_model_at_end``)
+    final/               at the end of training (``save_at_end``): the best model if asked for
+    .lock                while a process trains here: its pid, host and start time
 """
 
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
+import signal
+import socket
+import threading
+import time
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from dpo_np import backend, checks
-from dpo_np.checkpoint import load_checkpoint, save_checkpoint
+from dpo_np.checkpoint import check_replaceable, load_checkpoint, save_checkpoint
 from dpo_np.data import batch_indices, load_preferences, load_sft, tokenize_preference, tokenize_sft
-from dpo_np.files import atomic_write
+from dpo_np.files import atomic_write, process_alive
 from dpo_np.model import GPT
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule
 from dpo_np.progress import progress
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
+BEST_DIR = "best"
+LOCK_FILE = ".lock"
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+
+# settings a resumed run may change: they decide what is logged, shown or kept, not the numbers
+RESUME_MAY_CHANGE = ("output_dir", "show_progress", "logging_steps", "eval_steps", "save_steps",
+                     "save_at_end", "per_device_eval_batch_size", "overwrite_output_dir")
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss (or gradient norm); no update was applied."""
+    """Training produced a NaN or infinite loss, gradient or parameter; the run stopped there."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training between two steps; ``checkpoint`` is where the run was saved."""
+
+    def __init__(self, message, checkpoint):
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 # ---- configuration ------------------------------------------------------------------------
@@ -79,6 +103,11 @@ class TrainingConfig:
     save_steps: int = None
     save_at_end: bool = True
     show_progress: bool = True
+    overwrite_output_dir: bool = False
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str = "eval/loss"
+    greater_is_better: bool = None
+    early_stopping_patience: int = None
 
     def __post_init__(self):
         for name, low in (("warmup_steps", 0), ("per_device_train_batch_size", 1),
@@ -100,8 +129,21 @@ class TrainingConfig:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not os.fspath(self.output_dir):
             raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
         self.output_dir = os.fspath(self.output_dir)
-        for name in ("save_at_end", "show_progress"):
+        for name in ("save_at_end", "show_progress", "overwrite_output_dir", "load_best_model_at_end"):
             checks.flag(getattr(self, name), name)
+        if not isinstance(self.metric_for_best_model, str):
+            raise TypeError(f"metric_for_best_model must be a metric name, got {self.metric_for_best_model!r}")
+        if self.greater_is_better is None:       # a loss falls, anything else (an accuracy) rises
+            self.greater_is_better = not self.metric_for_best_model.endswith("loss")
+        checks.flag(self.greater_is_better, "greater_is_better")
+        self.early_stopping_patience = checks.integer(self.early_stopping_patience, "early_stopping_patience",
+                                                      low=1, optional=True)
+        if (self.load_best_model_at_end or self.early_stopping_patience) and not self.eval_steps:
+            raise ValueError("load_best_model_at_end and early_stopping_patience need eval_steps: "
+                             "the best point is found by evaluating every eval_steps steps")
+        if self.learning_rate * self.weight_decay >= 1.0:
+            raise ValueError(f"learning_rate × weight_decay must be < 1 (each step multiplies the weights "
+                             f"by 1 − lr·λ), got {self.learning_rate} × {self.weight_decay}")
 
     def to_dict(self):
         return asdict(self)
@@ -183,6 +225,106 @@ def frozen_copy(model):
     for k, p in model.params.items():
         ref.params[k] = p.copy()
     return ref
+
+
+def check_separate(model, ref_model, name="ref_model"):
+    """Refuse a reference that shares any parameter array with the policy (``copy.copy(model)``,
+    ``ref.params = model.params``): every update of π_θ would move π_ref with it."""
+    if ref_model is model:
+        raise ValueError(f"{name} is the same object as model; pass a separate copy "
+                         f"(or {name}=None for a frozen copy of the initial policy)")
+    xp = backend.xp()
+    for k, p in model.params.items():
+        for j, q in ref_model.params.items():
+            if xp.may_share_memory(p, q):
+                raise ValueError(f"{name}.params[{j!r}] shares memory with model.params[{k!r}]: the reference "
+                                 f"would move with the policy; give it copies (e.g. training.frozen_copy(model))")
+
+
+def fingerprint(obj):
+    """A short SHA-256 of ``obj``: arrays by their bytes, everything else by its JSON."""
+    h = hashlib.sha256()
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj if isinstance(obj, list) else [obj])
+    for key, value in items:
+        h.update(str(key).encode())
+        if hasattr(value, "dtype") and hasattr(value, "shape"):
+            a = backend.to_numpy(value)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            h.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def last_checkpoint(output_dir):
+    """The ``checkpoint-<step>`` directory of ``output_dir`` with the highest step, or None."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = [(int(m.group(1)), entry) for entry in os.listdir(output_dir)
+             if (m := CHECKPOINT_PATTERN.match(entry)) and os.path.isdir(os.path.join(output_dir, entry))]
+    return os.path.join(output_dir, max(steps)[1]) if steps else None
+
+
+def _run_files(output_dir):
+    """The entries of ``output_dir`` a run writes (metrics, checkpoints, best/, final/)."""
+    return sorted(e for e in os.listdir(output_dir)
+                  if e in (METRICS_FILE, FINAL_DIR, BEST_DIR) or CHECKPOINT_PATTERN.match(e))
+
+
+def _clear_previous_run(output_dir):
+    """``overwrite_output_dir``: delete what an earlier run wrote here, and nothing else."""
+    for entry in _run_files(output_dir):
+        path = os.path.join(output_dir, entry)
+        if os.path.isdir(path):
+            check_replaceable(path)               # a checkpoint that gained a person's file stays
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+class _Lock:
+    """``output_dir/.lock``, created exclusively, holding the owner's pid, host and start time.
+
+    A lock whose process is gone (same host) is stale and taken over; a live one is refused,
+    naming its owner. Scripts get the same protection as the command line."""
+
+    def __init__(self, output_dir, owner):
+        self.path = os.path.join(output_dir, LOCK_FILE)
+        self.text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "trainer": owner,
+                                "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def __enter__(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._clear_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.text)
+            return self
+        raise RuntimeError(f"{self.path} could not be taken")
+
+    def _clear_if_stale(self):
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                owner = json.load(f)
+            pid, host = int(owner["pid"]), owner["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise RuntimeError(f"{self.path} exists but cannot be read; if no run uses this directory, "
+                               f"delete the file") from None
+        if host == socket.gethostname() and not process_alive(pid):
+            os.unlink(self.path)                    # its process is gone: a stale lock
+            return
+        raise RuntimeError(f"{os.path.dirname(self.path)} is in use by a {owner.get('trainer', '')} run: "
+                           f"process {pid} on {host}, started {owner.get('started', '?')} (see {self.path}); "
+                           f"wait for it, or choose another output_dir")
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 def _finite(x):
@@ -320,11 +462,15 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
+    def fingerprints(self):
+        """What, beyond the config, makes this run this run: the tokenized training data and the
+        tokenizer (a subclass adds what else it reads, such as the reference model)."""
+        return {"data": fingerprint(self.train_features),
+                "tokenizer": fingerprint(self.tokenizer.to_dict() if self.tokenizer is not None else None)}
+
     def _extra(self):
-        return {"trainer": self.name, "args": self.args.to_dict(),
-                "counters": self.state["counters"],
-                "data": {"examples": len(self.train_features), "seed": self.args.seed,
-                         "per_device_train_batch_size": self.args.per_device_train_batch_size}}
+        return {"trainer": self.name, "args": self.args.to_dict(), "counters": self.state["counters"],
+                "fingerprints": self.fingerprints()}
 
     def save(self, path):
         """An atomic checkpoint (parameters, tokenizer, AdamW state, step, trainer state) at ``path``."""
@@ -335,63 +481,108 @@ class Trainer:
         """``checkpoint.load_checkpoint``'s dict; the reward trainer reads its own format."""
         return load_checkpoint(path)
 
-    def _restore(self, path):
-        ckpt = self.read_checkpoint(path)
+    def check_same_run(self, ckpt, path):
+        """Raise unless the checkpoint at ``path`` was written by this run: the same kind of trainer,
+        the same settings (but for ``RESUME_MAY_CHANGE``), data, tokenizer and model shapes."""
+        extra = ckpt.get("extra") or {}
         if ckpt.get("optimizer_state") is None or ckpt.get("step") is None:
             raise ValueError(f"resume_from_checkpoint: {path} holds no optimizer state or step, "
                              f"so training cannot continue from it exactly")
-        extra = ckpt.get("extra") or {}
-        data = extra.get("data", {})
-        mine = self._extra()["data"]
-        for key, value in mine.items():
-            if key in data and data[key] != value:
-                raise ValueError(f"resume_from_checkpoint: the checkpoint was trained with {key}={data[key]!r}, "
-                                 f"this trainer has {key}={value!r}; the data order would differ")
-        src = ckpt["model"].params
-        if src.keys() != self.model.params.keys():
-            raise ValueError(f"resume_from_checkpoint: {path} holds other parameters than this model")
+        if extra.get("trainer") != self.name:
+            raise ValueError(f"resume_from_checkpoint: {path} was written by a {extra.get('trainer')!r} run, "
+                             f"not a {self.name!r} one; to start {self.name} from those weights, load them as "
+                             f"the model (checkpoint.load_checkpoint) and train without resuming")
+        if ckpt["step"] > self.total_steps:
+            raise ValueError(f"resume_from_checkpoint: {path} is at step {ckpt['step']}, beyond this run's "
+                             f"{self.total_steps} steps (max_steps={self.args.max_steps}); nothing would train")
+        saved, mine = extra.get("args") or {}, self.args.to_dict()
+        for key in sorted(set(saved) | set(mine)):
+            if key not in RESUME_MAY_CHANGE and saved.get(key) != mine.get(key):
+                raise ValueError(f"resume_from_checkpoint: {path} was trained with {key}={saved.get(key)!r}, "
+                                 f"this run has {key}={mine.get(key)!r}; a resumed run must be the same run")
+        for key, value in self.fingerprints().items():
+            if (extra.get("fingerprints") or {}).get(key) != value:
+                raise ValueError(f"resume_from_checkpoint: the {key} differs from the run that wrote {path} "
+                                 f"(fingerprint {(extra.get('fingerprints') or {}).get(key)} there, {value} here)")
+        mismatch = checks.name_mismatch(self.model.params, ckpt["model"].params)
+        if mismatch:
+            raise ValueError(f"resume_from_checkpoint: {path} holds other parameters than this model: {mismatch}")
         for k, p in self.model.params.items():
-            if p.shape != src[k].shape:
-                raise ValueError(f"resume_from_checkpoint: parameter {k!r} has shape {src[k].shape} in "
-                                 f"{path}, {p.shape} in the model")
-            p[...] = backend.asarray(src[k], p.dtype)        # in place: the optimizer holds these arrays
+            if p.shape != ckpt["model"].params[k].shape:
+                raise ValueError(f"resume_from_checkpoint: parameter {k!r} has shape "
+                                 f"{ckpt['model'].params[k].shape} in {path}, {p.shape} in the model")
+
+    def _restore(self, path):
+        ckpt = self.read_checkpoint(path)
+        self.check_same_run(ckpt, path)
+        for k, p in self.model.params.items():
+            p[...] = backend.asarray(ckpt["model"].params[k], p.dtype)   # in place: the optimizer holds these
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         self.state["step"] = int(ckpt["step"])
-        self.state["counters"] = dict(extra.get("counters", {}))
+        self.state["counters"] = dict((ckpt.get("extra") or {}).get("counters", {}))
 
     # -- the loop ---------------------------------------------------------------------------
 
     def update(self, idx, lr):
         """One optimizer step on the examples ``idx``: gradients (``training_step``), the global
         norm clipped, AdamW at ``lr``. Returns the step's metrics with ``lr`` and ``grad_norm``.
-        A NaN/inf loss or gradient raises ``NonFiniteLossError`` before the parameters change."""
+        A NaN/inf loss or gradient raises ``NonFiniteLossError`` before the parameters change,
+        naming the tensor; a parameter the update made non-finite is named after it."""
         self.model.zero_grad()
         metrics = self.training_step(idx)
         grads = self.model.grads
+        if not _finite(metrics["loss"]):
+            raise NonFiniteLossError(f"the loss is {metrics['loss']}; training stopped before the update")
         if self.args.max_grad_norm:
             grad_norm = clip_grad_norm(grads, self.args.max_grad_norm, error_if_nonfinite=False)
         else:
             grad_norm = global_grad_norm(grads)
-        if not (_finite(metrics["loss"]) and _finite(grad_norm)):
-            what = (f"the loss is {metrics['loss']}" if not _finite(metrics["loss"])
-                    else f"the gradient norm is {grad_norm}")
-            raise NonFiniteLossError(f"{what}; training stopped before the update")
+        if not _finite(grad_norm):
+            raise NonFiniteLossError(f"the gradient of {_first_non_finite(grads)!r} is not finite "
+                                     f"(norm {grad_norm}); training stopped before the update")
         self.optimizer.step(grads, lr=lr)
+        bad = _first_non_finite(self.model.params)
+        if bad is not None:
+            raise NonFiniteLossError(f"the update made parameter {bad!r} non-finite (lr {lr}); the model in "
+                                     f"memory is unusable, the checkpoints on disk are not affected")
         return {**metrics, "lr": lr, "grad_norm": grad_norm}
 
     def train(self, resume_from_checkpoint=None):
         """Run the loop to ``total_steps``; returns ``{"global_step", "training_loss", "metrics"}``.
 
-        ``resume_from_checkpoint``: a checkpoint directory written by this kind of trainer; its
-        parameters, AdamW state and step are restored and the run continues as if never stopped
-        (metrics.jsonl keeps only the rows up to that step, then continues). Every per-step number
-        repeats exactly; a logged row whose ``logging_steps`` window the resume cut in two averages
-        only the steps after it, so save on multiples of ``logging_steps`` for identical logs.
+        The run owns ``output_dir``: a fresh run refuses a directory that already holds files,
+        unless ``overwrite_output_dir`` (then only what an earlier run wrote there is deleted);
+        a lock file keeps a second process out while this one trains.
+
+        ``resume_from_checkpoint``: a checkpoint directory written by this run (the same trainer,
+        settings, data and tokenizer, or a ValueError naming what differs; ``"last"`` finds the
+        newest in ``output_dir``). Its parameters, AdamW state and step are restored and the run
+        continues as if never stopped (metrics.jsonl keeps the rows up to that step). Every
+        per-step number repeats exactly; a logged row whose ``logging_steps`` window the resume cut
+        in two averages only the steps after it.
+
+        Ctrl-C (SIGINT) stops the run after the step in progress, saves ``checkpoint-<step>`` and
+        raises ``TrainingInterrupted`` naming it; a second Ctrl-C stops at once.
         """
-        args = self.args
         if not self.train_features:
             raise ValueError("train_dataset is empty: nothing to train on")
-        os.makedirs(args.output_dir, exist_ok=True)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with _Lock(self.args.output_dir, self.name):
+            self._start(resume_from_checkpoint)
+            with _StopOnInterrupt() as interrupt:
+                losses = self._run_steps(resume_from_checkpoint, interrupt)
+            self._finish()
+        train_rows = [r for r in self.state["log_history"] if "loss" in r]
+        return {"global_step": self.state["step"],
+                "training_loss": float(np.mean(losses)) if losses else float("nan"),
+                "metrics": train_rows[-1] if train_rows else {}}
+
+    def _start(self, resume_from_checkpoint):
+        args = self.args
+        if resume_from_checkpoint == "last":
+            resume_from_checkpoint = last_checkpoint(args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume: {args.output_dir} holds no checkpoint-<step> to resume from")
         if resume_from_checkpoint is not None:
             self.check_resume()
             self._restore(resume_from_checkpoint)
@@ -399,18 +590,27 @@ class Trainer:
             rows = [r for r in rows if r.get("step", 0) <= self.state["step"]]
             _rewrite_jsonl(self.metrics_path, rows)
             self.state["log_history"] = rows
-        else:
-            _rewrite_jsonl(self.metrics_path, [])
-        total, start = self.total_steps, self.state["step"]
-        last_checkpoint = resume_from_checkpoint
+            return
+        previous = [e for e in os.listdir(args.output_dir) if e != LOCK_FILE]
+        if previous and not args.overwrite_output_dir:
+            raise ValueError(f"output_dir {args.output_dir} already holds files ({', '.join(sorted(previous)[:5])}); "
+                             f"a new run needs a new output_dir, or overwrite_output_dir=True (--overwrite) to "
+                             f"replace the earlier run's files, or resume_from_checkpoint (--resume) to continue it")
+        if previous:
+            _clear_previous_run(args.output_dir)
+        _rewrite_jsonl(self.metrics_path, [])
+
+    def _run_steps(self, resume_from_checkpoint, interrupt):
+        args, total = self.args, self.total_steps
+        last_saved = resume_from_checkpoint
         window, losses = [], []
-        steps = range(start, total)
+        steps = range(self.state["step"], total)
         bar = progress(steps, desc=self.name) if args.show_progress else steps
         for step in bar:
             try:
                 metrics = self.update(self.batch_for_step(step), lr=learning_rate_at(step, args, total))
             except NonFiniteLossError as err:
-                where = (f"the last checkpoint, {last_checkpoint}, is untouched" if last_checkpoint
+                where = (f"the last checkpoint, {last_saved}, is untouched" if last_saved
                          else "no checkpoint was written")
                 raise NonFiniteLossError(f"step {step + 1}: {err} ({where})") from None
             self.state["step"] = done = step + 1
@@ -422,13 +622,68 @@ class Trainer:
             if done % args.logging_steps == 0 or done == total:
                 self.log(_mean_metrics(window, self.cumulative_metrics))
                 window = []
-            if args.eval_steps and done % args.eval_steps == 0:
-                self.log(self.evaluate())
-            if args.save_steps and done % args.save_steps == 0:
-                last_checkpoint = self.save(os.path.join(args.output_dir, f"checkpoint-{done}"))
+            if args.eval_steps and done % args.eval_steps == 0 and self._evaluate_and_keep_best():
+                break                                  # early stopping: no better evaluation for a while
+            if (args.save_steps and done % args.save_steps == 0) or (interrupt.requested and done < total):
+                last_saved = self.save(os.path.join(args.output_dir, f"checkpoint-{done}"))
+            if interrupt.requested and done < total:
+                raise TrainingInterrupted(f"training stopped at step {done} of {total}; saved {last_saved}",
+                                          last_saved)
+        return losses
+
+    def _evaluate_and_keep_best(self):
+        """Log an evaluation; keep ``best/`` when it improves ``metric_for_best_model``. Returns True
+        when ``early_stopping_patience`` evaluations in a row have not improved it."""
+        args, c = self.args, self.state["counters"]
+        metrics = self.evaluate()
+        self.log(metrics)
+        if not (args.load_best_model_at_end or args.early_stopping_patience):
+            return False
+        if args.metric_for_best_model not in metrics:
+            raise ValueError(f"metric_for_best_model {args.metric_for_best_model!r} is not among the "
+                             f"evaluation's metrics {sorted(metrics)}")
+        value, best = metrics[args.metric_for_best_model], c.get("best_metric")
+        if best is None or (value > best if args.greater_is_better else value < best):
+            c.update(best_metric=value, best_step=self.state["step"], evals_since_best=0)
+            if args.load_best_model_at_end:
+                self.save(os.path.join(args.output_dir, BEST_DIR))
+            return False
+        c["evals_since_best"] = c.get("evals_since_best", 0) + 1
+        return bool(args.early_stopping_patience) and c["evals_since_best"] >= args.early_stopping_patience
+
+    def _finish(self):
+        args = self.args
+        best = os.path.join(args.output_dir, BEST_DIR)
+        if args.load_best_model_at_end and os.path.isdir(best):
+            for k, p in self.read_checkpoint(best)["model"].params.items():
+                self.model.params[k][...] = backend.asarray(p, self.model.params[k].dtype)
         if args.save_at_end:
             self.final_checkpoint = self.save(os.path.join(args.output_dir, FINAL_DIR))
-        train_rows = [r for r in self.state["log_history"] if "loss" in r]
-        return {"global_step": self.state["step"],
-                "training_loss": float(np.mean(losses)) if losses else float("nan"),
-                "metrics": train_rows[-1] if train_rows else {}}
+
+
+def _first_non_finite(arrays):
+    """The name of the first array holding a NaN or inf, or None."""
+    xp = backend.xp()
+    return next((k for k, a in arrays.items() if not bool(xp.isfinite(a).all())), None)
+
+
+class _StopOnInterrupt:
+    """While training: the first SIGINT asks the loop to stop after the current step (so the
+    parameters and the optimizer are saved consistent); a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)    # a second Ctrl-C: the default, at once
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

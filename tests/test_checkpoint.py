@@ -207,6 +207,66 @@ def test_save_refuses_to_replace_something_that_is_not_a_checkpoint(tmp_path):
     assert (tmp_path / "file.txt").read_text() == "precious"
 
 
+def test_a_checkpoint_that_gained_a_file_is_not_replaced_and_the_file_survives(tmp_path):
+    model, _ = _trained()
+    save_checkpoint(tmp_path / "ck", model, step=1)
+    (tmp_path / "ck" / "notes.txt").write_text("precious")
+    with pytest.raises(ValueError, match=r"gained files.*notes.txt"):
+        save_checkpoint(tmp_path / "ck", model, step=2)
+    assert (tmp_path / "ck" / "notes.txt").read_text() == "precious"
+    assert load_checkpoint(tmp_path / "ck")["step"] == 1
+
+
+def test_an_empty_directory_may_become_a_checkpoint(tmp_path):
+    model, _ = _trained()
+    (tmp_path / "ck").mkdir()
+    save_checkpoint(tmp_path / "ck", model, step=3)
+    assert load_checkpoint(tmp_path / "ck")["step"] == 3
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_save_killed_mid_write_leaves_a_temporary_that_the_next_save_removes(tmp_path):
+    """A real kill -9 in the middle of writing the files: the previous checkpoint stays whole, and
+    the dead process's temporary directory is gone after the next save."""
+    import signal
+    import subprocess
+    import sys
+    model, _ = _trained()
+    save_checkpoint(tmp_path / "ck", model, step=1)
+    script = (f"import os, signal, numpy as np\n"
+              f"from dpo_np import checkpoint\n"
+              f"from dpo_np.model import GPT, GPTConfig\n"
+              f"def die(*a, **k): os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"checkpoint._write_json = die\n"
+              f"checkpoint.save_checkpoint({str(tmp_path / 'ck')!r}, GPT(GPTConfig(**{CONFIG.to_dict()!r})), step=2)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert out.returncode == -signal.SIGKILL
+    stale = [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert len(stale) == 1 and os.listdir(tmp_path / stale[0]) == ["params.npz"]
+    assert load_checkpoint(tmp_path / "ck")["step"] == 1            # the old checkpoint is whole
+    save_checkpoint(tmp_path / "ck", model, step=3)
+    assert _leftovers(tmp_path, "ck") == [] and load_checkpoint(tmp_path / "ck")["step"] == 3
+
+
+def test_stale_temporaries_are_removed_only_when_dead_and_holding_only_checkpoint_files(tmp_path):
+    model, _ = _trained()
+    dead = _dead_pid()
+    for name, files in ((f".ck.tmp-{dead}-a", ["params.npz"]), (f".ck.tmp-{dead}-b", ["thesis.tex"]),
+                        (f".ck.tmp-{os.getpid()}-c", ["params.npz"]), (f".other.tmp-{dead}-d", ["params.npz"])):
+        (tmp_path / name).mkdir()
+        for f in files:
+            (tmp_path / name / f).write_text("x")
+    save_checkpoint(tmp_path / "ck", model)
+    assert _leftovers(tmp_path, "ck") == sorted([f".ck.tmp-{dead}-b", f".ck.tmp-{os.getpid()}-c", f".other.tmp-{dead}-d"])
+
+
 def test_bad_step_or_extra_is_rejected_before_anything_is_written(tmp_path):
     model, _ = _trained()
     with pytest.raises(TypeError, match="extra"):

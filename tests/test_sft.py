@@ -119,7 +119,7 @@ def test_resuming_into_the_same_output_dir_keeps_the_log_consistent(tmp_path):
 
 def test_resuming_with_another_batch_size_is_refused(tmp_path):
     SFTTrainer(GPT(TINY), _args(tmp_path, max_steps=2, save_steps=2), train_dataset=RECORDS, tokenizer=TOK).train()
-    other = SFTTrainer(GPT(TINY), _args(tmp_path, max_steps=4, per_device_train_batch_size=3),
+    other = SFTTrainer(GPT(TINY), _args(tmp_path, max_steps=2, per_device_train_batch_size=3),
                        train_dataset=RECORDS, tokenizer=TOK)
     with pytest.raises(ValueError, match="per_device_train_batch_size"):
         other.train(resume_from_checkpoint=tmp_path / "run" / "checkpoint-2")
