@@ -182,7 +182,7 @@ def load_checkpoint(path, model_class=None):
     """
     from dpo_np.model import GPT, GPTConfig                 # lazily: checkpoint.py needs no model to import
     from dpo_np.optim import AdamW
-    from dpo_np.tokenizer import CharTokenizer
+    from dpo_np.tokenizer import tokenizer_from_dict
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
@@ -245,7 +245,7 @@ def load_checkpoint(path, model_class=None):
     tokenizer = None
     if TOKENIZER in files:
         try:
-            tokenizer = CharTokenizer.from_dict(_read_json(f(TOKENIZER)))
+            tokenizer = tokenizer_from_dict(_read_json(f(TOKENIZER)))
         except CheckpointError:
             raise
         except (TypeError, ValueError) as err:
