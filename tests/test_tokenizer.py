@@ -5,6 +5,7 @@ transformers (and its Rust ``tokenizers``) on the same files, where those are in
 import json
 import unicodedata
 
+import numpy as np
 import pytest
 from helpers import learn_bpe
 from hypothesis import given, settings
@@ -392,3 +393,31 @@ def test_bpe_gives_transformers_ids_on_the_same_files(gpt2_files):
 def test_bpe_gives_transformers_ids_on_any_text(gpt2_files, text):
     ours, theirs = gpt2_files
     assert ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
+
+
+# ---- training on any text -----------------------------------------------------------------
+
+def test_dpo_trains_on_text_the_character_tokenizer_cannot_encode(tmp_path):
+    """The story of the byte tokenizer: user data with accents, CJK and emoji trains from scratch,
+    the first loss is log 2 (reference = initial policy), and the checkpoint brings it back."""
+    from dpo_np.checkpoint import load_checkpoint
+    from dpo_np.data import format_prompt
+    from dpo_np.model import GPT, GPTConfig
+    from dpo_np.trainers import DPOConfig, DPOTrainer
+    from dpo_np.training import read_metrics
+
+    pairs = [{"prompt": "Café?", "chosen": "☕ oui", "rejected": "non"},
+             {"prompt": "猫は?", "chosen": "🐈 にゃー", "rejected": "わん"},
+             {"prompt": "Größe", "chosen": "groß", "rejected": "klein"}]
+    english = CharTokenizer.from_corpus([format_prompt("Cafe?"), "oui non"])
+    with pytest.raises(ValueError, match=r"'é' \(U\+00E9\) at position 6.*ByteTokenizer encodes any UTF-8 text"):
+        english.encode(format_prompt(pairs[0]["prompt"]))
+    tok = ByteTokenizer()
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=1, n_head=2, n_embd=8)
+    args = DPOConfig(output_dir=str(tmp_path / "run"), max_steps=2, max_length=48, max_prompt_length=24,
+                     per_device_train_batch_size=3, logging_steps=1, show_progress=False)
+    trainer = DPOTrainer(GPT(config, seed=0), GPT(config, seed=0), args=args, train_dataset=pairs, tokenizer=tok)
+    trainer.train()
+    first = read_metrics(trainer.metrics_path)[0]
+    assert first["loss"] == pytest.approx(np.log(2), rel=1e-6)
+    assert load_checkpoint(trainer.final_checkpoint)["tokenizer"] == tok
