@@ -292,7 +292,8 @@ def load_model(path, dtype=None, require_tokenizer=True):
 
     A dpo_np checkpoint (``state.json``, ``params.npz``) is read by ``checkpoint.load_checkpoint``.
     A GPT-2 directory (``config.json`` and ``model.safetensors``) by ``load_pretrained``, with its
-    tokenizer from a dpo_np ``tokenizer.json``, else from ``vocab.json`` + ``merges.txt``. ``dtype``
+    tokenizer from a dpo_np ``tokenizer.json``, else ``BPETokenizer.from_pretrained`` (``vocab.json``
+    + ``merges.txt``, or the ``tokenizer.json`` transformers writes, as a TRL run saves it). ``dtype``
     as in ``load_pretrained`` (a checkpoint's parameters are cast when it is given). Without a
     tokenizer: ``ValueError`` naming what was looked for, or ``(model, None)`` when
     ``require_tokenizer=False``.
@@ -312,7 +313,7 @@ def load_model(path, dtype=None, require_tokenizer=True):
             model.params = {k: p.astype(dtype, copy=False) for k, p in model.params.items()}
     elif os.path.isfile(os.path.join(path, CONFIG)):
         model = load_pretrained(path, dtype)
-        tokenizer, looked_for = _hf_tokenizer(path), f"a dpo_np tokenizer.json, or {VOCAB} and {MERGES}"
+        tokenizer, looked_for = _hf_tokenizer(path), f"tokenizer.json, or {VOCAB} and {MERGES}"
     else:
         raise ValueError(f"{path}: neither a dpo_np checkpoint ({STATE}, {PARAMS}) nor a Hugging Face "
                          f"GPT-2 directory ({CONFIG}, {WEIGHTS})")
@@ -332,7 +333,8 @@ def _hf_tokenizer(directory):
         d = _read_json(own)           # transformers writes a tokenizer.json of its own format too
         if isinstance(d, dict) and d.get("format") in TOKENIZERS:
             return load_tokenizer(own)
-    if os.path.isfile(os.path.join(directory, VOCAB)) and os.path.isfile(os.path.join(directory, MERGES)):
-        return BPETokenizer.from_pretrained(directory)
+    if (os.path.isfile(os.path.join(directory, VOCAB)) and os.path.isfile(os.path.join(directory, MERGES))
+            or os.path.isfile(own)):
+        return BPETokenizer.from_pretrained(directory)      # GPT-2's files, or transformers' tokenizer.json
     return None
 

@@ -545,24 +545,59 @@ class BPETokenizer:
 
     @classmethod
     def from_pretrained(cls, directory):
-        """The tokenizer of a Hugging Face GPT-2 directory: ``vocab.json`` and ``merges.txt``, with
-        the end-of-text and padding tokens that ``tokenizer_config.json`` names, when there is one
-        (GPT-2's own names none: "<|endoftext|>", and padding with it)."""
+        """The tokenizer of a Hugging Face GPT-2 directory: ``vocab.json`` and ``merges.txt``, or else
+        the ``tokenizer.json`` that transformers 5 writes alone, when it describes this byte-level BPE;
+        with the end-of-text and padding tokens that ``tokenizer_config.json`` names, when there is
+        one (GPT-2's own names none: "<|endoftext|>", and padding with it)."""
         directory = os.fspath(directory)
-        files = [os.path.join(directory, name) for name in ("vocab.json", "merges.txt")]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"{directory}: no GPT-2 tokenizer here: missing {', '.join(missing)}")
-        config_file = os.path.join(directory, "tokenizer_config.json")
-        config = _read_json(config_file) if os.path.isfile(config_file) else {}
+        path = lambda name: os.path.join(directory, name)         # noqa: E731
+        config = _read_json(path("tokenizer_config.json")) if os.path.isfile(path("tokenizer_config.json")) else {}
         if not isinstance(config, dict):
-            raise ValueError(f"{config_file}: must be a JSON object")
+            raise ValueError(f"{path('tokenizer_config.json')}: must be a JSON object")
         content = lambda t: t.get("content") if isinstance(t, dict) else t    # noqa: E731  (AddedToken dicts)
         eos_token = content(config.get("eos_token")) or EOS_TOKEN
         pad_token = content(config.get("pad_token"))
         specials = [content(t) for t in (config.get("added_tokens_decoder") or {}).values()
                     if isinstance(t, dict) and t.get("special")]
-        return cls.from_files(*files, eos_token=eos_token, pad_token=pad_token, specials=specials)
+        if os.path.isfile(path("vocab.json")) and os.path.isfile(path("merges.txt")):
+            return cls.from_files(path("vocab.json"), path("merges.txt"), eos_token, pad_token, specials)
+        if os.path.isfile(path("tokenizer.json")):
+            return cls._from_tokenizers_json(path("tokenizer.json"), eos_token, pad_token, specials)
+        raise FileNotFoundError(f"{directory}: no GPT-2 tokenizer here: neither vocab.json and merges.txt "
+                                f"nor a tokenizer.json")
+
+    @classmethod
+    def _from_tokenizers_json(cls, path, eos_token, pad_token, specials):
+        """transformers' ``tokenizer.json`` (the ``tokenizers`` library's format), if it is GPT-2's byte-level
+        BPE: no normalizer, GPT-2's pattern without a prefix space, no special token added around a text."""
+        d = _read_json(path)
+        if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+            raise ValueError(f"{path}: not a tokenizers JSON file (no 'model' object)")
+        model, pre, post = d["model"], d.get("pre_tokenizer") or {}, d.get("post_processor") or {}
+        checks = [("model.type", model.get("type"), model.get("type") == "BPE"),
+                  ("model.dropout", model.get("dropout"), model.get("dropout") is None),
+                  ("model.byte_fallback", model.get("byte_fallback"), not model.get("byte_fallback")),
+                  ("model.ignore_merges", model.get("ignore_merges"), not model.get("ignore_merges")),
+                  ("model.continuing_subword_prefix", model.get("continuing_subword_prefix"),
+                   not model.get("continuing_subword_prefix")),
+                  ("model.end_of_word_suffix", model.get("end_of_word_suffix"), not model.get("end_of_word_suffix")),
+                  ("normalizer", d.get("normalizer"), d.get("normalizer") is None),
+                  ("pre_tokenizer", d.get("pre_tokenizer"), pre.get("type") == "ByteLevel"
+                   and pre.get("use_regex", True) and not pre.get("add_prefix_space")),
+                  ("post_processor", d.get("post_processor"), post.get("type") in (None, "ByteLevel")
+                   or (post.get("type") == "TemplateProcessing" and not post.get("special_tokens")))]
+        for field, value, ok in checks:
+            if not ok:
+                raise ValueError(f"{path}: {field} = {json.dumps(value)}: this reads GPT-2's byte-level BPE only")
+        vocab = dict(model.get("vocab") or {})
+        added = [t for t in d.get("added_tokens") or [] if isinstance(t, dict)]
+        for t in added:
+            vocab.setdefault(t.get("content"), t.get("id"))
+        specials = specials + [t.get("content") for t in added if t.get("special")]
+        try:
+            return cls(vocab, model.get("merges") or [], eos_token, pad_token, specials)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from err
 
     def bpe(self, piece):
         """The BPE tokens of one pre-tokenized piece (a string of byte characters)."""

@@ -191,7 +191,7 @@ def test_load_model_names_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match=r"neither a dpo_np checkpoint .* nor a Hugging Face GPT-2 directory"):
         load_model(tmp_path)
     save_pretrained(random_gpt(), tmp_path / "bare")
-    with pytest.raises(ValueError, match=r"bare: no tokenizer \(looked for a dpo_np tokenizer.json, or vocab.json"):
+    with pytest.raises(ValueError, match=r"bare: no tokenizer \(looked for tokenizer.json, or vocab.json"):
         load_model(tmp_path / "bare")
     assert load_model(tmp_path / "bare", require_tokenizer=False)[1] is None
     (tmp_path / "bare" / "model.safetensors").unlink()
@@ -316,6 +316,13 @@ def test_an_exported_tokenizer_gives_the_same_ids_in_transformers(hf, make, tmp_
             assert theirs.decode(ids) == text
         text = "a response" + EOS_TOKEN
         assert theirs(text)["input_ids"] == tokenizer.encode(text, allowed_special=True)
+    # and back: what transformers saves (transformers 5: tokenizer.json alone) reads here with the same ids
+    theirs.save_pretrained(tmp_path / "resaved")
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "resaved" / name).unlink(missing_ok=True)
+    back = BPETokenizer.from_pretrained(tmp_path / "resaved")
+    assert all(back.encode(text) == tokenizer.encode(text) for text in TEXTS)
+    assert (back.eos_token_id, back.pad_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
 def test_one_trl_dpo_step_on_an_exported_model(hf, tmp_path):
@@ -336,7 +343,7 @@ def test_one_trl_dpo_step_on_an_exported_model(hf, tmp_path):
     before = model.transformer.wte.weight.detach().clone()
     args = DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=2, max_steps=1, beta=0.1,
                      learning_rate=1e-2, max_length=64, logging_steps=1, report_to=[], save_strategy="no",
-                     use_cpu=True, dataset_num_proc=None)
+                     use_cpu=True, bf16=False, dataset_num_proc=None)
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
                          processing_class=transformers.AutoTokenizer.from_pretrained(tmp_path / "model"))
     row = trainer.train_dataset[0]
@@ -346,3 +353,9 @@ def test_one_trl_dpo_step_on_an_exported_model(hf, tmp_path):
     first = next(h for h in trainer.state.log_history if "loss" in h)
     assert first["loss"] == pytest.approx(np.log(2), abs=1e-4)
     assert not torch.equal(model.transformer.wte.weight.detach(), before)
+    # and back to NumPy: what TRL saves loads here with its tokenizer and gives its logits
+    trainer.save_model(str(tmp_path / "trl-final"))
+    ours, tok = load_model(tmp_path / "trl-final")
+    assert tok.encode("Tom 🐈") == tokenizer.encode("Tom 🐈") and tok.pad_token_id == tokenizer.pad_token_id
+    idx = np.array([tokenizer.encode(records[1]["prompt"] + records[1]["chosen"])])
+    assert _rel_diff(ours.forward(idx), _hf_logits(hf, model.eval(), idx)) < TOLERANCE[np.float32]

@@ -319,6 +319,34 @@ def test_bpe_files_that_do_not_make_a_byte_level_bpe_are_refused_by_name(tmp_pat
         BPETokenizer.from_pretrained(tmp_path / "nowhere")
 
 
+def _tokenizers_json(vocab, merges, **changes):
+    """A tokenizer.json of the ``tokenizers`` library, as transformers 5 saves a GPT-2 tokenizer."""
+    d = {"version": "1.0", "added_tokens": [{"id": vocab[EOS_TOKEN], "content": EOS_TOKEN, "special": True}],
+         "normalizer": None, "post_processor": {"type": "ByteLevel", "trim_offsets": True},
+         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+         "decoder": {"type": "ByteLevel"},
+         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                   "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                   "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]}}
+    d.update(changes)
+    return d
+
+
+def test_transformers_tokenizer_json_reads_as_the_same_bpe_and_other_tokenizers_are_refused(tmp_path):
+    vocab, merges = learn_bpe(["the cat sat on the mat, the cat's hat"], 30)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_tokenizers_json(vocab, merges)), encoding="utf-8")
+    tok = BPETokenizer.from_pretrained(tmp_path)
+    assert tok == BPETokenizer(vocab, merges) and tok.encode("the cat's hat") == BPETokenizer(vocab, merges).encode("the cat's hat")
+    for field, change, shown in [
+            ("normalizer", {"normalizer": {"type": "NFC"}}, r'\{"type": "NFC"\}'),
+            ("pre_tokenizer", {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True}}, r".*add_prefix_space"),
+            ("model.type", {"model": {**_tokenizers_json(vocab, merges)["model"], "type": "WordPiece"}}, '"WordPiece"'),
+            ("post_processor", {"post_processor": {"type": "TemplateProcessing", "special_tokens": {"<s>": {}}}}, "")]:
+        (tmp_path / "tokenizer.json").write_text(json.dumps(_tokenizers_json(vocab, merges, **change)))
+        with pytest.raises(ValueError, match=rf"tokenizer\.json: {field} = {shown}.*byte-level BPE only"):
+            BPETokenizer.from_pretrained(tmp_path)
+
+
 # ---- against transformers (skipped where it is not installed) -----------------------------
 
 TRICKY = list(SPLITS) + [
