@@ -4,7 +4,7 @@ A checkpoint is a directory of plain files, readable without this package:
 
     params.npz      every parameter under its GPT-2 name (``wte.weight``, ``h.0.ln_1.weight``, ...)
     config.json     the GPTConfig
-    tokenizer.json  the CharTokenizer                          (when one was given)
+    tokenizer.json  the tokenizer (character, byte or BPE)      (when one was given)
     optimizer.npz   AdamW.state_dict(): moments, step, hyper-parameters   (when one was given)
     state.json      format version, training step, user ``extra`` (JSON), the files present
 
@@ -40,7 +40,7 @@ from dpo_np import backend, checks
 from dpo_np.files import process_alive
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.optim import AdamW
-from dpo_np.tokenizer import CharTokenizer
+from dpo_np.tokenizer import tokenizer_from_dict
 
 FORMAT_VERSION = 1
 PARAMS, CONFIG, TOKENIZER, OPTIMIZER, STATE = ("params.npz", "config.json", "tokenizer.json",
@@ -228,7 +228,7 @@ def _read_npz(path):
 def load_checkpoint(path, model_class=None):
     """Read a checkpoint directory written by ``save_checkpoint``.
 
-    Returns ``dict(model=model_class, tokenizer=CharTokenizer or None, optimizer_state=dict or None,
+    Returns ``dict(model=model_class, tokenizer=a tokenizer or None, optimizer_state=dict or None,
     step=int or None, extra=..., path=the directory read)``. ``model_class`` (default ``GPT``) is
     built as ``model_class(config, dtype=...)`` and must say which parameters it holds with
     ``model_class.param_shapes(config)`` (a reward model adds its head to the GPT's). Restore the optimizer with
@@ -296,7 +296,7 @@ def load_checkpoint(path, model_class=None):
     tokenizer = None
     if TOKENIZER in files:
         try:
-            tokenizer = CharTokenizer.from_dict(_read_json(f(TOKENIZER)))
+            tokenizer = tokenizer_from_dict(_read_json(f(TOKENIZER)))
         except CheckpointError:
             raise
         except (TypeError, ValueError) as err:

@@ -86,6 +86,19 @@ def _generate(args):
     return 0
 
 
+def _export(args):
+    from .pretrained import load_model, save_pretrained
+
+    model, tokenizer = load_model(args.checkpoint, require_tokenizer=False)
+    if args.without_tokenizer:
+        tokenizer = None
+    path = save_pretrained(model, args.output_dir, tokenizer=tokenizer)
+    print(f"wrote a GPT-2 directory to {path} ({model.num_params():,} parameters, "
+          f"{'with' if tokenizer is not None else 'without'} tokenizer): load it with "
+          f"transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
+    return 0
+
+
 def _bench(args):
     if args.what == "closed-form":
         bench_closed_form()
@@ -157,6 +170,17 @@ def build_parser():
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/sft/final")
     p.add_argument("prompts", nargs="+", help="questions, e.g. 'What is 2+2?'")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 directory",
+                       description="Write a dpo_np checkpoint (or a GPT-2 directory) as config.json and "
+                                   "model.safetensors, with its tokenizer as vocab.json and merges.txt, so that "
+                                   "transformers' GPT2LMHeadModel and AutoTokenizer load it and give the same "
+                                   "logits and ids. A character tokenizer has no such form: train with the byte "
+                                   "tokenizer, or pass --without-tokenizer.")
+    p.add_argument("checkpoint", help="a dpo_np checkpoint directory, e.g. runs/sft/final")
+    p.add_argument("output_dir", help="the directory to write (new, empty, or an earlier export)")
+    p.add_argument("--without-tokenizer", action="store_true", help="write the model's files only")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="benchmarks (timings, not tests)",
                        description="Time the heavy paths on this machine and print a report.")

@@ -478,3 +478,16 @@ class GPT:
         dwte, dwpe = embedding_backward(dx, emb_c)
         g["wte.weight"] += dwte
         g["wpe.weight"][: dwpe.shape[0]] += dwpe
+
+    # -- GPT-2 directories (dpo_np/pretrained.py) --------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, directory, dtype=None):
+        """A Hugging Face GPT-2 directory (config.json, model.safetensors) as a GPT: ``pretrained.load_pretrained``."""
+        from dpo_np.pretrained import load_pretrained
+        return load_pretrained(directory, dtype=dtype)
+
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write a directory transformers' GPT2LMHeadModel loads with the same logits: ``pretrained.save_pretrained``."""
+        from dpo_np.pretrained import save_pretrained
+        return save_pretrained(self, directory, tokenizer=tokenizer)

@@ -120,7 +120,8 @@ class DPOTrainer(Trainer):
     tokenizer=None, **overrides)``: ``overrides`` set fields of ``args`` (``beta=0.1`` in the
     notes' snippet). Datasets are lists of ``{"prompt", "chosen", "rejected"}`` records (or a
     JSONL path), checked by ``data.load_preferences``. ``ref_model=None`` makes π_ref a frozen
-    copy of the initial policy. ``tokenizer`` (a ``CharTokenizer``) is required.
+    copy of the initial policy. ``tokenizer`` is required (``ByteTokenizer`` for any text,
+    ``BPETokenizer`` for a GPT-2, ``CharTokenizer`` for a known alphabet).
     """
 
     name = "dpo"

@@ -203,7 +203,7 @@ def check_model_fits(model, name, args, tokenizer):
             raise TypeError(f"{name} must be a model with .{attr} (a GPT), got {type(model).__name__}")
     if tokenizer is None:
         raise ValueError("tokenizer is required: the trainer tokenizes the datasets itself "
-                         "(a CharTokenizer built from the data's text)")
+                         "(a ByteTokenizer reads any text; a CharTokenizer only the characters it was built from)")
     if args.max_length > model.config.block_size:
         raise ValueError(f"max_length ({args.max_length}) exceeds {name}.config.block_size "
                          f"({model.config.block_size}); the model cannot read sequences that long")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from dpo_np import autograd as ag
 from dpo_np.autograd import Tensor, no_grad
@@ -95,6 +95,9 @@ UNARY = {
 def test_unary_ops_match_central_differences(name, shape, seed):
     f, low = UNARY[name]
     x = rand(np.random.default_rng(seed), *shape, low=low)
+    if name.startswith("sort"):   # a kink at every tie: central differences (eps 1e-5) must not step across one
+        axis = 0 if name == "sort_first_axis" else -1
+        assume(np.diff(np.sort(x, axis=axis), axis=axis).min(initial=np.inf) > 1e-4)
     errors = gradcheck(f, [x])
     assert max(errors) < TOL, errors
 
