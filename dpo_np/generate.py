@@ -58,11 +58,19 @@ def _check_sampling_args(max_new_tokens, temperature, top_k, top_p):
 
 # ---- the distribution over the next token ---------------------------------------------
 
-def _last_logits(model, seqs):
-    """Logits of the token after each row of ``seqs`` (B, T): (B, V) float64 on the host."""
+def _last_logits(model, seqs, cache=None):
+    """Logits of the token after each row of ``seqs`` (B, T): (B, V) float64 on the host.
+
+    With a ``cache`` dict and a model that has ``decode`` (the GPT), only the tokens the cache has
+    not seen yet are fed, with the keys and values of the earlier ones; past ``block_size`` the
+    context is cropped to its last block_size tokens and computed whole, as GPT-2/nanoGPT do.
+    """
     block_size = model.config.block_size
-    idx_cond = seqs[:, -block_size:]                       # crop: never more than block_size tokens
-    logits = model.forward(backend.asarray(idx_cond), cache=False)   # (B, T, V)
+    if cache is not None and hasattr(model, "decode") and seqs.shape[1] <= block_size:
+        logits, cache["past"] = model.decode(backend.asarray(seqs[:, cache.get("fed", 0):]), cache.get("past"))
+        cache["fed"] = seqs.shape[1]
+    else:
+        logits = model.forward(backend.asarray(seqs[:, -block_size:]), cache=False)   # (B, T, V)
     last = np.asarray(backend.to_numpy(logits[:, -1, :]), dtype=np.float64)   # (B, V)
     if np.isnan(last).any() or np.isposinf(last).any():
         raise ValueError("model.forward produced NaN or +inf logits; cannot define a distribution")
@@ -162,10 +170,11 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     rng = backend.rng(seed)
     out = [list(map(int, row)) for row in seqs]
     active = np.arange(len(seqs))             # rows still growing; they all share one length
+    cache = {}                                # the model's keys and values of the tokens fed so far
     for _ in range(max_new_tokens):
         if len(active) == 0:
             break
-        logits = _last_logits(model, seqs)
+        logits = _last_logits(model, seqs, cache)
         if greedy:
             nxt = logits.argmax(axis=-1)
         else:
@@ -177,6 +186,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
         if eos_token_id is not None:
             alive = nxt != eos_token_id
             active, seqs = active[alive], seqs[alive]
+            if cache.get("past") is not None and not alive.all():
+                keep = backend.asarray(np.flatnonzero(alive))
+                cache["past"] = [(k[keep], v[keep]) for k, v in cache["past"]]
     return out[0] if single else out
 
 

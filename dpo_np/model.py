@@ -147,27 +147,30 @@ def gelu_backward(dout, cache):
     return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_COEF * x * x))
 
 
-def attention_allowed(T, attention_mask=None):
-    """Which keys each query may attend to: (B or 1, 1, T, T) bool.
+def attention_allowed(T, attention_mask=None, n_past=0):
+    """Which keys each query may attend to: (B or 1, 1, T, n_past + T) bool.
 
-    Causal (key s ≤ query t) and, with a right-padding ``attention_mask`` (B, T) of 0/1, only real
-    keys. A query always sees itself, so no row is ever fully masked (a padded query of an empty
-    row would otherwise softmax over nothing).
+    Causal (key s ≤ query t, counting the ``n_past`` earlier tokens of a key/value cache) and,
+    with a right-padding ``attention_mask`` (B, T) of 0/1, only real keys. A query always sees
+    itself, so no row is ever fully masked (a padded query of an empty row would otherwise softmax
+    over nothing).
     """
     xp = backend.xp()
-    causal = xp.tril(xp.ones((T, T), dtype=bool))
+    causal = xp.tril(xp.ones((T, n_past + T), dtype=bool), k=n_past)
     if attention_mask is None:
         return causal[None, None]
     keys = attention_mask.astype(bool)[:, None, None, :]          # (B, 1, 1, T)
     return causal & (keys | xp.eye(T, dtype=bool))
 
 
-def attention_forward(qkv, n_head, attention_mask=None):
+def attention_forward(qkv, n_head, attention_mask=None, past=None):
     """Causal multi-head self-attention, all heads at once: y = softmax(where(allowed, q kᵀ/√hs, −big)) v.
 
     qkv is c_attn's output (B, T, 3C); returns y with the heads side by side, (B, T, C). Scores a
     query may not see are set to a large finite negative (the dtype's min / 2) with a ``where``,
     never −inf (0·inf and a row of −inf are NaN), so their probabilities underflow to exactly 0.
+    ``past`` (generation only): the keys and values (B, nh, n_past, hs) of the tokens before these;
+    the cache then holds the keys and values of all n_past + T tokens.
     """
     xp = backend.xp()
     B, T, C3 = qkv.shape
@@ -175,10 +178,14 @@ def attention_forward(qkv, n_head, attention_mask=None):
     hs = C // n_head
     # a view, no copy: each (T, hs) slice is BLAS-ready with row stride 3C
     q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)   # each (B, nh, T, hs)
+    n_past = 0
+    if past is not None:
+        n_past = past[0].shape[2]
+        k, v = xp.concatenate([past[0], k], axis=2), xp.concatenate([past[1], v], axis=2)
     scale = 1.0 / math.sqrt(hs)
-    att = q @ k.transpose(0, 1, 3, 2)                          # (B, nh, T, T)
+    att = q @ k.transpose(0, 1, 3, 2)                          # (B, nh, T, n_past + T)
     att *= scale
-    allowed = attention_allowed(T, attention_mask)
+    allowed = attention_allowed(T, attention_mask, n_past)
     xp.copyto(att, np.finfo(att.dtype).min / 2, where=~allowed)
     att -= att.max(axis=-1, keepdims=True)                     # stable softmax, in place: att is the
     xp.exp(att, out=att)                                       # largest activation of the model
@@ -233,11 +240,11 @@ def lm_head_backward(dlogits, cache):
 # ----------------------------------------------------------------------------------------------
 # one transformer block (pre-LayerNorm, as GPT-2): x + attn(ln_1(x)), then + mlp(ln_2(·))
 
-def block_forward(x, p, prefix, n_head, attention_mask=None):
+def block_forward(x, p, prefix, n_head, attention_mask=None, past=None):
     """x2 = x + c_proj(attn(c_attn(ln_1(x))));  out = x2 + c_proj(gelu(c_fc(ln_2(x2))))."""
     ln1, ln1_c = layernorm_forward(x, p[prefix + "ln_1.weight"], p[prefix + "ln_1.bias"])
     qkv, qkv_c = linear_forward(ln1, p[prefix + "attn.c_attn.weight"], p[prefix + "attn.c_attn.bias"])
-    atty, att_c = attention_forward(qkv, n_head, attention_mask)
+    atty, att_c = attention_forward(qkv, n_head, attention_mask, past)
     attp, attp_c = linear_forward(atty, p[prefix + "attn.c_proj.weight"], p[prefix + "attn.c_proj.bias"])
     x2 = x + attp                      # residual
     ln2, ln2_c = layernorm_forward(x2, p[prefix + "ln_2.weight"], p[prefix + "ln_2.bias"])
@@ -431,6 +438,30 @@ class GPT:
         return logits
 
     __call__ = forward
+
+    def decode(self, idx, past=None):
+        """Logits (B, T, V) of the tokens ``idx`` (B, T) that follow the ones ``past`` holds, and the
+        new ``past``: inference with a key/value cache, for generation.
+
+        ``past`` is None (``idx`` is the whole prefix) or the list of per-layer (keys, values)
+        returned by the previous call, so each new token costs one position, not the whole prefix
+        again. The logits are those ``forward`` gives the same positions of the whole sequence.
+        No activations are kept for a backward.
+        """
+        idx = self._check_idx(idx)
+        p, cfg = self.params, self.config
+        n_past = 0 if past is None else past[0][0].shape[2]
+        if n_past + idx.shape[1] > cfg.block_size:
+            raise ValueError(f"{n_past} cached + {idx.shape[1]} new tokens exceed block_size={cfg.block_size}; "
+                             f"crop the sequence and decode it again from the start")
+        x = p["wte.weight"][idx] + p["wpe.weight"][n_past:n_past + idx.shape[1]]
+        new_past = []
+        for i in range(cfg.n_layer):
+            x, c = block_forward(x, p, f"h.{i}.", cfg.n_head, past=None if past is None else past[i])
+            _, k, v, *_ = c[3]                          # the attention's cache: keys and values so far
+            new_past.append((k, v))
+        h, _ = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
+        return lm_head_forward(h, p["wte.weight"])[0], new_past
 
     # -- backward ------------------------------------------------------------------------------
 

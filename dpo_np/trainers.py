@@ -143,11 +143,19 @@ class DPOTrainer(Trainer):
         self.train_features = self.tokenize(train_dataset)
         self.eval_features = self.tokenize(eval_dataset)
         self._ref_table = {}        # precomputed log π_ref per split: (chosen (n,), rejected (n,))
+        self._measured = {}         # features of datasets measured with ``measure``, by name
         if "bco_pair" in args.loss_kinds:
             self.state["counters"] = {"bco_mean": 0.0, "bco_count": 0}
 
     def _features(self, split):
-        return self.train_features if split == "train" else self.eval_features
+        return {"train": self.train_features, "eval": self.eval_features}.get(split) or self._measured[split]
+
+    def measure(self, records, split="measured"):
+        """``batch_outputs`` of every pair of ``records`` (any preference dataset: a held-out split,
+        a user's file), scored as training scores them; a list of per-chunk outputs."""
+        self._measured[split] = self.tokenize(records)
+        self._ref_table.pop(split, None)
+        return [self.batch_outputs(idx, split) for idx in self.eval_chunks(len(self._measured[split]))]
 
     # -- one batch --------------------------------------------------------------------------
 

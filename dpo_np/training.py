@@ -81,6 +81,10 @@ class TrainingConfig:
     ``num_train_epochs`` × ⌈examples / per_device_train_batch_size⌉.
     ``max_grad_norm=None`` (or 0) turns clipping off (the norm is still logged).
     ``eval_steps``/``save_steps`` of None: no periodic evaluation/checkpoint.
+    ``group_by_length``: batches of examples of similar length (less padding, the same epochs).
+    ``load_best_model_at_end``: keep the best evaluation of ``metric_for_best_model`` in ``best/``
+    and end with it; ``early_stopping_patience``: stop after that many evaluations without a
+    better one. Both need ``eval_steps``.
     """
     output_dir: str = "runs/train"
     learning_rate: float = 1e-3
@@ -104,6 +108,7 @@ class TrainingConfig:
     save_at_end: bool = True
     show_progress: bool = True
     overwrite_output_dir: bool = False
+    group_by_length: bool = False
     load_best_model_at_end: bool = False
     metric_for_best_model: str = "eval/loss"
     greater_is_better: bool = None
@@ -129,7 +134,8 @@ class TrainingConfig:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not os.fspath(self.output_dir):
             raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
         self.output_dir = os.fspath(self.output_dir)
-        for name in ("save_at_end", "show_progress", "overwrite_output_dir", "load_best_model_at_end"):
+        for name in ("save_at_end", "show_progress", "overwrite_output_dir", "group_by_length",
+                     "load_best_model_at_end"):
             checks.flag(getattr(self, name), name)
         if not isinstance(self.metric_for_best_model, str):
             raise TypeError(f"metric_for_best_model must be a metric name, got {self.metric_for_best_model!r}")
@@ -263,6 +269,19 @@ def last_checkpoint(output_dir):
     steps = [(int(m.group(1)), entry) for entry in os.listdir(output_dir)
              if (m := CHECKPOINT_PATTERN.match(entry)) and os.path.isdir(os.path.join(output_dir, entry))]
     return os.path.join(output_dir, max(steps)[1]) if steps else None
+
+
+def check_output_dir(output_dir, overwrite=False):
+    """Raise unless a fresh run may write into ``output_dir``: absent, empty, or ``overwrite``.
+    Returns whether it holds files (that an overwrite will clear of an earlier run's)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir {output_dir} is a file, not a directory")
+    previous = sorted(e for e in os.listdir(output_dir) if e != LOCK_FILE) if os.path.isdir(output_dir) else []
+    if previous and not overwrite:
+        raise ValueError(f"output_dir {output_dir} already holds files ({', '.join(previous[:5])}); a new run "
+                         f"needs a new output_dir, or overwrite_output_dir=True (--overwrite) to replace the "
+                         f"earlier run's files, or resume_from_checkpoint (--resume) to continue it")
+    return bool(previous)
 
 
 def _run_files(output_dir):
@@ -432,13 +451,29 @@ class Trainer:
     def batch_for_step(self, step):
         """The indices of the examples of 0-based ``step``: batch ``step mod steps_per_epoch`` of a
         permutation drawn from (seed, epoch). A function of the step alone, so resuming needs no
-        saved data-loader state."""
+        saved data-loader state.
+
+        With ``group_by_length``, the permutation is cut into groups of 50 batches, each group is
+        sorted by length before it is cut into batches, and the batches are shuffled: every
+        example still comes once per epoch, but a batch pads its rows to a similar length."""
         epoch, k = divmod(step, self.steps_per_epoch)
         if self._epoch_batches[0] != epoch:
-            order = list(batch_indices(len(self.train_features), self.args.per_device_train_batch_size,
-                                       seed=[self.args.seed, epoch]))
-            self._epoch_batches = (epoch, order)
+            bs, n, seed = self.args.per_device_train_batch_size, len(self.train_features), [self.args.seed, epoch]
+            if self.args.group_by_length:
+                order, batches = backend.rng(seed).permutation(n), []
+                for g in range(0, n, 50 * bs):
+                    group = sorted(order[g:g + 50 * bs], key=self.example_length, reverse=True)
+                    batches += [np.array(group[i:i + bs]) for i in range(0, len(group), bs)]
+                batches = [batches[i] for i in backend.rng(seed + [1]).permutation(len(batches))]
+            else:
+                batches = list(batch_indices(n, bs, seed=seed))
+            self._epoch_batches = (epoch, batches)
         return self._epoch_batches[1][k]
+
+    def example_length(self, i):
+        """Tokens of training example ``i`` (its longest row): what a batch pads to."""
+        f = self.train_features[i]
+        return len(f["prompt_ids"]) + max(len(v) for key, v in f.items() if key != "prompt_ids")
 
     def eval_chunks(self, n):
         """Index arrays covering range(n) in order, per_device_eval_batch_size at a time."""
@@ -591,12 +626,7 @@ class Trainer:
             _rewrite_jsonl(self.metrics_path, rows)
             self.state["log_history"] = rows
             return
-        previous = [e for e in os.listdir(args.output_dir) if e != LOCK_FILE]
-        if previous and not args.overwrite_output_dir:
-            raise ValueError(f"output_dir {args.output_dir} already holds files ({', '.join(sorted(previous)[:5])}); "
-                             f"a new run needs a new output_dir, or overwrite_output_dir=True (--overwrite) to "
-                             f"replace the earlier run's files, or resume_from_checkpoint (--resume) to continue it")
-        if previous:
+        if check_output_dir(args.output_dir, args.overwrite_output_dir):
             _clear_previous_run(args.output_dir)
         _rewrite_jsonl(self.metrics_path, [])
 

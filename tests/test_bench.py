@@ -31,3 +31,18 @@ def test_bench_dpo_names_a_bad_argument():
         bench_dpo(n_pairs=0, verbose=False)
     with pytest.raises(ValueError, match="n_pairs"):
         bench_dpo(n_pairs=10_000, n_layer=1, n_head=2, n_embd=16, verbose=False)
+
+
+def test_bench_all_reports_every_benchmark_and_the_machine_it_ran_on(capsys):
+    """The report's shape (its numbers are timings, which no test asserts)."""
+    from dpo_np.bench.report import run_all
+    report = run_all(quick=True, print_fn=lambda *a: None)
+    assert set(report) == {"machine", "model_toy", "model_gpt2_small", "dpo", "closed_form", "generate"}
+    m = report["machine"]
+    assert {"cpu", "cores", "blas", "blas_threads", "array_library", "array_library_version"} <= set(m)
+    for key in ("model_toy", "model_gpt2_small"):
+        r = report[key]
+        assert r["target"] == 0.70 and r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+        assert r["tokens_per_s"] > 0 and r["tracemalloc_peak_bytes"] > 0
+    assert report["generate"]["tokens_per_s"] > 0 and report["dpo"]["ratio"] > 0
+    assert "round 1 of 1" in capsys.readouterr().err                          # progress, as it runs

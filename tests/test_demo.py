@@ -226,3 +226,18 @@ def test_plot_metric_curves_writes_a_png_atomically_and_names_bad_input(tmp_path
         plot_metric_curves([], [("loss", ("loss",))], tmp_path / "x.png")
     with pytest.raises(ValueError, match="step"):
         plot_metric_curves([{"loss": 1.0}], [("loss", ("loss",))], tmp_path / "x.png")
+
+
+def test_every_panel_has_a_y_label_and_a_curve_100_times_smaller_gets_its_own_axis():
+    pytest.importorskip("matplotlib")
+    from dpo_np.experiments.plots import DPO_PANELS, REWARD_MODEL_PANELS, SFT_PANELS, metric_figure
+    for panels in (DPO_PANELS, REWARD_MODEL_PANELS, SFT_PANELS):
+        assert all(len(p) == 3 and p[2] for p in panels)
+    rows = [{"step": s, "rewards/chosen": 50.0 * s, "rewards/rejected": 0.01 * s, "loss": 0.5} for s in (1, 2)]
+    fig = metric_figure(rows, [("rewards", ("rewards/chosen", "rewards/rejected"), "r̂ (β·nats)"),
+                               ("loss", ("loss",), "nats")])
+    left, right = fig.axes[0], fig.axes[-1]
+    assert left.get_ylabel() == "r̂ (β·nats)" and fig.axes[1].get_ylabel() == "nats"
+    assert [line.get_label() for line in left.get_lines()] == ["rewards/chosen (train)"]
+    assert [line.get_label() for line in right.get_lines()] == ["rewards/rejected (train) (right axis)"]
+    assert right.get_ylabel().startswith("r̂ (β·nats)")

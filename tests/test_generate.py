@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpo_np.generate import _sample, beam_search, generate, log_softmax, next_token_distribution
+from dpo_np.model import GPT, GPTConfig
 
 
 class BigramModel:
@@ -360,3 +361,26 @@ def test_sampling_from_gpt_is_seeded_and_in_range():
     assert all(len(r) == 15 and all(0 <= t < 11 for t in r) for r in a)
     p = next_token_distribution(model, [1, 2, 3])
     assert p.shape == (11,) and p.dtype == np.float64 and p.sum() == pytest.approx(1.0)
+
+
+def test_sampling_with_the_key_value_cache_draws_what_full_forwards_draw():
+    """The cache is a speed-up, not another distribution: the same seed gives the same tokens,
+    rows that stop at the end token included, and past block_size the context crops as before."""
+    model = GPT(GPTConfig(vocab_size=7, block_size=10, n_layer=2, n_head=2, n_embd=8), seed=3)
+
+    class WithoutCache:
+        config = model.config
+
+        def forward(self, idx, attention_mask=None, cache=True):
+            return model.forward(idx, attention_mask, cache=False)
+
+    fed = []
+    real_decode = model.decode
+    model.decode = lambda idx, past=None: (fed.append(idx.shape[1]), real_decode(idx, past))[1]
+    prompts = np.random.default_rng(0).integers(0, 7, size=(5, 4))
+    for kwargs in (dict(temperature=1.3, seed=4), dict(do_sample=False), dict(top_k=3, seed=1)):
+        fed.clear()
+        cached = generate(model, prompts, 12, eos_token_id=2, **kwargs)       # 4 + 12 > block_size
+        plain = generate(WithoutCache(), prompts, 12, eos_token_id=2, **kwargs)
+        assert cached == plain
+        assert fed[0] == 4 and set(fed[1:]) == {1}        # the prompt once, then one token per step

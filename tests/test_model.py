@@ -516,3 +516,30 @@ def test_bench_counts_every_matmul_flop_of_forward_and_backward_from_the_shapes(
     assert r["model_flops_per_step"] == forward + 2 * forward   # each backward GEMM pair = 2x its forward
     assert r["adamw"] == "on" and np.isfinite(r["loss_last"])
     assert r["tracemalloc_peak_bytes"] > 0 and 0 < r["ratio"]
+
+
+# ---- inference with a key/value cache ---------------------------------------------------------
+
+@settings(max_examples=20, deadline=None)
+@given(cuts=st.lists(st.integers(1, 11), min_size=1, max_size=4, unique=True), seed=st.integers(0, 2**31 - 1))
+def test_decode_with_a_key_value_cache_gives_the_logits_of_the_whole_sequence(cuts, seed):
+    """Feeding a sequence in pieces, each with the keys and values of the pieces before it, gives
+    every position exactly the logits one forward of the whole sequence gives it."""
+    config = GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=8)
+    model = GPT(config, seed=seed % 1000, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, 11, size=(3, 12))
+    whole = model.forward(idx, cache=False)
+    bounds = [0] + sorted(cuts) + [12]
+    pieces, past = [], None
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        logits, past = model.decode(idx[:, a:b], past)
+        pieces.append(logits)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole, rtol=0, atol=1e-12)
+    assert len(past) == 2 and past[0][0].shape == (3, 2, 12, 4)
+
+
+def test_decode_refuses_to_run_past_the_context():
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    _, past = model.decode(np.zeros((1, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="3 cached \\+ 2 new tokens exceed block_size=4"):
+        model.decode(np.zeros((1, 2), dtype=np.int64), past)

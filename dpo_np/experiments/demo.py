@@ -31,6 +31,8 @@ import importlib.util
 import os
 import time
 
+import numpy as np
+
 from dpo_np.experiments import plots, toy_preferences
 from dpo_np.experiments.evaluation import (accuracy_by_family, classify_answer, estimate_kl,
                                            implicit_reward_metrics, reward_model_scores)
@@ -40,162 +42,184 @@ from dpo_np.reward_model import RewardConfig, RewardModel, RewardTrainer
 from dpo_np.sft import SFTConfig, SFTTrainer
 from dpo_np.tokenizer import CharTokenizer
 from dpo_np.trainers import DPOConfig, DPOTrainer
-from dpo_np.training import frozen_copy, read_metrics
+from dpo_np.training import check_output_dir, frozen_copy, read_metrics
 
 #: rows of the printed table, in order (the keys of ``result["before"]`` / ``result["after"]``)
 TABLE_ROWS = (
-    ("implicit_reward_accuracy", "implicit-reward accuracy  r̂(y_w) > r̂(y_l)"),
+    ("implicit_reward_accuracy", "implicit-reward accuracy  r̂(y_w) > r̂(y_l), learnable rules"),
+    ("implicit_reward_accuracy_facts", "  the same, pairs that need an unseen fact"),
     ("implicit_reward_ties", "  pairs with r̂(y_w) = r̂(y_l) exactly"),
     ("implicit_reward_margin", "mean implicit reward margin  r̂(y_w) − r̂(y_l)"),
     ("logp_accuracy", "policy accuracy  log π_θ(y_w|x) > log π_θ(y_l|x)"),
     ("dpo_loss", "DPO loss (log 2 = 0.6931 at π_θ = π_ref)"),
     ("kl", "KL(π_θ ‖ π_ref) per response, nats (± s.e.)"),
-    ("reward_model_accuracy", "reward model accuracy  r_φ(y_w) > r_φ(y_l)"),
+    ("reward_model_accuracy", "reward model accuracy  r_φ(y_w) > r_φ(y_l), learnable rules"),
+    ("reward_model_accuracy_facts", "  the same, pairs that need an unseen fact"),
 )
 
-#: the default run (about 4 minutes on 2 cores) and the quick one (seconds; for tests)
+#: the default run and the quick one (seconds; a model too small to answer, for tests). Every
+#: stage evaluates on the validation split every ``eval_every`` steps, keeps its best point and
+#: stops after ``patience`` evaluations without a better one.
 DEFAULTS = dict(n_layer=3, n_head=4, n_embd=96, block_size=160,
-                sft_steps=1500, sft_lr=3e-3, sft_batch_size=16,
-                dpo_steps=80, dpo_lr=1e-4, beta=0.5, dpo_batch_size=16,
-                rm_steps=150, rm_lr=3e-4, rm_batch_size=16,
-                kl_samples=4, max_new_tokens=None, eval_every=10)
+                sft_steps=1200, sft_lr=3e-3, sft_batch_size=16,
+                dpo_steps=120, dpo_lr=1e-4, beta=0.5, dpo_batch_size=16, sft_weight=0.0,
+                rm_steps=120, rm_lr=3e-4, rm_batch_size=16,
+                kl_samples=4, max_new_tokens=None, eval_every=20, sft_eval_every=100, patience=3)
 QUICK = dict(n_layer=1, n_head=2, n_embd=16, block_size=160,
              sft_steps=20, sft_lr=1e-2, sft_batch_size=16,
-             dpo_steps=6, dpo_lr=1e-3, beta=0.1, dpo_batch_size=8,
+             dpo_steps=6, dpo_lr=1e-3, beta=0.1, dpo_batch_size=8, sft_weight=0.0,
              rm_steps=6, rm_lr=1e-3, rm_batch_size=8,
-             kl_samples=1, max_new_tokens=12, eval_every=3)
+             kl_samples=1, max_new_tokens=12, eval_every=3, sft_eval_every=10, patience=3)
 
 
 # ---- the run --------------------------------------------------------------------------------
 
-def run_demo(output_dir="runs/demo", figures_dir="figures", quick=False, seed=0, data_seed=0,
-             show_progress=True, print_fn=print, **overrides):
-    """SFT → π_ref → DPO and the reward model on the toy data; prints the before/after table.
+def run_demo(output_dir="runs/demo", figures_dir=None, quick=False, seed=0, show_progress=True,
+             print_fn=print, overwrite=False, **overrides):
+    """SFT → π_ref → DPO and the reward model on the toy data (split by ``seed``); prints the table.
 
-    ``quick=True`` starts from ``QUICK`` (a one-layer model, a few steps: seconds) instead of
-    ``DEFAULTS``; ``overrides`` set any of their keys (n_layer, n_head, n_embd, block_size,
-    sft_steps, sft_lr, sft_batch_size, dpo_steps, dpo_lr, beta, dpo_batch_size, rm_steps, rm_lr,
-    rm_batch_size, kl_samples, max_new_tokens, eval_every). Runs are written under ``output_dir``
-    (sft/, dpo/, reward/, each with metrics.jsonl and final/), figures under ``figures_dir``
-    (None: no figures). Returns a dict with every number of the table (``before``, ``after``,
-    ``answers``, ``table``), the configuration, timings, figure paths and the trained models.
+    ``quick=True`` starts from ``QUICK`` instead of ``DEFAULTS``; ``overrides`` set any of their
+    keys. Runs are written under ``output_dir`` (sft/, dpo/, reward/, each with metrics.jsonl,
+    best/ and final/), figures under ``figures_dir`` (default ``output_dir/figures``; "" for none).
+    ``overwrite`` replaces an earlier demo's runs there. Returns a dict with every number of the
+    table (``before``, ``after``, ``answers``, ``families``, ``table``), the configuration, timings,
+    figure paths and the trained models.
     """
     cfg = dict(QUICK if quick else DEFAULTS)
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
         raise TypeError(f"run_demo: unknown argument(s) {unknown}; expected some of {sorted(cfg)}")
-    cfg.update(overrides)
-    cfg.update(seed=seed, data_seed=data_seed, quick=bool(quick))
-    seconds = {}
-    clock = time.perf_counter()
-    start = clock
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
-
+    cfg.update(overrides, seed=seed, quick=bool(quick))
+    clock = _Clock()
+    data = toy_preferences.preference_dataset(seed)
     tokenizer = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
-    data = toy_preferences.preference_dataset(data_seed)
-    train, held_out = data["train"], data["eval"]
-    corpus = toy_preferences.sft_corpus(data_seed)
-    held_out_sft = list({(r["prompt"], y): {"prompt": r["prompt"], "response": y}
-                         for r in held_out for y in (r["chosen"], r["rejected"])}.values())
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                        n_head=cfg["n_head"], n_embd=cfg["n_embd"])
-    L, P = cfg["block_size"], min(64, cfg["block_size"] - 1)
-    common = dict(max_length=L, max_prompt_length=P, seed=seed, show_progress=show_progress,
-                  eval_steps=cfg["eval_every"])
+    common = dict(max_length=cfg["block_size"], max_prompt_length=min(64, cfg["block_size"] - 1), seed=seed,
+                  show_progress=show_progress, overwrite_output_dir=overwrite, group_by_length=True,
+                  load_best_model_at_end=True, early_stopping_patience=cfg["patience"])
+    runs = {stage: os.path.join(output_dir, stage) for stage in ("sft", "dpo", "reward")}
+    for path in runs.values():                       # refuse a used directory now, not after SFT
+        check_output_dir(path, overwrite)
 
-    # 1. SFT: the model that becomes π_ref
     model = GPT(config, seed=seed)
-    print_fn(f"demo: {len(corpus)} SFT examples, {len(train)} train / {len(held_out)} held-out pairs; "
-             f"GPT {config.n_layer} layers × {config.n_embd} channels ({model.num_params():,} parameters)")
-    sft = SFTTrainer(model, SFTConfig(output_dir=os.path.join(output_dir, "sft"), max_steps=cfg["sft_steps"],
-                                      learning_rate=cfg["sft_lr"], per_device_train_batch_size=cfg["sft_batch_size"],
-                                      warmup_steps=min(20, cfg["sft_steps"] // 10), logging_steps=10,
-                                      **{**common, "eval_steps": 10 * cfg["eval_every"]}),
-                     train_dataset=corpus, eval_dataset=held_out_sft, tokenizer=tokenizer)
-    sft_result = sft.train()
-    lap("sft")
-
-    # 2. π_ref, frozen; π_θ starts from the same parameters
-    reference = frozen_copy(model)
+    print_fn(f"demo: seed {seed}; {len(data['train'])} train / {len(data['validation'])} validation / "
+             f"{len(data['eval'])} held-out pairs; GPT {config.n_layer} layers × {config.n_embd} channels "
+             f"({model.num_params():,} parameters)")
+    sft = _sft_stage(model, tokenizer, data, cfg, common, runs["sft"], seed)
+    clock.lap("sft")
+    reference = frozen_copy(model)                   # π_ref = π^SFT, frozen; π_θ starts from it
     answers = {p: {"before": greedy_answer(model, tokenizer, p, cfg["max_new_tokens"])}
                for p in toy_preferences.NOTES_PROMPTS}
-
-    # 3. DPO
-    dpo = DPOTrainer(model, reference, DPOConfig(
-        output_dir=os.path.join(output_dir, "dpo"), max_steps=cfg["dpo_steps"], learning_rate=cfg["dpo_lr"],
-        beta=cfg["beta"], per_device_train_batch_size=cfg["dpo_batch_size"], warmup_steps=min(10, cfg["dpo_steps"] // 10),
-        precompute_ref_log_probs=True, logging_steps=1, **common),
-        train_dataset=train, eval_dataset=held_out, tokenizer=tokenizer)
-    dpo.precompute_reference_logps("eval")
-    before = implicit_reward_metrics(dpo)
-    step0_eval = {"step": 0, "epoch": 0.0, **dpo.evaluate()}
-    eval_prompts = list(dict.fromkeys(r["prompt"] for r in held_out))
-    lap("before")
-    before["kl_estimate"] = estimate_kl(model, reference, tokenizer, eval_prompts, cfg["kl_samples"], seed,
-                                        cfg["max_new_tokens"])
-    lap("kl_before")
-    dpo_result = dpo.train()
-    lap("dpo")
-    after = implicit_reward_metrics(dpo)
-    after["kl_estimate"] = estimate_kl(model, reference, tokenizer, eval_prompts, cfg["kl_samples"], seed,
-                                       cfg["max_new_tokens"])
+    dpo = _dpo_trainer(model, reference, tokenizer, data, cfg, common, runs["dpo"])
+    before = _measure(dpo, data["eval"], reference, tokenizer, cfg, seed)
+    clock.lap("before")
+    dpo.train()
+    clock.lap("dpo")
+    after = _measure(dpo, data["eval"], reference, tokenizer, cfg, seed)
     for p in toy_preferences.NOTES_PROMPTS:
         answers[p]["after"] = greedy_answer(model, tokenizer, p, cfg["max_new_tokens"])
         for when in ("before", "after"):
-            answers[p][when + "_is"] = classify_answer(answers[p][when], p, train)
-    lap("after")
-
-    # 4. the reward model r_φ, from the SFT body (π_ref's parameters)
-    rm = RewardModel(reference, seed=seed)
-    rm_trainer = RewardTrainer(rm, RewardConfig(
-        output_dir=os.path.join(output_dir, "reward"), max_steps=cfg["rm_steps"], learning_rate=cfg["rm_lr"],
-        per_device_train_batch_size=cfg["rm_batch_size"], warmup_steps=min(10, cfg["rm_steps"] // 10),
-        logging_steps=1, **common), train_dataset=train, eval_dataset=held_out, tokenizer=tokenizer)
-    rm_step0 = {"step": 0, "epoch": 0.0, **rm_trainer.evaluate()}
-    rm_trainer.train()
-    rm_final = rm_trainer.evaluate()
-    before["reward_model_accuracy"] = rm_step0["eval/accuracy"]
-    after["reward_model_accuracy"] = rm_final["eval/accuracy"]
-    r_w, r_l = reward_model_scores(rm_trainer)
-    lap("reward_model")
-    families = {"implicit_reward": accuracy_by_family(held_out, after["chosen_rewards"] > after["rejected_rewards"]),
-                "logp_before": accuracy_by_family(held_out, before["chosen_logps"] > before["rejected_logps"]),
-                "logp_after": accuracy_by_family(held_out, after["chosen_logps"] > after["rejected_logps"]),
-                "reward_model": accuracy_by_family(held_out, r_w > r_l)}
-
-    for side in (before, after):
-        side["kl"] = side["kl_estimate"]["kl"]
-        side["kl_stderr"] = side["kl_estimate"]["stderr"]
-    seconds["total"] = time.perf_counter() - start
+            answers[p][when + "_is"] = classify_answer(answers[p][when], p, data["train"])
+    clock.lap("after")
+    rm = _reward_stage(reference, tokenizer, data, cfg, common, runs["reward"], seed, before, after)
+    clock.lap("reward_model")
+    families = {"implicit_reward": accuracy_by_family(data["eval"], after["chosen_rewards"] > after["rejected_rewards"]),
+                "logp_before": accuracy_by_family(data["eval"], before["chosen_logps"] > before["rejected_logps"]),
+                "logp_after": accuracy_by_family(data["eval"], after["chosen_logps"] > after["rejected_logps"]),
+                "reward_model": accuracy_by_family(data["eval"], rm["wins"])}
+    seconds = clock.seconds()
     table = format_table(before, after, answers, cfg, families)
     print_fn(table)
-
-    figures = []
-    if figures_dir is not None:
-        figures = _draw_figures(figures_dir, print_fn, {
-            "sft": read_metrics(sft.metrics_path),
-            "dpo": [step0_eval] + read_metrics(dpo.metrics_path),
-            "reward": [rm_step0] + read_metrics(rm_trainer.metrics_path)}, cfg)
+    figures = _draw_figures(_figures_dir(figures_dir, output_dir), print_fn, {
+        "sft": read_metrics(sft.metrics_path), "dpo": [dpo.step0_eval] + read_metrics(dpo.metrics_path),
+        "reward": [rm["step0"]] + read_metrics(rm["trainer"].metrics_path)}, cfg)
     print_fn(f"demo: {seconds['total']:.0f} s (SFT {seconds['sft']:.0f} s, DPO {seconds['dpo']:.0f} s, "
-             f"reward model {seconds['reward_model']:.0f} s, KL and answers "
-             f"{seconds['kl_before'] + seconds['after']:.0f} s); runs in {output_dir}")
+             f"reward model {seconds['reward_model']:.0f} s, measuring {seconds['before'] + seconds['after']:.0f} s)"
+             f"; best steps: SFT {_best(sft)}, DPO {_best(dpo)}, reward model {_best(rm['trainer'])}; "
+             f"runs in {output_dir}")
     return {"before": before, "after": after, "answers": answers, "families": families, "table": table,
-            "config": cfg,
-            "seconds": seconds, "figures": figures,
-            "sft": {"final_loss": sft_result["metrics"].get("loss"), "eval_loss": _last(sft, "eval/loss")},
-            "dpo": {"final_loss": dpo_result["metrics"].get("loss"), "steps": dpo_result["global_step"]},
-            "reward_model": {"before": rm_step0, "after": rm_final},
-            "models": {"policy": model, "reference": reference, "reward_model": rm, "tokenizer": tokenizer}}
+            "config": cfg, "seconds": seconds, "figures": figures,
+            "best_steps": {"sft": _best(sft), "dpo": _best(dpo), "reward_model": _best(rm["trainer"])},
+            "models": {"policy": model, "reference": reference, "reward_model": rm["trainer"].model,
+                       "tokenizer": tokenizer}}
 
 
-def _last(trainer, key):
-    rows = [r[key] for r in trainer.state["log_history"] if key in r]
-    return rows[-1] if rows else None
+def _sft_stage(model, tokenizer, data, cfg, common, output_dir, seed):
+    """1. SFT on both answers of every train pair, stopped at its best validation loss."""
+    sft = SFTTrainer(model, SFTConfig(output_dir=output_dir, max_steps=cfg["sft_steps"], learning_rate=cfg["sft_lr"],
+                                      per_device_train_batch_size=cfg["sft_batch_size"], logging_steps=10,
+                                      warmup_steps=min(20, cfg["sft_steps"] // 10),
+                                      eval_steps=cfg["sft_eval_every"], **common),
+                     train_dataset=toy_preferences.sft_corpus(seed, "train"),
+                     eval_dataset=toy_preferences.sft_corpus(seed, "validation"), tokenizer=tokenizer)
+    sft.train()
+    return sft
+
+
+def _dpo_trainer(model, reference, tokenizer, data, cfg, common, output_dir):
+    """3. DPO from π_θ = π_ref on the train pairs, stopped at its best validation loss. The held-out
+    pairs are measured apart (``_measure``), never used to choose the stopping point."""
+    loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, cfg["sft_weight"]]) if cfg["sft_weight"] else {}
+    dpo = DPOTrainer(model, reference, DPOConfig(
+        output_dir=output_dir, max_steps=cfg["dpo_steps"], learning_rate=cfg["dpo_lr"], beta=cfg["beta"],
+        per_device_train_batch_size=cfg["dpo_batch_size"], warmup_steps=min(10, cfg["dpo_steps"] // 10),
+        precompute_ref_log_probs=True, logging_steps=1, eval_steps=cfg["eval_every"], **loss, **common),
+        train_dataset=data["train"], eval_dataset=data["validation"], tokenizer=tokenizer)
+    dpo.step0_eval = {"step": 0, "epoch": 0.0, **dpo.evaluate()}
+    return dpo
+
+
+def _measure(dpo, held_out, reference, tokenizer, cfg, seed):
+    """The held-out numbers of the table for the policy as it is now."""
+    out = implicit_reward_metrics(dpo, held_out)
+    learnable = np.array([r["family"] in toy_preferences.LEARNABLE for r in held_out])
+    wins = out["chosen_rewards"] > out["rejected_rewards"]
+    out["implicit_reward_accuracy"] = float(wins[learnable].mean())
+    out["implicit_reward_accuracy_facts"] = float(wins[~learnable].mean())
+    prompts = list(dict.fromkeys(r["prompt"] for r in held_out))
+    estimate = estimate_kl(dpo.model, reference, tokenizer, prompts, cfg["kl_samples"], seed, cfg["max_new_tokens"])
+    out.update(kl=estimate["kl"], kl_stderr=estimate["stderr"], kl_estimate=estimate)
+    return out
+
+
+def _reward_stage(reference, tokenizer, data, cfg, common, output_dir, seed, before, after):
+    """4. The Bradley–Terry reward model r_φ from the SFT body, on the same train pairs."""
+    rm = RewardTrainer(RewardModel(reference, seed=seed), RewardConfig(
+        output_dir=output_dir, max_steps=cfg["rm_steps"], learning_rate=cfg["rm_lr"],
+        per_device_train_batch_size=cfg["rm_batch_size"], warmup_steps=min(10, cfg["rm_steps"] // 10),
+        logging_steps=1, eval_steps=cfg["eval_every"], metric_for_best_model="eval/loss", **common),
+        train_dataset=data["train"], eval_dataset=data["validation"], tokenizer=tokenizer)
+    step0 = {"step": 0, "epoch": 0.0, **rm.evaluate()}
+    r_w0, r_l0 = reward_model_scores(rm, data["eval"])
+    rm.train()
+    r_w, r_l = reward_model_scores(rm, data["eval"])
+    learnable = np.array([r["family"] in toy_preferences.LEARNABLE for r in data["eval"]])
+    for side, (w, l) in ((before, (r_w0, r_l0)), (after, (r_w, r_l))):
+        side["reward_model_accuracy"] = float((w > l)[learnable].mean())
+        side["reward_model_accuracy_facts"] = float((w > l)[~learnable].mean())
+    return {"trainer": rm, "step0": step0, "wins": r_w > r_l}
+
+
+class _Clock:
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.laps = {}
+
+    def lap(self, name):
+        now = time.perf_counter()
+        self.laps[name], self.last = now - self.last, now
+
+    def seconds(self):
+        return {**self.laps, "total": time.perf_counter() - self.start}
+
+
+def _best(trainer):
+    return trainer.state["counters"].get("best_step")
+
+
+def _figures_dir(figures_dir, output_dir):
+    return os.path.join(output_dir, "figures") if figures_dir is None else (figures_dir or None)
 
 
 def format_table(before, after, answers, cfg, families=None):
@@ -209,8 +233,11 @@ def format_table(before, after, answers, cfg, families=None):
             return f"{side[key]:.4f}"
         return f"{side[key]:.3f}"
 
+    n_learnable = sum(n for f, (_, n) in (families or {}).get("implicit_reward", {}).items()
+                      if f in toy_preferences.LEARNABLE)
     width = max(len(label) for _, label in TABLE_ROWS) + 2
-    lines = [f"\nheld-out pairs: {before['pairs']} (prompts never seen in training); β = {cfg['beta']:g}",
+    lines = [f"\nheld-out pairs: {before['pairs']} (prompts never seen in training; {n_learnable} follow a "
+             f"learnable rule); β = {cfg['beta']:g}",
              f"{'':<{width}}{'before DPO':>16}{'after DPO':>16}",
              f"{'':<{width}}{'(π_θ = π_ref)':>16}{'':>16}"]
     for key, label in TABLE_ROWS:
@@ -218,22 +245,28 @@ def format_table(before, after, answers, cfg, families=None):
     lines.append(f"(KL: responses sampled from π_θ, {cfg['kl_samples']} per held-out prompt; "
                  f"reward model: untrained head before, trained after)")
     if families:
-        lines.append("\nheld-out accuracy by family (wins/pairs):")
+        lines.append("\nheld-out accuracy by family (wins/pairs); * needs a fact the model may not have seen:")
         cols = (("logp_before", "log π_ref"), ("logp_after", "log π_θ"), ("implicit_reward", "r̂ after DPO"),
                 ("reward_model", "r_φ"))
-        lines.append(f"  {'family':<12}" + "".join(f"{title:>14}" for _, title in cols))
-        for fam in families["implicit_reward"]:
-            cells = "".join(f"{'%d/%d' % families[key][fam]:>14}" for key, _ in cols)
-            lines.append(f"  {fam:<12}" + cells)
+        lines.append(f"  {'family':<18}" + "".join(f"{title:>14}" for _, title in cols))
+        for fam in toy_preferences.FAMILIES:
+            if fam in families["implicit_reward"]:
+                name = fam + ("" if fam in toy_preferences.LEARNABLE else " *")
+                lines.append(f"  {name:<18}" + "".join(f"{'%d/%d' % families[key][fam]:>14}" for key, _ in cols))
     lines.append("\ngreedy answers to the notes' prompts (π_ref = the SFT model before, π_θ after):")
     for prompt, a in answers.items():
         lines.append(f"  Q: {prompt}")
         lines.append(f"     before: {a['before']!r:<60} [{a['before_is']}]")
         lines.append(f"     after:  {a['after']!r:<60} [{a['after_is']}]")
+    if cfg.get("quick"):
+        lines.append("(--quick trains a one-layer model with 16 channels for a few steps: too small to answer;"
+                     " it shows the pipeline, not the result)")
     return "\n".join(lines)
 
 
 def _draw_figures(figures_dir, print_fn, rows, cfg):
+    if not figures_dir:
+        return []
     if importlib.util.find_spec("matplotlib") is None:
         print_fn('demo: matplotlib is not installed, so no figures: pip install "dpo-np[plot]"')
         return []

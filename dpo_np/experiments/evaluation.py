@@ -19,7 +19,6 @@ import numpy as np
 from dpo_np import autograd as ag
 from dpo_np import backend, checks
 from dpo_np.data import format_prompt
-from dpo_np.experiments import toy_preferences
 from dpo_np.generate import generate
 
 
@@ -122,31 +121,31 @@ def estimate_kl(policy, ref, tokenizer, prompts, n_samples=4, seed=0, max_new_to
 
 # ---- the held-out comparisons ---------------------------------------------------------------
 
-def implicit_reward_metrics(trainer, split="eval"):
-    """Per-pair measurements of a ``DPOTrainer``'s pairs of ``split`` under its π_θ and π_ref.
+def implicit_reward_metrics(trainer, records):
+    """Per-pair measurements of preference ``records`` under a ``DPOTrainer``'s π_θ and π_ref.
 
     r̂(x, y) = β (log π_θ(y|x) − log π_ref(y|x)) (DPO paper eq. 5) for y_w and y_l of each pair,
-    scored exactly as training scores them (``DPOTrainer.batch_outputs``). Returns the accuracy
-    r̂_w > r̂_l (a tie counts as a miss), the number of exact ties, the mean margin r̂_w − r̂_l,
-    the accuracy of log π_θ(y_w|x) > log π_θ(y_l|x), the DPO loss, and the arrays themselves.
+    scored exactly as training scores them (``DPOTrainer.batch_outputs`` with the trainer's own
+    settings). Returns the accuracy r̂_w > r̂_l (a tie counts as a miss), the number of exact ties,
+    the mean margin r̂_w − r̂_l, the accuracy of log π_θ(y_w|x) > log π_θ(y_l|x), the DPO loss, and
+    the arrays themselves.
     """
-    n = len(trainer.eval_features if split == "eval" else trainer.train_features)
-    outs = [trainer.batch_outputs(idx, split) for idx in trainer.eval_chunks(n)]
+    outs = trainer.measure(records)
     if any(not math.isfinite(o["loss"]) for o in outs):
-        raise ValueError(f"non-finite log-probabilities on the {split} pairs")
+        raise ValueError("non-finite log-probabilities on the pairs measured")
     r_w, r_l = _concat(outs, "chosen_rewards"), _concat(outs, "rejected_rewards")
     lp_w, lp_l = _concat(outs, "chosen_logps"), _concat(outs, "rejected_logps")
     losses = _concat(outs, "losses")
-    return {"pairs": n, "implicit_reward_accuracy": float(np.mean(r_w > r_l)),
+    return {"pairs": len(r_w), "implicit_reward_accuracy": float(np.mean(r_w > r_l)),
             "implicit_reward_ties": int(np.sum(r_w == r_l)),
             "implicit_reward_margin": float(np.mean(r_w - r_l)),
             "logp_accuracy": float(np.mean(lp_w > lp_l)), "dpo_loss": float(losses.mean()),
             "chosen_rewards": r_w, "rejected_rewards": r_l, "chosen_logps": lp_w, "rejected_logps": lp_l}
 
 
-def reward_model_scores(trainer):
-    """r_φ(x, y_w) and r_φ(x, y_l) of every held-out pair of a ``RewardTrainer``: two (n,) arrays."""
-    feats = trainer.eval_features
+def reward_model_scores(trainer, records):
+    """r_φ(x, y_w) and r_φ(x, y_l) of preference ``records`` under a ``RewardTrainer``'s model: two (n,) arrays."""
+    feats = trainer.tokenize(records)
     outs = [trainer.batch_outputs(feats, idx) for idx in trainer.eval_chunks(len(feats))]
     return _concat(outs, "chosen"), _concat(outs, "rejected")
 
@@ -157,11 +156,10 @@ def _concat(outs, key):
 
 
 def accuracy_by_family(records, wins):
-    """{family: (wins, pairs)} of a boolean per record, the family of each prompt from ``toy_preferences``."""
-    family = toy_preferences.prompt_families()
+    """{family: (wins, pairs)} of a boolean per record, by each record's ``"family"`` ("other" if none)."""
     out = {}
     for r, w in zip(records, wins):
-        f = family.get(r["prompt"], "other")
+        f = r.get("family", "other")
         won, n = out.get(f, (0, 0))
         out[f] = (won + int(bool(w)), n + 1)
     return out

@@ -18,24 +18,25 @@ import os
 
 from dpo_np.files import atomic_write
 
-#: the standard DPO metrics (trainers.py), one panel each: (title, metric names)
+#: the standard DPO metrics (trainers.py), one panel each: (title, metric names, y-axis label with units)
 DPO_PANELS = (
-    ("loss", ("loss",)),
-    ("rewards/accuracies", ("rewards/accuracies",)),
-    ("rewards/margins", ("rewards/margins",)),
-    ("rewards/chosen vs rewards/rejected", ("rewards/chosen", "rewards/rejected")),
-    ("logps/chosen vs logps/rejected", ("logps/chosen", "logps/rejected")),
-    ("grad_norm (before clipping)", ("grad_norm",)),
+    ("loss", ("loss",), "DPO loss (nats per pair)"),
+    ("rewards/accuracies", ("rewards/accuracies",), "fraction of pairs"),
+    ("rewards/margins", ("rewards/margins",), "r̂(y_w) − r̂(y_l) (β·nats)"),
+    ("rewards/chosen vs rewards/rejected", ("rewards/chosen", "rewards/rejected"), "implicit reward r̂ (β·nats)"),
+    ("logps/chosen vs logps/rejected", ("logps/chosen", "logps/rejected"), "log π_θ(y|x) (nats per response)"),
+    ("grad_norm (before clipping)", ("grad_norm",), "‖∇L‖₂"),
 )
 REWARD_MODEL_PANELS = (
-    ("Bradley–Terry loss", ("loss",)),
-    ("pair accuracy r_φ(y_w) > r_φ(y_l)", ("accuracy",)),
-    ("margin r_φ(y_w) − r_φ(y_l)", ("margin",)),
+    ("Bradley–Terry loss", ("loss",), "loss (nats per pair)"),
+    ("pair accuracy r_φ(y_w) > r_φ(y_l)", ("accuracy",), "fraction of pairs"),
+    ("margin r_φ(y_w) − r_φ(y_l)", ("margin",), "reward units (logits of P(y_w ≻ y_l))"),
 )
 SFT_PANELS = (
-    ("NLL per response token", ("loss",)),
-    ("learning rate", ("lr",)),
+    ("NLL per response token", ("loss",), "nats per token"),
+    ("learning rate", ("lr",), "learning rate"),
 )
+SEPARATE_AXES_RATIO = 100.0       # curves whose sizes differ this much get an axis each
 
 
 def _series(rows, key):
@@ -45,18 +46,35 @@ def _series(rows, key):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_metric_curves(rows, panels, path, title=None, ncols=3):
-    """One panel per ``(title, names)`` of ``panels``; each name's training curve (solid) and its
-    ``eval/`` curve (dashed, markers) over the step. Returns ``path``.
-
-    ``rows``: dicts with a ``step`` (the rows of ``metrics.jsonl``). A name the log lacks draws
-    nothing; a panel with nothing in it says so. A ValueError names an empty ``rows`` or ``panels``.
-    """
+def new_figure(nrows=1, ncols=1, panel_size=(4.2, 3.2)):
+    """A Figure on an Agg canvas (no display needed) and its axes (a flat list), in the package's
+    one style. matplotlib is imported here, never at package import."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:
         raise RuntimeError('plotting needs matplotlib: pip install "dpo-np[plot]"') from err
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig, list(axes)
+
+
+def plot_metric_curves(rows, panels, path, title=None, ncols=3):
+    """``metric_figure`` written to ``path`` (atomically); returns ``path``."""
+    return save_figure(metric_figure(rows, panels, title, ncols), path)
+
+
+def metric_figure(rows, panels, title=None, ncols=3):
+    """One panel per ``(title, names, y label)`` of ``panels``; each name's training curve (solid)
+    and its ``eval/`` curve (dashed, markers) over the step; a curve 100× smaller than the largest
+    of its panel gets the right-hand axis. Returns the Figure.
+
+    ``rows``: dicts with a ``step`` (the rows of ``metrics.jsonl``). A name the log lacks draws
+    nothing; a panel with nothing in it says so. A ValueError names an empty ``rows`` or ``panels``.
+    """
     rows = list(rows)
     if not rows:
         raise ValueError("rows is empty: no metrics to plot")
@@ -65,35 +83,41 @@ def plot_metric_curves(rows, panels, path, title=None, ncols=3):
     if any("step" not in r for r in rows):
         raise ValueError("rows: every row needs a 'step' (the rows of a metrics.jsonl)")
     ncols = min(ncols, len(panels))
-    nrows = -(-len(panels) // ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (panel_title, names) in zip(axes, panels):
-        drawn = False
+    fig, axes = new_figure(-(-len(panels) // ncols), ncols)
+    for ax, (panel_title, names, ylabel) in zip(axes, panels):
+        curves = []                                     # (label, x, y, color, dashed)
         for k, name in enumerate(names):
-            color = f"C{k}"
-            x, y = _series(rows, name)
-            if x:
-                ax.plot(x, y, color=color, linewidth=1.2, label=f"{name} (train)")
-                drawn = True
-            x, y = _series(rows, "eval/" + name)
-            if x:
-                ax.plot(x, y, color=color, linestyle="--", marker="o", markersize=3, label=f"{name} (held-out)")
-                drawn = True
-        if drawn:
-            ax.legend(fontsize="x-small")
-        else:
+            for key, suffix, dashed in ((name, "train", False), ("eval/" + name, "held-out", True)):
+                x, y = _series(rows, key)
+                if x:
+                    curves.append((f"{name} ({suffix})", x, y, f"C{k}", dashed))
+        if not curves:
             ax.text(0.5, 0.5, "not in this log", ha="center", va="center", transform=ax.transAxes)
+        sizes = [max(abs(v) for v in y) or 1e-300 for _, _, y, _, _ in curves]
+        big = max(sizes, default=1.0)
+        twin = None
+        for (label, x, y, color, dashed), size in zip(curves, sizes):
+            target = ax
+            if big / size >= SEPARATE_AXES_RATIO:       # too small to read beside the others: its own axis
+                twin = twin or ax.twinx()
+                target = twin
+                label += " (right axis)"
+            target.plot(x, y, color=color, linewidth=1.2, linestyle="--" if dashed else "-",
+                        marker="o" if dashed else None, markersize=3, label=label)
+        if curves:
+            handles = [h for a in (ax, twin) if a is not None for h in a.get_legend_handles_labels()[0]]
+            ax.legend(handles=handles, fontsize="x-small")
+        if twin is not None:
+            twin.set_ylabel(ylabel + ", smaller curves", fontsize="small")
         ax.set_title(panel_title, fontsize="medium")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel, fontsize="small")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def plot_dpo_metrics(rows, path="figures/dpo_metrics.png", title="DPO"):

@@ -1,34 +1,32 @@
-"""The toy preference data a tiny character-level model can learn from.
+"""The toy preference data a tiny character-level model can learn from, made by written rules.
 
-Every pair is made by a written rule, so what the model should learn is known
-exactly. Each prompt x has a fixed chosen answer y_w and a pool of rejected
-answers y_l; the seed picks which rejected answers are used.
+Every pair belongs to a family, and each family states the rule that separates its chosen answer
+y_w from its rejected answer y_l (``FAMILIES``). Most rules can be learned from the train split and
+applied to new prompts — a number beats an evasion, a place is a place, a true explanation beats
+an absurd one, politeness beats rudeness. Three families need a fact the model may never have seen
+(the sum of an unseen pair, the country of an unseen city, an unseen capital): their held-out
+pairs measure what can be guessed, and reports keep them apart from the learnable headline.
 
-- addition, "What is a+b?" for a, b in 0..9: y_w is the sum; y_l is a sum off
-  by one or two, "a+b is a very complicated math problem", or a refusal.
-- subtraction, "What is a-b?" for 0 <= b < a <= 9: the same, for a-b.
-- geography, "Where is C?" for 91 cities: y_w is "C is a city in K"; y_l is
-  "C does not exist", a wrong country, or "C is a kind of fruit".
-- capitals, "What is the capital of K?": y_w names the capital; y_l says K has
-  none, names another city of K (Istanbul for Turkey), or another capital.
-- explain, "Explain T like I'm 5" for 24 topics: y_w is a short true
-  explanation; y_l is off-topic ("T is a famous restaurant") or dismissive.
-- manners, "Can you help me ...?" and greetings: y_w is polite, y_l rude.
+- arithmetic, "What is a+b?" (a, b in 0..9) and "What is a-b?" (0 <= b < a <= 9): y_w is the
+  number; y_l an evasion ("a+b is a very complicated math problem") — or, in the fact family
+  arithmetic-value, a number off by one or two.
+- geography, "Where is C?" for 91 cities: y_w "C is a city in K"; y_l denies the place ("C does
+  not exist", "C is a kind of fruit") — or, in geography-fact, names a wrong country.
+- capitals, "What is the capital of K?": y_w names it; y_l says there is none or nobody knows —
+  or, in capitals-fact, names another city.
+- explain, "Explain T like I'm 5" for 24 topics: y_w a short true explanation; y_l absurd
+  ("T is a famous restaurant") or dismissive.
+- manners, requests and greetings: y_w polite, y_l rude.
 
-Explain prompts get 2 pairs each (two different y_l), the others 1: 344 pairs
-over 320 prompts, 283 in train and 61 in eval for every seed.
-The three examples of the notes' comparison table are in it exactly
-(``NOTES_EXAMPLES``) and always in the train split.
+Each prompt has one pair per family it belongs to (arithmetic, geography and capitals prompts one
+learnable and one fact pair; explain prompts two learnable pairs), and the seed picks which y_l of
+each pool is used. The notes' three examples (``NOTES_EXAMPLES``) are in train exactly, as the
+only pair of their prompt.
 
-The eval split holds about 18% of the prompts of every family, drawn by the
-seed, and shares no prompt with train: held-out accuracy asks whether the rule
-(a number, not a refusal; a true place; a polite tone) generalizes to new sums,
-new cities, new topics and new requests. Some pairs there need facts never
-seen in training (the country of an unseen city); those measure only what can
-be guessed, and that is part of the honest number.
-
-Every full sequence ``format_prompt(x) + y + <eos>`` is at most
-``MAX_SEQUENCE_LENGTH`` (160) characters.
+Splits (``preference_dataset``), disjoint in prompts: "eval", the held-out pairs every report
+uses (18% of each family's prompts); "validation", 10% more, for choosing when to stop training
+(never the held-out pairs); "train", the rest. Every full sequence ``format_prompt(x) + y + <eos>``
+is at most ``MAX_SEQUENCE_LENGTH`` (160) characters.
 """
 
 import string
@@ -38,6 +36,20 @@ from dpo_np.data import format_prompt
 
 MAX_SEQUENCE_LENGTH = 160
 EVAL_FRACTION = 0.18
+VALIDATION_FRACTION = 0.10
+
+#: family -> (the rule that separates y_w from y_l, whether it can be learned from other prompts)
+FAMILIES = {
+    "arithmetic": ("answer with the number, not an evasion", True),
+    "geography": ("a city is a real place: say where it is", True),
+    "capitals": ("name the capital, do not deny it has one", True),
+    "explain": ("a true, simple explanation beats an absurd or dismissive one", True),
+    "manners": ("a polite answer beats a rude one", True),
+    "arithmetic-value": ("the right number beats one off by one or two (needs the sum)", False),
+    "geography-fact": ("the right country beats a wrong one (needs the fact)", False),
+    "capitals-fact": ("the capital beats another city (needs the fact)", False),
+}
+LEARNABLE = tuple(f for f, (_, learnable) in FAMILIES.items() if learnable)
 
 # The comparison table of the notes ("Where is Shanghai?" ...), as (x, y_w, y_l).
 NOTES_EXAMPLES = (
@@ -152,36 +164,38 @@ SOCIAL = [
 def _arithmetic(a, b, op):
     value = a + b if op == "+" else a - b
     wrong = [value + 1, value + 2] if value == 0 else [value + 1, value - 1]
-    pool = [str(w) for w in wrong] + [f"{a}{op}{b} is a very complicated math problem",
-                                      "I am not good at numbers, ask someone else"]
-    return f"What is {a}{op}{b}?", str(value), pool
+    evasions = [f"{a}{op}{b} is a very complicated math problem", "I am not good at numbers, ask someone else",
+                "Numbers are boring, ask me something else"]
+    x = f"What is {a}{op}{b}?"
+    return [("arithmetic", x, str(value), evasions, 1), ("arithmetic-value", x, str(value), [str(w) for w in wrong], 1)]
 
 
 def _candidates():
-    """Every prompt as (family, x, y_w, pool of y_l, pairs per prompt); no randomness."""
+    """Every (family, x, y_w, pool of y_l, pairs) the rules make; no randomness."""
     out = []
     for a in range(10):
         for b in range(10):
-            out.append(("addition", *_arithmetic(a, b, "+"), 1))
+            out += _arithmetic(a, b, "+")
     for a in range(1, 10):
         for b in range(a):
-            out.append(("subtraction", *_arithmetic(a, b, "-"), 1))
+            out += _arithmetic(a, b, "-")
     countries = list(CITIES)
     for k, country in enumerate(countries):
         wrong = [countries[(k + 1) % len(countries)], countries[(k + 5) % len(countries)]]
         for city in CITIES[country]:
-            pool = [f"{city} does not exist"] + [f"{city} is a city in {w}" for w in wrong] + \
-                   [f"{city} is a kind of fruit"]
-            out.append(("geography", f"Where is {city}?", f"{city} is a city in {country}", pool, 1))
+            x, y_w = f"Where is {city}?", f"{city} is a city in {country}"
+            out.append(("geography", x, y_w, [f"{city} does not exist", f"{city} is a kind of fruit",
+                                              f"{city} is not a real place"], 1))
+            out.append(("geography-fact", x, y_w, [f"{city} is a city in {w}" for w in wrong], 1))
     capitals = list(CAPITALS)
     for k, country in enumerate(capitals):
-        capital = CAPITALS[country]
+        capital, name = CAPITALS[country], country[0].upper() + country[1:]
         other_city = next(c for c in CITIES[country] if c != capital)
         other_capital = CAPITALS[capitals[(k + 3) % len(capitals)]]
-        pool = [f"{country[0].upper()}{country[1:]} has no capital",
-                f"The capital of {country} is {other_city}", f"The capital of {country} is {other_capital}"]
-        out.append(("capitals", f"What is the capital of {country}?",
-                    f"The capital of {country} is {capital}", pool, 1))
+        x, y_w = f"What is the capital of {country}?", f"The capital of {country} is {capital}"
+        out.append(("capitals", x, y_w, [f"{name} has no capital", f"Nobody knows the capital of {country}"], 1))
+        out.append(("capitals-fact", x, y_w, [f"The capital of {country} is {other_city}",
+                                              f"The capital of {country} is {other_capital}"], 1))
     for topic, text in EXPLANATIONS.items():
         name = topic[0].upper() + topic[1:]
         be = "are" if topic in PLURAL_TOPICS else "is"
@@ -201,52 +215,56 @@ def _candidates():
 
 
 def _pairs(seed):
-    """(family, record) for every pair; the seed picks the rejected answers."""
+    """Every pair as a record with its family; the seed picks the rejected answers. A notes
+    prompt keeps exactly the notes' pair."""
     rng = backend.rng(seed)
-    notes = {x: y_l for x, _, y_l in NOTES_EXAMPLES}
+    notes = {x: (y_w, y_l) for x, y_w, y_l in NOTES_EXAMPLES}
     out = []
     for family, x, y_w, pool, n_pairs in _candidates():
         picks = [pool[i] for i in rng.permutation(len(pool))[:n_pairs]]
-        if x in notes and notes[x] not in picks:
-            picks[0] = notes[x]            # the notes' own rejected answer, exactly
-        for y_l in picks:
-            out.append((family, {"prompt": x, "chosen": y_w, "rejected": y_l}))
+        if x in notes:
+            if notes[x][1] not in pool:
+                continue                   # the notes' pair is the only one of its prompt
+            picks = [notes[x][1]]
+        out += [{"prompt": x, "chosen": y_w, "rejected": y_l, "family": family} for y_l in picks]
     return out
 
 
 def preference_dataset(seed=0):
-    """``{"train": [...], "eval": [...]}`` of ``{"prompt", "chosen", "rejected"}`` records.
+    """``{"train", "validation", "eval"}``: lists of ``{"prompt", "chosen", "rejected", "family"}``.
 
-    Built by the rules of the module docstring: ~18% of each family's prompts
-    go to eval (never a notes prompt), so train and eval share no prompt.
-    Both lists are shuffled by ``seed``; the same seed gives the same data.
+    Built by the rules of the module docstring. In every family, 18% of the prompts go to eval
+    and 10% to validation (never a notes prompt), so the three splits share no prompt. Each list
+    is shuffled by ``seed``; the same seed gives the same data.
     """
     pairs = _pairs(seed)
     rng = backend.rng([seed, 1])       # a stream of its own, so changing the pools moves no split
-    held_out = set()
-    for family in dict.fromkeys(f for f, _ in pairs):
-        prompts = [p for p in dict.fromkeys(r["prompt"] for f, r in pairs if f == family)
+    split = {}
+    for family in LEARNABLE:           # a prompt's split follows its learnable family
+        prompts = [p for p in dict.fromkeys(r["prompt"] for r in pairs if r["family"] == family)
                    if p not in NOTES_PROMPTS]
-        n_eval = int(round(EVAL_FRACTION * len(prompts)))
-        held_out.update(prompts[i] for i in rng.permutation(len(prompts))[:n_eval])
-    train = [r for _, r in pairs if r["prompt"] not in held_out]
-    evals = [r for _, r in pairs if r["prompt"] in held_out]
-    return {"train": [train[i] for i in rng.permutation(len(train))],
-            "eval": [evals[i] for i in rng.permutation(len(evals))]}
+        order = rng.permutation(len(prompts))
+        n_eval, n_val = int(round(EVAL_FRACTION * len(prompts))), int(round(VALIDATION_FRACTION * len(prompts)))
+        for rank, i in enumerate(order):
+            split[prompts[i]] = "eval" if rank < n_eval else "validation" if rank < n_eval + n_val else "train"
+    out = {}
+    for part in ("train", "validation", "eval"):
+        records = [r for r in pairs if split.get(r["prompt"], "train") == part]
+        out[part] = [records[i] for i in rng.permutation(len(records))]
+    return out
 
 
-def sft_corpus(seed=0):
-    """``{"prompt", "response"}`` records for supervised fine-tuning.
+def sft_corpus(seed=0, split="train"):
+    """``{"prompt", "response"}`` records for supervised fine-tuning on one split of
+    ``preference_dataset(seed)``.
 
-    Rule: for every TRAIN preference pair, both (x, y_w) and (x, y_l) become
-    SFT examples (each distinct one once). The SFT model — which becomes π_ref
-    — thus learns to produce both styles, so both y_w and y_l have reasonable
-    probability under π_ref and DPO has a real choice to make between them,
-    rather than pushing down answers π_ref would never produce. The notes'
-    three prompts are in it (they are always in train). Shuffled by ``seed``.
+    Rule: both (x, y_w) and (x, y_l) of every pair become SFT examples (each distinct one once).
+    The SFT model — which becomes π_ref — thus learns to produce both styles, so both y_w and y_l
+    have reasonable probability under π_ref and DPO has a real choice to make between them,
+    rather than pushing down answers π_ref would never produce. Shuffled by ``seed``.
     """
     seen, out = set(), []
-    for r in preference_dataset(seed)["train"]:
+    for r in preference_dataset(seed)[split]:
         for response in (r["chosen"], r["rejected"]):
             if (r["prompt"], response) not in seen:
                 seen.add((r["prompt"], response))
@@ -269,12 +287,6 @@ def vocabulary_text():
     return "".join(sorted(set("".join(texts))))
 
 
-def prompt_families():
-    """``{prompt: family}`` for every prompt the rules make (addition, geography, manners, ...)."""
-    return {x: family for family, x, *_ in _candidates()}
-
-
 def sequence_length(prompt, response):
     """Characters of ``format_prompt(prompt) + response`` plus one for the eos token."""
     return len(format_prompt(prompt)) + len(response) + 1
-

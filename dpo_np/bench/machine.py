@@ -1,0 +1,65 @@
+"""What machine a number was measured on: CPU, cores, BLAS and its thread count, array library.
+
+Timings and even the last bits of a result depend on these (a BLAS run on two threads sums in
+another order than on one), so every report that quotes a number says where it came from.
+"""
+
+import os
+import platform
+
+import numpy as np
+
+from dpo_np import backend
+
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cpu_model():
+    """The CPU's marketing name (Linux /proc/cpuinfo, else platform), or "unknown"."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def blas():
+    """The BLAS NumPy was built with (name and version), read from NumPy's own build record."""
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{info.get('name', '?')} {info.get('version', '')}".strip()
+    except Exception:                      # older NumPy: no dict mode; the name is not essential
+        return "unknown"
+
+
+def blas_threads():
+    """How many threads BLAS uses: the first thread variable set, else the library's default (the
+    cores this process may use)."""
+    for name in THREAD_VARIABLES:
+        if os.environ.get(name):
+            return {"threads": int(os.environ[name]), "from": name}
+    return {"threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "from": "library default (all usable cores)"}
+
+
+def describe():
+    """A dict: cpu, cores, python, numpy, blas, blas_threads, array library and its version, GPU."""
+    xp = backend.xp()
+    out = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+           "numpy": np.__version__, "blas": blas(), "blas_threads": blas_threads(),
+           "array_library": backend.backend_name(), "array_library_version": xp.__version__}
+    if backend.backend_name() == "cupy":
+        props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
+        out["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return out
+
+
+def one_line(info=None):
+    info = describe() if info is None else info
+    t = info["blas_threads"]
+    gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
+    return (f"{info['cpu']}, {info['cores']} cores; {info['blas']} on {t['threads']} thread(s) ({t['from']}); "
+            f"{info['array_library']} {info['array_library_version']}{gpu}")
