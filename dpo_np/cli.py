@@ -59,6 +59,44 @@ def _figure(plot, result, path):
     print(f"figure written to {plot(result, path)}")
 
 
+def _gridworld(args):
+    from .experiments.gridworld import plot_gridworld, print_report, run_gridworld
+    from .files import write_json_atomic
+
+    result = run_gridworld(gamma=args.gamma, iterations=args.iterations, episodes=args.episodes,
+                           horizon=args.horizon, lr=args.lr, seed=args.seed,
+                           variance_episodes=args.variance_episodes, progress=not args.quiet)
+    print_report(result)
+    print(f"({result['seconds']:.1f} s)")
+    if args.json:
+        write_json_atomic(args.json, result)
+        print(f"numbers written to {args.json}")
+    _figure(plot_gridworld, result, args.output_dir and f"{args.output_dir}/gridworld.png")
+    return 0
+
+
+def _rlhf(args):
+    from .experiments.rlhf_toy import QUICK, plot_rlhf, print_rlhf_report, run_rlhf
+    from .files import write_json_atomic
+
+    settings = dict(QUICK) if args.quick else {}
+    settings.update({k: v for k, v in (("beta", args.beta), ("steps", args.steps), ("samples", args.samples),
+                                       ("pairs", args.pairs)) if v is not None})
+    result = run_rlhf(seed=args.seed, progress=not args.quiet, **settings)
+    print_rlhf_report(result)
+    print("final_kl: " + ", ".join(f"{k} {v:.6e}" for k, v in result["final_kl"].items())
+          + f"  ({result['seconds']['total']:.1f} s)")
+    if args.json:
+        write_json_atomic(args.json, result)
+        print(f"numbers written to {args.json}")
+    if args.output_dir and importlib.util.find_spec("matplotlib") is None:
+        print('matplotlib is not installed, so no figures: pip install "dpo-np[plot]"')
+    elif args.output_dir:
+        for path in plot_rlhf(result, args.output_dir):
+            print(f"figure written to {path}")
+    return 0
+
+
 def _demo(args):
     from .experiments.demo import run_demo
 
@@ -141,6 +179,44 @@ def build_parser():
                    help="where to write the figure ('' for none; needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not the table as it trains")
     p.set_defaults(func=_closed_form)
+
+    p = sub.add_parser("gridworld", help="the notes' cat: value iteration and REINFORCE on a grid",
+                       description="The notes' RL set-up as a 5×5 grid (broom −1, bathtub −10 and the episode ends, "
+                                   "meat +100): value iteration gives V* and the optimal policy; REINFORCE, with "
+                                   "and without a baseline, learns a softmax policy from sampled episodes; the "
+                                   "variance of its gradient estimate is measured with and without the baseline.")
+    p.add_argument("--gamma", type=float, default=0.9, help="discount γ in [0, 1) (default 0.9)")
+    p.add_argument("--iterations", type=_positive_int, default=800, help="REINFORCE steps (default 800)")
+    p.add_argument("--episodes", type=_positive_int, default=32, help="episodes sampled per step (default 32)")
+    p.add_argument("--horizon", type=_positive_int, default=40, help="moves before an episode is cut (default 40)")
+    p.add_argument("--lr", type=_positive_float, default=0.05, help="Adam's peak learning rate (default 0.05)")
+    p.add_argument("--variance-episodes", type=_positive_int, default=2000,
+                   help="episodes sampled to measure the gradient variance (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
+    p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes ('' for none)")
+    p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    p.set_defaults(func=_gridworld)
+
+    p = sub.add_parser("rlhf", help="RLHF by REINFORCE and PPO beside DPO, against the exact optimum and frontier",
+                       description="On the closed-form toy problem: REINFORCE and PPO maximize the KL-penalized "
+                                   "reward by sampling, DPO learns from preference pairs, a Bradley–Terry reward "
+                                   "model feeds PPO; each is measured by KL(π*‖π_θ) against its reward queries or "
+                                   "comparisons. Also the reward–KL frontier for several β, the direction of β, "
+                                   "DPO vs IPO under deterministic preferences and conservative DPO under flipped "
+                                   "labels. About a minute on 2 cores.")
+    p.add_argument("--beta", type=_positive_float, default=None, help="β of the KL penalty (default 0.5)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="RL steps, each a batch of samples (default 1000)")
+    p.add_argument("--samples", type=_positive_int, default=None,
+                   help="responses sampled per prompt per RL step (default 64)")
+    p.add_argument("--pairs", type=_positive_int, default=None,
+                   help="preference pairs for DPO and the reward model (default 2,000,000)")
+    p.add_argument("--quick", action="store_true", help="everything on little data and few steps: seconds")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
+    p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go ('' for none)")
+    p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    p.set_defaults(func=_rlhf)
 
     p = sub.add_parser("sft", help="supervised fine-tuning of a small GPT on the embedded toy corpus",
                        description="Train the NumPy GPT (hand-written backprop) on the toy prompt/response "

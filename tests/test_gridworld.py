@@ -2,6 +2,7 @@
 in expectation, and learning from sampled episodes reaches the optimal return."""
 
 import collections
+import importlib.util
 import json
 
 import numpy as np
@@ -278,10 +279,32 @@ def test_bad_arguments_are_named():
 
 
 def test_the_printout_and_the_figure(small_run, tmp_path, capsys):
-    gw.print_report(small_run, gw.make_world())
+    gw.print_report(small_run)
     out = capsys.readouterr().out
-    assert "learned policy" in out and "× less" in out
+    assert "learned policy" in out and "× less" in out and "optimal policy" in out
     assert gw.render_grid(gw.make_world()).splitlines()[2] == "T T B T ."
     pytest.importorskip("matplotlib")
     path = gw.plot_gridworld(small_run, tmp_path / "figs" / "gridworld.png")
     assert (tmp_path / "figs" / "gridworld.png").stat().st_size > 10_000 and path.endswith("gridworld.png")
+
+
+def test_the_command_prints_and_writes_the_same_numbers(tmp_path, capsys):
+    from dpo_np.cli import main
+
+    path = tmp_path / "gridworld.json"
+    assert main(["gridworld", "--iterations", "30", "--variance-episodes", "20", "--quiet", "--json", str(path),
+                 "--output-dir", str(tmp_path / "figs")]) == 0
+    out = capsys.readouterr().out
+    numbers = json.loads(path.read_text())
+    for key in ("layout", "config", "optimal_return", "bellman_residual", "reinforce", "reinforce_baseline",
+                "variance"):
+        assert key in numbers
+    assert f"V*(start) = {numbers['optimal_return']:.4f}" in out
+    assert f"{numbers['variance']['tiny_no_baseline']:.4g}" in out
+    for line, name in (("no baseline:", "reinforce"), ("baseline   :", "reinforce_baseline")):
+        printed = out.split(line)[1].split("π_θ exact ")[1].split(",")[0]
+        assert float(printed) == pytest.approx(numbers[name]["policy_return"], abs=1e-3)
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "figs" / "gridworld.png").exists()
+    assert main(["gridworld", "--gamma", "1.0", "--quiet", "--output-dir", ""]) == 2
+    assert "gamma" in capsys.readouterr().err

@@ -4,6 +4,7 @@ it can be exact."""
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from dpo_np import autograd as ag
 from dpo_np import rlhf
+from dpo_np.cli import main
 from dpo_np.experiments import rlhf_toy as toy
 from dpo_np.experiments import toy_problem
 from dpo_np.experiments.closed_form import aggregate_pairs, make_problem, run_closed_form
@@ -196,7 +198,26 @@ def test_the_quick_run_is_deterministic_and_json_ready(quick_run):
     assert {row["loss"] for row in quick_run["label_flips"]["rows"]} == {"dpo", "cdpo", "robust"}
 
 
-def test_bad_arguments_are_named():
+def test_the_command_prints_and_writes_the_same_numbers(tmp_path, capsys):
+    path = tmp_path / "rlhf.json"
+    assert main(["rlhf", "--quick", "--seed", "1", "--quiet", "--json", str(path),
+                 "--output-dir", str(tmp_path / "figs")]) == 0
+    out = capsys.readouterr().out
+    numbers = json.loads(path.read_text())
+    for key in ("config", "final_kl", "queries", "curves", "two_stage", "frontier", "beta_direction",
+                "deterministic", "label_flips", "seconds"):
+        assert key in numbers
+    printed = dict(re.findall(r"(\w+) ([0-9.e+-]+)", out.split("final_kl: ")[1].split("(")[0]))
+    assert set(printed) == {"reinforce", "ppo", "dpo"}
+    for method, value in printed.items():
+        assert float(value) == pytest.approx(numbers["final_kl"][method], rel=1e-6)
+    pytest.importorskip("matplotlib")
+    for name in ("rlhf_convergence", "rlhf_frontier", "beta_direction", "deterministic_preferences",
+                 "label_flips"):
+        assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 10_000
+
+
+def test_bad_arguments_are_named(capsys):
     ref, r, _ = problem()
     with pytest.raises(ValueError, match="method"):
         toy.train_policy_gradient(ref, r, 0.5, "a2c")
@@ -208,3 +229,5 @@ def test_bad_arguments_are_named():
         toy.run_rlhf(flips=(0.6,), progress=False)
     with pytest.raises(ValueError, match="beta"):
         toy.run_rlhf(beta=0.0, progress=False)
+    assert main(["rlhf", "--quick", "--samples", "1", "--quiet", "--output-dir", ""]) == 2
+    assert "samples" in capsys.readouterr().err

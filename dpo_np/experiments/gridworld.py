@@ -356,7 +356,7 @@ def train_reinforce(world, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, e
 
 def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, episodes=DEFAULT_EPISODES,
                   horizon=DEFAULT_HORIZON, lr=DEFAULT_LR, seed=0, variance_episodes=2000, tiny_horizon=4,
-                  progress=True, file=None):
+                  progress=True):
     """Solve the grid by value iteration, learn it with REINFORCE (with and without a baseline), measure.
 
     Returns a dict of plain numbers and lists (JSON-ready):
@@ -381,7 +381,6 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
     variance_episodes = checks.integer(variance_episodes, "variance_episodes", low=2)
     tiny_horizon = checks.integer(tiny_horizon, "tiny_horizon", low=1, high=8)
     checks.flag(progress, "progress")
-    out = sys.stdout if file is None else file
     world = make_world(layout)
     t0 = time.perf_counter()
 
@@ -390,12 +389,6 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
     residual = float(np.max(np.abs(np.where(world.ends, 0.0, Q.max(axis=1)) - V)))
     path, undiscounted = follow(world, optimal)
 
-    if progress:
-        print(render_grid(world), file=out, flush=True)
-        print(f"\nvalue iteration (γ = {gamma:g}): {sweeps} sweeps, V*(start) = {V[world.start]:.4f}, "
-              f"Bellman residual {residual:.1e}; the optimal path takes {len(path) - 1} moves "
-              f"(undiscounted return {undiscounted:g})", file=out)
-        print(render_policy(world, optimal, "optimal policy (value iteration)"), file=out, flush=True)
     runs = {}
     for name, use_baseline in (("reinforce", False), ("reinforce_baseline", True)):
         theta, returns = train_reinforce(world, gamma, iterations, episodes, horizon, lr, use_baseline, seed,
@@ -442,8 +435,6 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
         "variance": variance,
         "seconds": seconds,
     }
-    if progress:
-        print_report(result, world, file=out)
     return result
 
 
@@ -469,10 +460,17 @@ def render_policy(world, actions_by_state, title):
     return "\n".join(lines)
 
 
-def print_report(result, world, file=None):
-    """The learned policies as arrows, the return curve as a table, and the measured numbers."""
+def print_report(result, file=None):
+    """The grid, the optimal and learned policies as arrows, the return curve as a table, the numbers."""
     out = sys.stdout if file is None else file
-    print(render_policy(world, greedy_policy(result["reinforce_baseline"]["theta"]),
+    world = make_world(result["layout"])
+    print(render_grid(world), file=out)
+    print(f"\nvalue iteration (γ = {result['config']['gamma']:g}): {result['value_iteration_sweeps']} sweeps, "
+          f"V*(start) = {result['optimal_return']:.4f}, Bellman residual {result['bellman_residual']:.1e}; "
+          f"the optimal path takes {len(result['optimal_path']) - 1} moves (undiscounted return "
+          f"{result['optimal_path_undiscounted_return']:g})", file=out)
+    print(render_policy(world, result["optimal_actions"], "optimal policy (value iteration)"), file=out)
+    print(render_policy(world, greedy_policy(np.asarray(result["reinforce_baseline"]["theta"])),
                         "\nlearned policy (REINFORCE with a baseline, most likely move per cell)"), file=out)
     cfg = result["config"]
     n = cfg["iterations"]
