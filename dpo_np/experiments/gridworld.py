@@ -159,11 +159,10 @@ def policy_evaluation(world, pi, gamma=DEFAULT_GAMMA):
     P = np.zeros((S, S))
     for a in range(len(MOVES)):
         np.add.at(P, (np.arange(S), world.next_state[:, a]), pi[:, a])
-    P[:, world.ends] = 0.0                      # nothing follows an end
+    P[:, world.ends] = 0.0                      # nothing follows an end ...
     r_pi = (pi * world.reward).sum(axis=1)
-    acting = ~world.ends
-    P[~acting] = 0.0
-    r_pi[~acting] = 0.0
+    P[world.ends] = 0.0                         # ... and no one acts in an end cell: V = 0 there
+    r_pi[world.ends] = 0.0
     return np.linalg.solve(np.eye(S) - gamma * P, r_pi)
 
 
