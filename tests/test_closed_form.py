@@ -140,7 +140,8 @@ def test_given_pairs_train_as_the_sampled_ones_and_the_reward_kl_position_is_log
     p = given["policies"][-1]
     assert given["reward"][-1] == pytest.approx((p * r).sum(1).mean(), rel=1e-12)
     assert given["kl_ref"][-1] == pytest.approx(rlhf.kl_divergence(log(p), ref).mean(), rel=1e-12)
-    assert given["kl_ref"][0] == 0.0 and len(given["policies"]) == len(given["step"]) == 4
+    assert given["kl_ref"][0] == pytest.approx(0.0, abs=1e-15)                # π_θ starts at π_ref
+    assert len(given["policies"]) == len(given["step"]) == 4
     ipo = run_closed_form(data=data, loss_type="ipo", **kwargs)
     assert ipo["config"]["loss_type"] == "ipo" and ipo["kl"] != sampled["kl"]
     with pytest.raises(ValueError, match="data"):
