@@ -23,6 +23,9 @@ from dpo_np.checkpoint import STATE
 from dpo_np.experiments import runs
 from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
 from dpo_np.experiments.demo import run_demo
+from dpo_np.experiments.gridworld import plot_gridworld, print_report, run_gridworld
+from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
+from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, run_rlhf
 from dpo_np.files import write_json_atomic
 from dpo_np.generate import beam_search, generate
 from dpo_np.data import format_prompt
@@ -251,6 +254,36 @@ def _figure(plot, result, path):
     print(f"figure written to {plot(result, path)}")
 
 
+def _gridworld(args):
+    _writable_dir("--output-dir", args.output_dir or ".")
+    result = run_gridworld(gamma=args.gamma, iterations=args.iterations, episodes=args.episodes,
+                           horizon=args.horizon, lr=args.lr, seed=args.seed,
+                           variance_episodes=args.variance_episodes, progress=not args.quiet)
+    print_report(result)
+    print(f"({result['seconds']:.1f} s)")
+    _json(args, result)
+    _figure(plot_gridworld, result, args.output_dir and os.path.join(args.output_dir, "gridworld.png"))
+    return 0
+
+
+def _rlhf(args):
+    _writable_dir("--output-dir", args.output_dir or ".")
+    settings = dict(RLHF_QUICK) if args.quick else {}
+    settings.update({k: v for k, v in (("beta", args.beta), ("steps", args.steps), ("samples", args.samples),
+                                       ("pairs", args.pairs)) if v is not None})
+    result = run_rlhf(seed=args.seed, progress=not args.quiet, **settings)
+    print_rlhf_report(result)
+    print("final_kl: " + ", ".join(f"{k} {v:.6e}" for k, v in result["final_kl"].items())
+          + f"  ({result['seconds']['total']:.1f} s)")
+    _json(args, result)
+    if args.output_dir and importlib.util.find_spec("matplotlib") is None:
+        print('matplotlib is not installed, so no figures: pip install "dpo-np[plot]"')
+    elif args.output_dir:
+        for path in plot_rlhf(result, args.output_dir):
+            print(f"figure written to {path}")
+    return 0
+
+
 def _generate(args):
     try:
         model, tokenizer = load_model(args.model)
@@ -422,6 +455,44 @@ def build_parser():
     p.add_argument("--json", metavar="PATH", help="write the numbers to PATH")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not the table as it trains")
     p.set_defaults(func=_closed_form)
+
+    p = sub.add_parser("gridworld", help="the notes' cat: value iteration and REINFORCE on a grid",
+                       description="The notes' RL set-up as a 5×5 grid (broom −1, bathtub −10 and the episode ends, "
+                                   "meat +100): value iteration gives V* and the optimal policy; REINFORCE, with "
+                                   "and without a baseline, learns a softmax policy from sampled episodes; the "
+                                   "variance of its gradient estimate is measured with and without the baseline.")
+    p.add_argument("--gamma", type=_number(float, 0, high=0.9999), default=0.9, help="discount γ in [0, 1) (default 0.9)")
+    p.add_argument("--iterations", type=positive_int, default=800, help="REINFORCE steps (default 800)")
+    p.add_argument("--episodes", type=positive_int, default=32, help="episodes sampled per step (default 32)")
+    p.add_argument("--horizon", type=positive_int, default=40, help="moves before an episode is cut (default 40)")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="Adam's peak learning rate (default 0.05)")
+    p.add_argument("--variance-episodes", type=positive_int, default=2000,
+                   help="episodes sampled to measure the gradient variance (default 2000)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
+    p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes ('' for none)")
+    p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    p.set_defaults(func=_gridworld)
+
+    p = sub.add_parser("rlhf", help="RLHF by REINFORCE and PPO beside DPO, against the exact optimum and frontier",
+                       description="On the closed-form toy problem: REINFORCE and PPO maximize the KL-penalized "
+                                   "reward by sampling, DPO learns from preference pairs, a Bradley–Terry reward "
+                                   "model feeds PPO; each is measured by KL(π*‖π_θ) against its reward queries or "
+                                   "comparisons. Also the reward–KL frontier for several β, the direction of β, "
+                                   "DPO vs IPO under deterministic preferences and conservative DPO under flipped "
+                                   "labels. About a minute on 2 cores.")
+    p.add_argument("--beta", type=positive_float, default=None, help="β of the KL penalty (default 0.5)")
+    p.add_argument("--steps", type=positive_int, default=None, help="RL steps, each a batch of samples (default 1000)")
+    p.add_argument("--samples", type=positive_int, default=None,
+                   help="responses sampled per prompt per RL step (default 64)")
+    p.add_argument("--pairs", type=positive_int, default=None,
+                   help="preference pairs for DPO and the reward model (default 2,000,000)")
+    p.add_argument("--quick", action="store_true", help="everything on little data and few steps: seconds")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
+    p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go ('' for none)")
+    p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    p.set_defaults(func=_rlhf)
 
     p = sub.add_parser("generate", help="answers from a checkpoint: greedy, sampled or beam search",
                        description="Load a checkpoint (or GPT-2 directory) with its tokenizer and answer each "

@@ -162,11 +162,13 @@ def bradley_terry(r_w, r_l):
     return _finish(ag.sigmoid(ag.sub(r_w, r_l)), r_w, r_l)
 
 
-def bradley_terry_loss(r_w, r_l):
+def bradley_terry_loss(r_w, r_l, weights=None):
     """L_R = −mean log σ(r(x, y_w) − r(x, y_l)): the reward model's negative log-likelihood.
 
     DPO paper eq. 2 (the notes: "Deriving the loss function of the reward model").
     log σ is evaluated as −logaddexp(0, −z), so it stays finite for any difference.
+    ``weights`` (optional, ≥ 0, one per pair) make it the weighted mean Σ w ℓ / Σ w: a
+    pair that occurs k times can be passed once with weight k.
     """
     r_w, r_l = _as_input(r_w, "r_w"), _as_input(r_l, "r_l")
     _check_broadcast(r_w, r_l)
@@ -174,7 +176,17 @@ def bradley_terry_loss(r_w, r_l):
         raise ValueError("r_w and r_l are empty: the loss is a mean over at least one pair")
     check_rewards(r_w, "r_w")
     check_rewards(r_l, "r_l")
-    return _finish(-ag.logsigmoid(ag.sub(r_w, r_l)).mean(), r_w, r_l)
+    per_pair = -ag.logsigmoid(ag.sub(r_w, r_l))
+    if weights is None:
+        return _finish(per_pair.mean(), r_w, r_l)
+    w = _as_input(weights, "weights")
+    if isinstance(w, ag.Tensor) or tuple(w.shape) != tuple(per_pair.shape):
+        raise ValueError(f"weights must be an array of shape {tuple(per_pair.shape)} (one per pair), "
+                         f"got {'a Tensor' if isinstance(w, ag.Tensor) else tuple(w.shape)}")
+    if not bool(backend.xp().all(backend.xp().isfinite(w) & (w >= 0))) or not float(w.sum()) > 0:
+        raise ValueError("weights must be finite and >= 0 with a positive sum")
+    w = (w / w.sum()).astype(_data(per_pair).dtype, copy=False)
+    return _finish((per_pair * w).sum(), r_w, r_l)
 
 
 # -- the RLHF objective and its optimum (notes: "The RLHF objective", "The optimal policy") --

@@ -129,6 +129,25 @@ def test_progress_prints_a_table():
     assert float(rows[-1][2]) == pytest.approx(result["kl"][-1], rel=1e-3)
 
 
+def test_given_pairs_train_as_the_sampled_ones_and_the_reward_kl_position_is_logged():
+    from dpo_np.experiments import toy_problem
+    kwargs = dict(pairs=20_000, steps=30, log_every=10, progress=False, seed=1)
+    sampled = run_closed_form(**kwargs)
+    ref, r = log(sampled["reference_policy"]), sampled["rewards"]
+    data = toy_problem.sample_preference_pairs(ref, r, 20_000, seed=1 + 2)
+    given = run_closed_form(data=data, log_policies=True, **kwargs)
+    assert given["kl"] == sampled["kl"] and given["config"]["data"] == "given"
+    p = given["policies"][-1]
+    assert given["reward"][-1] == pytest.approx((p * r).sum(1).mean(), rel=1e-12)
+    assert given["kl_ref"][-1] == pytest.approx(rlhf.kl_divergence(log(p), ref).mean(), rel=1e-12)
+    assert given["kl_ref"][0] == pytest.approx(0.0, abs=1e-15)                # π_θ starts at π_ref
+    assert len(given["policies"]) == len(given["step"]) == 4
+    ipo = run_closed_form(data=data, loss_type="ipo", **kwargs)
+    assert ipo["config"]["loss_type"] == "ipo" and ipo["kl"] != sampled["kl"]
+    with pytest.raises(ValueError, match="data"):
+        run_closed_form(data={"prompt": [0]}, **kwargs)
+
+
 def test_none_means_the_default_settings():
     result = run_closed_form(vocab_size=2, length=2, n_prompts=1, pairs=None, steps=None, lr=None,
                              log_every=None, progress=False)

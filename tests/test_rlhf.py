@@ -66,6 +66,21 @@ def test_bradley_terry_loss_is_negative_mean_log_likelihood():
     assert np.isclose(big, (1e4 + 0.0) / 2, rtol=1e-12)
 
 
+def test_weighted_bradley_terry_loss_equals_the_loss_over_repeated_pairs():
+    rng = np.random.default_rng(1)
+    r_w, r_l = rng.standard_normal(6), rng.standard_normal(6)
+    counts = np.array([3, 0, 1, 7, 2, 5])
+    repeated = rlhf.bradley_terry_loss(np.repeat(r_w, counts), np.repeat(r_l, counts))
+    assert np.isclose(rlhf.bradley_terry_loss(r_w, r_l, weights=counts), repeated, rtol=1e-13)
+    rw = ag.Tensor(r_w, requires_grad=True)
+    rlhf.bradley_terry_loss(rw, r_l, weights=counts).backward()
+    # dL/dr_w = −σ(r_l − r_w) · w / Σw, by hand
+    np.testing.assert_allclose(rw.grad, -counts / counts.sum() / (1 + np.exp(r_w - r_l)), rtol=1e-12)
+    for bad in (np.ones(5), -np.ones(6), np.zeros(6), np.full(6, np.nan)):
+        with pytest.raises(ValueError, match="weights"):
+            rlhf.bradley_terry_loss(r_w, r_l, weights=bad)
+
+
 # -- the optimal policy and the objective -------------------------------------------------
 
 @pytest.mark.parametrize("beta", BETAS)

@@ -69,8 +69,9 @@ def aggregate_pairs(prompt, chosen, rejected, n_responses):
     return distinct // (N * N), (distinct // N) % N, distinct % N, counts
 
 
-def _toy_problem(vocab_size, length, n_prompts, beta, seed, reference_scale, reward_scale):
-    """Responses, exact log π_ref, r and log π* for the experiment: all (P, N) float64."""
+def make_problem(vocab_size, length, n_prompts, beta, seed, reference_scale, reward_scale):
+    """Responses (N, L), exact log π_ref, r and log π* (each (P, N), float64) for one seed: the problem
+    every toy experiment on the enumerated set shares."""
     responses = toy_problem.enumerate_responses(vocab_size, length)                    # (N, L)
     table = toy_problem.random_reference_table(n_prompts, vocab_size, length, seed=seed, scale=reference_scale)
     ref_logprobs = toy_problem.sequence_logprobs(table, responses)                      # (P, N)
@@ -80,7 +81,8 @@ def _toy_problem(vocab_size, length, n_prompts, beta, seed, reference_scale, rew
 
 def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT_PAIRS, steps=DEFAULT_STEPS,
                     lr=DEFAULT_LR, seed=0, train_beta=None, reference_free=False, log_every=DEFAULT_LOG_EVERY,
-                    progress=True, *, reward_scale=0.5, reference_scale=0.5, proposal="reference", file=None):
+                    progress=True, *, reward_scale=0.5, reference_scale=0.5, proposal="reference", file=None,
+                    data=None, loss_type="sigmoid", label_smoothing=0.0, log_policies=False):
     """Train a tabular policy with DPO on Bradley–Terry pairs and compare it with the exact π*.
 
     ``beta`` defines the target π* (DPO paper eq. 4); ``train_beta`` (default:
@@ -91,10 +93,15 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
     a table (every ``log_every`` steps) goes to ``file`` (default stdout) and a
     progress indicator to stderr. ``pairs``, ``steps``, ``lr``, ``log_every`` = None
     mean the defaults (2,000,000 pairs, 1,000 steps, lr 0.05, every 100 steps).
+    ``data``: preference pairs to train on instead of sampling them, a dict like
+    ``toy_problem.sample_preference_pairs``'s (relabelled pairs, say); ``pairs`` is then
+    their number. ``loss_type`` and ``label_smoothing`` go to ``losses.dpo_loss``.
+    ``log_policies``: also keep π_θ (P, N) at every logged step, under ``policies``.
 
     Returns a dict:
-      step, loss, kl, objective: lists, one entry per logged step: the step (updates done),
-          the DPO loss, mean_x KL(π* ‖ π_θ) and mean_x J(π_θ) (J with ``beta``);
+      step, loss, kl, objective, reward, kl_ref: lists, one entry per logged step: the step
+          (updates done), the DPO loss, mean_x KL(π* ‖ π_θ), mean_x J(π_θ) (J with ``beta``),
+          mean_x E_{π_θ}[r] and mean_x KL(π_θ ‖ π_ref) (where π_θ sits in the reward–KL plane);
       optimal_objective: mean_x J(π*) = mean_x β log Z(x);
       policy, optimal_policy, reference_policy: π_θ (after the last step), π*, π_ref as (P, N)
           NumPy probabilities; responses (N, L), rewards (P, N);
@@ -102,7 +109,11 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
     """
     V, L, P = (toy_problem.positive_int(vocab_size, "vocab_size"), toy_problem.positive_int(length, "length"),
                toy_problem.positive_int(n_prompts, "n_prompts"))
-    n_pairs = toy_problem.positive_int(DEFAULT_PAIRS if pairs is None else pairs, "pairs")
+    if data is not None and not (isinstance(data, dict) and {"prompt", "chosen", "rejected"} <= set(data)):
+        raise ValueError("data must be a dict of 'prompt', 'chosen' and 'rejected' index arrays, "
+                         "as toy_problem.sample_preference_pairs returns")
+    n_pairs = toy_problem.positive_int(DEFAULT_PAIRS if pairs is None else pairs, "pairs") if data is None \
+        else toy_problem.positive_int(len(data["prompt"]), "len(data['prompt'])")
     steps = DEFAULT_STEPS if steps is None else steps
     steps = checks.integer(steps, "steps", low=0)
     log_every = toy_problem.positive_int(DEFAULT_LOG_EVERY if log_every is None else log_every, "log_every")
@@ -113,13 +124,15 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     out = sys.stdout if file is None else file
     xp = backend.xp()
+    data_given = data is not None
 
     t0 = time.perf_counter()
-    responses, ref_logprobs, rewards, star_logprobs = _toy_problem(V, L, P, beta, seed, reference_scale,
-                                                                   reward_scale)
+    responses, ref_logprobs, rewards, star_logprobs = make_problem(V, L, P, beta, seed, reference_scale,
+                                                                    reward_scale)
     N = responses.shape[0]
     optimal_objective = float(rlhf.rlhf_objective(star_logprobs, ref_logprobs, rewards, beta).mean())
-    data = toy_problem.sample_preference_pairs(ref_logprobs, rewards, n_pairs, seed=seed + 2, proposal=proposal)
+    if data is None:
+        data = toy_problem.sample_preference_pairs(ref_logprobs, rewards, n_pairs, seed=seed + 2, proposal=proposal)
     x, w, l, counts = aggregate_pairs(data["prompt"], data["chosen"], data["rejected"], N)    # (M,) each
     del data
     weight = counts / float(n_pairs)                                        # each triple's share of the mean
@@ -128,7 +141,7 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
 
     theta = xp.array(ref_logprobs, dtype=np.float64)          # (P, N) logits: π_θ starts at π_ref exactly
     adam = AdamW({"theta": theta}, lr=lr, weight_decay=0.0)   # no decay: plain Adam, updating theta in place
-    history = {"step": [], "loss": [], "kl": [], "objective": []}
+    history = {"step": [], "loss": [], "kl": [], "objective": [], "reward": [], "kl_ref": []}
     if progress:
         print(f"closed form: V={V} L={L} → {N} responses × {P} prompts; β={beta:g} (train β={train_beta:g}"
               f"{', reference-free' if reference_free else ''}); {n_pairs:,} pairs → {int(x.shape[0]):,} "
@@ -142,13 +155,18 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
         th = ag.Tensor(theta, requires_grad=True)
         logp = ag.log_softmax(th, axis=-1)                                  # (P, N) log π_θ(y|x)
         per_triple, _, _ = losses.dpo_loss(logp[x, w], logp[x, l], ref_w, ref_l, beta=train_beta,
-                                           reference_free=reference_free)    # (M,)
+                                           reference_free=reference_free, loss_type=loss_type,
+                                           label_smoothing=label_smoothing)  # (M,)
         loss = (per_triple * weight).sum()                                  # = the mean over all pairs
         if step % log_every == 0 or step == steps:
             kl = float(rlhf.kl_divergence(star_logprobs, logp.data).mean())
             objective = float(rlhf.rlhf_objective(logp.data, ref_logprobs, rewards, beta).mean())
-            for key, value in zip(history, (step, loss.item(), kl, objective)):
+            reward = float((xp.exp(logp.data) * rewards).sum(axis=-1).mean())
+            kl_ref = float(rlhf.kl_divergence(logp.data, ref_logprobs).mean())
+            for key, value in zip(history, (step, loss.item(), kl, objective, reward, kl_ref)):
                 history[key].append(value)
+            if log_policies:
+                history.setdefault("policies", []).append(backend.to_numpy(xp.exp(logp.data)))
             if progress:
                 _clear_bar(bar)
                 print(f"{step:>6} {loss.item():>10.6f} {kl:>12.3e} {objective:>12.6f} "
@@ -166,7 +184,8 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
         "config": {"vocab_size": V, "length": L, "n_prompts": P, "beta": beta, "train_beta": train_beta,
                    "reference_free": bool(reference_free), "pairs": n_pairs, "steps": steps, "lr": lr,
                    "seed": seed, "reward_scale": reward_scale, "reference_scale": reference_scale,
-                   "proposal": proposal},
+                   "proposal": proposal, "data": "given" if data_given else "sampled",
+                   "loss_type": loss_type, "label_smoothing": label_smoothing},
         **history,
         "optimal_objective": optimal_objective,
         "policy": backend.to_numpy(xp.exp(final_logp)),
