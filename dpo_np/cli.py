@@ -40,7 +40,7 @@ class CommandError(ValueError):
 
 # ---- option types: each names what it wants ---------------------------------------------------
 
-def _number(kind, low=None, low_open=False, high=None):
+def _number(kind, low=None, low_open=False, high=None, high_open=False):
     """An argparse type: a finite int or float within bounds; argparse prefixes the option's name."""
     want = {(int, 0, False): "a non-negative integer", (int, 1, False): "a positive integer",
             (float, 0, True): "a number > 0"}.get((kind, low, low_open)) if high is None else None
@@ -54,11 +54,11 @@ def _number(kind, low=None, low_open=False, high=None):
         if ok and low is not None:
             ok = value > low if low_open else value >= low
         if ok and high is not None:
-            ok = value <= high
+            ok = value < high if high_open else value <= high
         if not ok:
             bounds = want or (f"{'an integer' if kind is int else 'a number'}"
                               + (f" {'>' if low_open else '>='} {low}" if low is not None else "")
-                              + (f" and <= {high}" if high is not None else ""))
+                              + (f" and {'<' if high_open else '<='} {high}" if high is not None else ""))
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
         return value
     return parse
@@ -461,7 +461,7 @@ def build_parser():
                                    "meat +100): value iteration gives V* and the optimal policy; REINFORCE, with "
                                    "and without a baseline, learns a softmax policy from sampled episodes; the "
                                    "variance of its gradient estimate is measured with and without the baseline.")
-    p.add_argument("--gamma", type=_number(float, 0, high=0.9999), default=0.9, help="discount γ in [0, 1) (default 0.9)")
+    p.add_argument("--gamma", type=_number(float, 0, high=1, high_open=True), default=0.9, help="discount γ in [0, 1) (default 0.9)")
     p.add_argument("--iterations", type=positive_int, default=800, help="REINFORCE steps (default 800)")
     p.add_argument("--episodes", type=positive_int, default=32, help="episodes sampled per step (default 32)")
     p.add_argument("--horizon", type=positive_int, default=40, help="moves before an episode is cut (default 40)")

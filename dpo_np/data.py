@@ -4,7 +4,8 @@ A preference dataset is what the notes ask people to produce instead of
 scores: for a prompt x, a chosen answer y_w and a rejected answer y_l, as
 ``{"prompt": x, "chosen": y_w, "rejected": y_l}`` — the layout of the public
 preference datasets. Supervised fine-tuning (SFT) data is
-``{"prompt": x, "response": y}``.
+``{"prompt": x, "response": y}``, or ``{"text": t}`` for plain text with no prompt (every token of
+t is trained on, after a start token).
 
 The path from records to the arrays of one DPO step:
 
@@ -46,6 +47,7 @@ from dpo_np import backend, checks
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 SFT_KEYS = ("prompt", "response")
+TEXT_KEYS = ("text",)
 LABEL_PAD_TOKEN_ID = -100
 
 # The chat template, in one place: every prompt the model ever sees goes through it.
@@ -69,13 +71,19 @@ def format_prompt(prompt):
 # ---- loading and validation -------------------------------------------------------
 
 
+def _sft_keys(record):
+    """An SFT record is a prompt and a response, or a plain text."""
+    return TEXT_KEYS if isinstance(record, dict) and "text" in record and "prompt" not in record else SFT_KEYS
+
+
 def _problem(record, keys):
     """(reason, message) for the first thing wrong with one record, or None."""
     if not isinstance(record, dict):
         return "not_an_object", f"expected a JSON object with keys {list(keys)}, got {type(record).__name__}"
     for key in keys:
         if key not in record:
-            return "missing_key", f"missing key {key!r} (a record needs {list(keys)})"
+            need = f"{list(SFT_KEYS)} or {list(TEXT_KEYS)}" if keys == SFT_KEYS else f"{list(keys)}"
+            return "missing_key", f"missing key {key!r} (a record needs {need})"
     for key in keys:
         if not isinstance(record[key], str):
             return "not_a_string", f"{key!r} must be a string, got {type(record[key]).__name__}"
@@ -135,10 +143,11 @@ def _load(source, keys, skip_invalid):
             blank += 1
             continue
         read += 1
+        record_keys = keys(record) if callable(keys) else keys
         if problem is None:
-            problem = _problem(record, keys)
+            problem = _problem(record, record_keys)
         if problem is None:
-            identity = tuple(record[k] for k in keys)
+            identity = tuple(record[k] for k in record_keys)
             if identity in first_seen:
                 problem = ("duplicate", f"duplicate of the record at {first_seen[identity]}")
             else:
@@ -174,9 +183,9 @@ def load_preferences(source, skip_invalid=False):
 
 
 def load_sft(source, skip_invalid=False):
-    """SFT records ``{"prompt": x, "response": y}``, with the same rules and
-    return values as ``load_preferences``."""
-    return _load(source, SFT_KEYS, skip_invalid)
+    """SFT records ``{"prompt": x, "response": y}`` or ``{"text": t}`` (one file may mix them),
+    with the same rules and return values as ``load_preferences``."""
+    return _load(source, _sft_keys, skip_invalid)
 
 
 # ---- tokenization ------------------------------------------------------------------
@@ -237,9 +246,17 @@ def tokenize_preference(tokenizer, record, max_length, max_prompt_length):
 
 def tokenize_sft(tokenizer, record, max_length, max_prompt_length):
     """``{"prompt_ids", "response_ids"}`` for an SFT record, with the same
-    boundary and truncation rules as ``tokenize_preference``."""
+    boundary and truncation rules as ``tokenize_preference``.
+
+    A ``{"text": t}`` record has no prompt: its "prompt" is the end token alone, as GPT-2 starts a
+    document after ``<|endoftext|>``, so every token of t, the first included, is a target.
+    """
     _check_lengths(max_length, max_prompt_length)
-    _check_record(record, SFT_KEYS)
+    keys = _sft_keys(record)
+    _check_record(record, keys)
+    if keys == TEXT_KEYS:
+        return {"prompt_ids": [tokenizer.eos_token_id],
+                "response_ids": _response_ids(tokenizer, record["text"], max_length - 1)}
     prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length)
     return {"prompt_ids": prompt_ids,
             "response_ids": _response_ids(tokenizer, record["response"], max_length - len(prompt_ids))}

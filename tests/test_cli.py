@@ -56,4 +56,4 @@ def test_generate_answers_from_a_checkpoint_and_names_a_missing_one(tmp_path, ca
     assert main(["generate", str(tmp_path / "ckpt"), "What is 2+2?"]) == 0
     assert capsys.readouterr().out.startswith("Q: What is 2+2?\nA: ")
     assert main(["generate", str(tmp_path / "nowhere"), "What is 2+2?"]) == 2
-    assert "no checkpoint directory" in capsys.readouterr().err
+    assert "no such directory (expected a dpo_np checkpoint" in capsys.readouterr().err

@@ -306,5 +306,6 @@ def test_the_command_prints_and_writes_the_same_numbers(tmp_path, capsys):
         assert float(printed) == pytest.approx(numbers[name]["policy_return"], abs=1e-3)
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "figs" / "gridworld.png").exists()
-    assert main(["gridworld", "--gamma", "1.0", "--quiet", "--output-dir", ""]) == 2
-    assert "gamma" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["gridworld", "--gamma", "1.0", "--quiet", "--output-dir", ""])
+    assert stop.value.code == 2 and "--gamma: must be a number >= 0 and < 1, got '1.0'" in capsys.readouterr().err

@@ -214,8 +214,10 @@ def test_a_tiny_model_learns_to_answer_its_training_prompts(tmp_path):
 
 def test_run_sft_trains_saves_and_answers_the_notes_prompts(tmp_path):
     printed = []
-    out = run_sft(output_dir=str(tmp_path / "sft"), max_steps=2, n_layer=1, n_embd=16, n_head=2,
+    out = run_sft(output_dir=str(tmp_path / "sft"), steps=2, n_layer=1, n_embd=16, n_head=2,
                   show_progress=False, print_fn=printed.append)
     assert os.path.isdir(out["checkpoint"]) and load_checkpoint(out["checkpoint"])["step"] == 2
     assert len(out["answers"]) == 3 and all(isinstance(a, str) for a in out["answers"].values())
     assert any("What is 2+2?" in line for line in printed)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['max_steps'\]"):
+        run_sft(output_dir=str(tmp_path / "sft2"), max_steps=2)

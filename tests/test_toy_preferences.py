@@ -18,12 +18,14 @@ def datasets():
     return {seed: toy_preferences.preference_dataset(seed) for seed in SEEDS}
 
 
-def test_sizes_are_a_few_hundred_pairs_with_a_held_out_fifth(datasets):
+def test_splits_hold_the_fractions_the_module_docstring_states(datasets):
     for d in datasets.values():
-        n_train, n_eval = len(d["train"]), len(d["eval"])
-        assert (n_train, n_eval) == (283, 61)                  # the counts the module docstring states
-        assert 300 <= n_train + n_eval <= 500
-        assert 0.15 <= n_eval / (n_train + n_eval) <= 0.20
+        n = {part: len({r["prompt"] for r in d[part]}) for part in ("train", "validation", "eval")}
+        total = sum(n.values())
+        assert 300 <= total <= 400                                    # prompts; each has one or two pairs
+        assert abs(n["eval"] / total - toy_preferences.EVAL_FRACTION) < 0.01
+        assert abs(n["validation"] / total - toy_preferences.VALIDATION_FRACTION) < 0.01
+        assert sum(len(d[part]) for part in n) == len(toy_preferences._pairs(0))     # every pair in one split
 
 
 def test_the_same_seed_gives_the_same_data_and_another_seed_other_data(datasets):
@@ -33,9 +35,10 @@ def test_the_same_seed_gives_the_same_data_and_another_seed_other_data(datasets)
     assert {r["prompt"] for r in datasets[0]["eval"]} != {r["prompt"] for r in datasets[1]["eval"]}
 
 
-def test_train_and_eval_share_no_prompt(datasets):
+def test_the_three_splits_share_no_prompt(datasets):
     for d in datasets.values():
-        assert not {r["prompt"] for r in d["train"]} & {r["prompt"] for r in d["eval"]}
+        train, val, held = ({r["prompt"] for r in d[part]} for part in ("train", "validation", "eval"))
+        assert not train & held and not train & val and not val & held
 
 
 def test_eval_holds_every_family_so_it_measures_every_rule(datasets):
@@ -51,8 +54,9 @@ def test_the_notes_three_examples_are_in_train_exactly(datasets):
     assert toy_preferences.NOTES_PROMPTS == ("Where is Shanghai?", "Explain gravity like I'm 5", "What is 2+2?")
     for d in datasets.values():
         for x, y_w, y_l in toy_preferences.NOTES_EXAMPLES:
-            assert {"prompt": x, "chosen": y_w, "rejected": y_l} in d["train"]
-            assert all(r["prompt"] != x for r in d["eval"])
+            mine = [(r["chosen"], r["rejected"]) for r in d["train"] if r["prompt"] == x]
+            assert mine == [(y_w, y_l)]                                  # the only pair of its prompt
+            assert all(r["prompt"] != x for r in d["eval"] + d["validation"])
 
 
 def test_every_record_passes_validation_and_every_chosen_answer_follows_its_rule(datasets):
@@ -109,7 +113,21 @@ def test_sft_corpus_holds_both_responses_of_every_train_pair_and_nothing_else(da
             assert (x, y_w) in pairs and (x, y_l) in pairs
 
 
-def test_every_prompt_of_both_splits_has_a_family():
-    families = toy_preferences.prompt_families()
-    data = toy_preferences.preference_dataset(0)
-    assert {families[r["prompt"]] for r in data["train"] + data["eval"]} == set(families.values())
+def test_every_family_is_in_every_split_and_states_its_rule(datasets):
+    for d in datasets.values():
+        for part in ("train", "validation", "eval"):
+            assert {r["family"] for r in d[part]} == set(toy_preferences.FAMILIES), part
+    for family, (rule, learnable) in toy_preferences.FAMILIES.items():
+        assert rule and learnable == (family in toy_preferences.LEARNABLE)
+    assert set(toy_preferences.LEARNABLE) == {"arithmetic", "geography", "capitals", "explain", "manners"}
+
+
+def test_a_fact_family_pair_shares_its_prompt_with_a_learnable_pair(datasets):
+    # the split follows the learnable family, so a fact pair's prompt never sits in two splits
+    for d in datasets.values():
+        for part in ("train", "validation", "eval"):
+            by_prompt = {}
+            for r in d[part]:
+                by_prompt.setdefault(r["prompt"], set()).add(r["family"])
+            for prompt, fams in by_prompt.items():
+                assert fams & set(toy_preferences.LEARNABLE), prompt

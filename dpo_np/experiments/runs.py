@@ -30,6 +30,14 @@ from dpo_np.training import frozen_copy, pair_metrics
 RUN_DEFAULTS = dict(output_dir=None, seed=0, save_steps=None, resume=False, overwrite=False, show_progress=True)
 
 
+def _options(options, output_dir):
+    """A run's shared options with their defaults; a name it does not know is an error, not ignored."""
+    unknown = sorted(set(options) - set(RUN_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; a run takes {sorted(RUN_DEFAULTS)} besides its own arguments")
+    return {**RUN_DEFAULTS, "output_dir": output_dir, **options}
+
+
 def _training_args(options, **fields):
     """The shared TrainingConfig fields from a run's options."""
     return dict(output_dir=options["output_dir"], seed=options["seed"], save_steps=options["save_steps"],
@@ -67,7 +75,7 @@ def run_sft(data=None, eval_data=None, model=None, steps=2000, lr=3e-3, batch_si
     byte tokenizer (the character tokenizer for the toy corpus). Prints the greedy answers to
     ``prompts`` (the notes' three for the toy corpus) and returns the run's numbers.
     """
-    options = {**RUN_DEFAULTS, "output_dir": "runs/sft", **options}
+    options = _options(options, "runs/sft")
     if data is None:
         train, eval_data = toy_preferences.sft_corpus(options["seed"]), toy_preferences.sft_corpus(options["seed"], "validation")
         tokenizer = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
@@ -110,7 +118,7 @@ def run_dpo(data, model=None, ref=None, eval_data=None, beta=0.1, loss_type="sig
     the preference file ``data`` (the command ``dpo``). ``steps`` None: ``epochs`` over the data.
     Evaluates on ``eval_data`` when given; prints greedy answers to ``prompts``."""
     _need_model(model, "dpo")
-    options = {**RUN_DEFAULTS, "output_dir": "runs/dpo", **options}
+    options = _options(options, "runs/dpo")
     policy, tokenizer = load_model(model)
     reference = frozen_copy(policy) if ref is None else load_model(ref)[0]
     max_length = policy.config.block_size if max_length is None else max_length
@@ -138,7 +146,7 @@ def run_reward(data, model=None, eval_data=None, steps=None, epochs=1, lr=3e-4, 
     """A Bradley–Terry reward model r_φ on the preference file ``data``, its body from ``model``
     (the command ``reward``); reports its pair accuracy on ``eval_data`` when given."""
     _need_model(model, "reward")
-    options = {**RUN_DEFAULTS, "output_dir": "runs/reward", **options}
+    options = _options(options, "runs/reward")
     body, tokenizer = load_model(model)
     max_length = body.config.block_size if max_length is None else max_length
     max_prompt_length = min(64, max_length // 2) if max_prompt_length is None else max_prompt_length
