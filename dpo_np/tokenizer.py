@@ -21,10 +21,12 @@ not the end token, unless ``allowed_special=True``. Append ``eos_token_id`` your
 ``add_eos=True``) to end a response.
 """
 
+import collections
 import json
 import os
 import unicodedata
 
+from dpo_np import checks
 from dpo_np.files import write_json_atomic
 
 PAD_TOKEN = "<|pad|>"
@@ -116,7 +118,27 @@ def _check_header(d, fmt):
 
 # ---- one token per character --------------------------------------------------------------
 
-class CharTokenizer:
+class _Tokenizer:
+    """What every tokenizer here shares: its length, equality by content, and JSON persistence
+    through its own ``to_dict``/``from_dict``."""
+
+    def __len__(self):
+        return self.vocab_size
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    def save(self, path):
+        """Write the tokenizer as JSON, atomically (temp file, then ``os.replace``)."""
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path):
+        return _load(cls.from_dict, path)
+
+
+
+class CharTokenizer(_Tokenizer):
     """Maps text to ids character by character, and back.
 
     The vocabulary is the set of characters of a corpus, sorted so the same corpus always gives
@@ -225,12 +247,6 @@ class CharTokenizer:
         ids = _check_ids(ids, len(self.itos))
         return "".join(self.itos[i] for i in ids if not (skip_special_tokens and i in self._special_ids))
 
-    def __len__(self):
-        return self.vocab_size
-
-    def __eq__(self, other):
-        return isinstance(other, CharTokenizer) and self.to_dict() == other.to_dict()
-
     def __repr__(self):
         return (f"CharTokenizer(vocab_size={self.vocab_size}, specials={list(self.specials)}, "
                 f"unk_token={self.unk_token!r})")
@@ -256,15 +272,6 @@ class CharTokenizer:
             raise ValueError(f"tokenizer data: 'unk_token' {d.get('unk_token')!r} is not among 'specials'")
         return tok
 
-    def save(self, path):
-        """Write the tokenizer as JSON, atomically (temp file, then ``os.replace``)."""
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path):
-        return _load(cls.from_dict, path)
-
-
 # ---- one token per byte -------------------------------------------------------------------
 
 def bytes_to_unicode():
@@ -287,7 +294,7 @@ BYTE_TO_UNICODE = bytes_to_unicode()
 UNICODE_TO_BYTE = {c: b for b, c in BYTE_TO_UNICODE.items()}
 
 
-class ByteTokenizer:
+class ByteTokenizer(_Tokenizer):
     """Maps text to the bytes of its UTF-8 encoding, one token per byte, and back.
 
         ids 0..255   the bytes themselves: id = byte value
@@ -365,12 +372,6 @@ class ByteTokenizer:
         vocab.update(self.special_ids)
         return vocab
 
-    def __len__(self):
-        return self.vocab_size
-
-    def __eq__(self, other):
-        return isinstance(other, ByteTokenizer) and self.specials == other.specials
-
     def __repr__(self):
         return f"ByteTokenizer(vocab_size={self.vocab_size}, specials={list(self.specials)})"
 
@@ -388,15 +389,6 @@ class ByteTokenizer:
         if list(tok.specials) != specials:
             raise ValueError(f"tokenizer data: duplicate entries in 'specials' {specials}")
         return tok
-
-    def save(self, path):
-        """Write the tokenizer as JSON, atomically (temp file, then ``os.replace``)."""
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path):
-        return _load(cls.from_dict, path)
-
 
 # ---- GPT-2's byte-level BPE ---------------------------------------------------------------
 
@@ -457,7 +449,7 @@ def _token_text(token):
     return bytes(UNICODE_TO_BYTE[c] for c in token)
 
 
-class BPETokenizer:
+class BPETokenizer(_Tokenizer):
     """GPT-2's byte-level byte-pair encoding: ``vocab.json`` and ``merges.txt``.
 
     encode: pre-tokenize (``pretokenize``), write each piece's UTF-8 bytes as GPT-2's printable
@@ -522,6 +514,55 @@ class BPETokenizer:
         self.eos_token_id, self.pad_token_id = vocab[eos_token], vocab[pad_token]
         self.vocab_size = max(ids) + 1
         self._cache = {}
+
+    @classmethod
+    def train(cls, texts, vocab_size, specials=()):
+        """A byte-level BPE learned from ``texts`` with GPT-2's recipe, ``vocab_size`` tokens in all.
+
+        Pre-tokenize (``pretokenize``), write each piece's bytes as GPT-2's characters, then merge
+        the most frequent adjacent pair, again and again (ties broken by the pair itself, so the
+        same texts always give the same merges), until the vocabulary holds ``vocab_size`` tokens:
+        the 256 bytes, one per merge, then <|endoftext|> and ``specials``, as GPT-2 orders them.
+        Pair counts are updated only in the pieces a merge touches.
+        """
+        vocab_size = checks.integer(vocab_size, "vocab_size", low=257 + len(specials))
+        pieces = collections.Counter(tuple(BYTE_TO_UNICODE[b] for b in piece.encode("utf-8"))
+                                     for t in texts if _check_text(t) is None for piece in pretokenize(t))
+        words = [list(w) for w in pieces]
+        counts = list(pieces.values())
+        pair_count, where = collections.Counter(), collections.defaultdict(set)
+        for i, w in enumerate(words):
+            for pair in zip(w, w[1:]):
+                pair_count[pair] += counts[i]
+                where[pair].add(i)
+        merges = []
+        while 257 + len(specials) + len(merges) < vocab_size and pair_count:
+            best = max(pair_count, key=lambda pair: (pair_count[pair], pair))
+            merges.append(best)
+            for i in where.pop(best):
+                w = words[i]
+                for pair in zip(w, w[1:]):
+                    pair_count[pair] -= counts[i]
+                    if pair_count[pair] <= 0:
+                        del pair_count[pair]
+                merged, k = [], 0
+                while k < len(w):
+                    if k + 1 < len(w) and (w[k], w[k + 1]) == best:
+                        merged.append(w[k] + w[k + 1])
+                        k += 2
+                    else:
+                        merged.append(w[k])
+                        k += 1
+                words[i] = merged
+                for pair in zip(merged, merged[1:]):
+                    pair_count[pair] += counts[i]
+                    where[pair].add(i)
+        vocab = {c: i for i, c in enumerate(BYTE_TO_UNICODE.values())}
+        for a, b in merges:
+            vocab.setdefault(a + b, len(vocab))
+        for token in (EOS_TOKEN, *specials):
+            vocab[token] = len(vocab)
+        return cls(vocab, merges, specials=specials)
 
     @classmethod
     def from_files(cls, vocab_file, merges_file, eos_token=EOS_TOKEN, pad_token=None, specials=()):
@@ -656,12 +697,6 @@ class BPETokenizer:
         out.append(run.decode("utf-8", errors="replace"))
         return "".join(out)
 
-    def __len__(self):
-        return self.vocab_size
-
-    def __eq__(self, other):
-        return isinstance(other, BPETokenizer) and self.to_dict() == other.to_dict()
-
     def __repr__(self):
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"eos_token={self.eos_token!r}, pad_token={self.pad_token!r})")
@@ -679,15 +714,6 @@ class BPETokenizer:
             if not isinstance(d.get(key), kind):
                 raise ValueError(f"tokenizer data: {key!r} must be a JSON {kind.__name__}")
         return cls(d["vocab"], d["merges"], d["eos_token"], d["pad_token"], d["specials"])
-
-    def save(self, path):
-        """Write the tokenizer as JSON, atomically (temp file, then ``os.replace``)."""
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path):
-        return _load(cls.from_dict, path)
-
 
 # ---- any of them --------------------------------------------------------------------------
 

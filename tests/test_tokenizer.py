@@ -449,3 +449,36 @@ def test_dpo_trains_on_text_the_character_tokenizer_cannot_encode(tmp_path):
     first = read_metrics(trainer.metrics_path)[0]
     assert first["loss"] == pytest.approx(np.log(2), rel=1e-6)
     assert load_checkpoint(trainer.final_checkpoint)["tokenizer"] == tok
+
+
+# ---- learning a byte-level BPE ---------------------------------------------------------------
+
+BPE_TEXTS = ["Q: Where is Paris?\nA: Paris is a city in France", "Q: What is 2+2?\nA: 4",
+             "Où est Zürich ? 東京 🐈 — the cat sat on the mat, the cat sat.", "  leading spaces\n\nand lines  "]
+
+
+@pytest.mark.parametrize("vocab_size", [257, 260, 300, 400])
+def test_bpe_trained_here_learns_the_merges_the_plain_recipe_learns(vocab_size):
+    """The incremental pair counts give exactly the merges of recounting every pair after each
+    merge (tests/helpers.learn_bpe, GPT-2's recipe written the slow, obvious way)."""
+    tok = BPETokenizer.train(BPE_TEXTS, vocab_size)
+    vocab, merges = learn_bpe(BPE_TEXTS, vocab_size - 257)
+    assert [tuple(m) for m in tok.merges] == [tuple(m) for m in merges]
+    assert tok.vocab_size == min(vocab_size, 257 + len(merges)) and tok.vocab == vocab
+    assert tok.eos_token_id == tok.vocab_size - 1 == tok.pad_token_id       # after the merges, as in GPT-2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=60))
+def test_a_trained_bpe_round_trips_any_text_and_compresses_its_own(text):
+    tok = BPETokenizer.train(BPE_TEXTS, 320)
+    assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode(BPE_TEXTS[0])) < len(BPE_TEXTS[0].encode("utf-8"))
+
+
+def test_bpe_training_checks_its_arguments():
+    with pytest.raises(ValueError, match="vocab_size must be >= 257"):
+        BPETokenizer.train(BPE_TEXTS, 100)
+    with pytest.raises(TypeError, match="text must be a str"):
+        BPETokenizer.train(["ok", None], 300)
+    assert BPETokenizer.train(BPE_TEXTS, 300, specials=("<|sep|>",)).vocab["<|sep|>"] == 299

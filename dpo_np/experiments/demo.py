@@ -36,11 +36,12 @@ import numpy as np
 from dpo_np.experiments import plots, toy_preferences
 from dpo_np.experiments.evaluation import (accuracy_by_family, classify_answer, estimate_kl,
                                            implicit_reward_metrics, reward_model_scores)
+from dpo_np.data import format_prompt
 from dpo_np.generate import greedy_answer
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.reward_model import RewardConfig, RewardModel, RewardTrainer
 from dpo_np.sft import SFTConfig, SFTTrainer
-from dpo_np.tokenizer import CharTokenizer
+from dpo_np.tokenizer import BPETokenizer, CharTokenizer
 from dpo_np.trainers import DPOConfig, DPOTrainer
 from dpo_np.training import check_output_dir, frozen_copy, read_metrics
 
@@ -60,12 +61,12 @@ TABLE_ROWS = (
 #: the default run and the quick one (seconds; a model too small to answer, for tests). Every
 #: stage evaluates on the validation split every ``eval_every`` steps, keeps its best point and
 #: stops after ``patience`` evaluations without a better one.
-DEFAULTS = dict(n_layer=3, n_head=4, n_embd=96, block_size=160,
+DEFAULTS = dict(tokenizer="char", n_layer=3, n_head=4, n_embd=96, block_size=160,
                 sft_steps=1200, sft_lr=3e-3, sft_batch_size=16,
                 dpo_steps=120, dpo_lr=1e-4, beta=0.5, dpo_batch_size=16, sft_weight=0.0,
                 rm_steps=120, rm_lr=3e-4, rm_batch_size=16,
                 kl_samples=4, max_new_tokens=None, eval_every=20, sft_eval_every=100, patience=3)
-QUICK = dict(n_layer=1, n_head=2, n_embd=16, block_size=160,
+QUICK = dict(tokenizer="char", n_layer=1, n_head=2, n_embd=16, block_size=160,
              sft_steps=20, sft_lr=1e-2, sft_batch_size=16,
              dpo_steps=6, dpo_lr=1e-3, beta=0.1, dpo_batch_size=8, sft_weight=0.0,
              rm_steps=6, rm_lr=1e-3, rm_batch_size=8,
@@ -92,7 +93,7 @@ def run_demo(output_dir="runs/demo", figures_dir=None, quick=False, seed=0, show
     cfg.update(overrides, seed=seed, quick=bool(quick))
     clock = _Clock()
     data = toy_preferences.preference_dataset(seed)
-    tokenizer = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
+    tokenizer = toy_tokenizer(cfg["tokenizer"], seed)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                        n_head=cfg["n_head"], n_embd=cfg["n_embd"])
     common = dict(max_length=cfg["block_size"], max_prompt_length=min(64, cfg["block_size"] - 1), seed=seed,
@@ -143,6 +144,17 @@ def run_demo(output_dir="runs/demo", figures_dir=None, quick=False, seed=0, show
             "best_steps": {"sft": _best(sft), "dpo": _best(dpo), "reward_model": _best(rm["trainer"])},
             "models": {"policy": model, "reference": reference, "reward_model": rm["trainer"].model,
                        "tokenizer": tokenizer}}
+
+
+def toy_tokenizer(kind, seed=0):
+    """The tokenizer of the toy runs: "char" (one token per character of the toy data's alphabet)
+    or "bpe-<n>": a byte-level BPE of n tokens learned from the train split's SFT texts alone."""
+    if kind == "char":
+        return CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
+    if not kind.startswith("bpe-"):
+        raise ValueError(f"tokenizer must be 'char' or 'bpe-<vocabulary size>', got {kind!r}")
+    texts = [format_prompt(r["prompt"]) + r["response"] for r in toy_preferences.sft_corpus(seed, "train")]
+    return BPETokenizer.train(texts, int(kind[4:]))
 
 
 def _sft_stage(model, tokenizer, data, cfg, common, output_dir, seed):
