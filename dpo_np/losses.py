@@ -131,6 +131,7 @@ def _log_probabilities(policy_chosen, policy_rejected, reference_chosen, referen
     pl = _as_tensor("policy_rejected_logps", policy_rejected)
     _check_same_shape(("policy_chosen_logps", pw), ("policy_rejected_logps", pl))
     if reference_free:
+        _check_finite(policy_chosen_logps=pw, policy_rejected_logps=pl)
         zero = ag.Tensor(backend.xp().zeros_like(pw.data))
         return pw, pl, zero, zero
     if reference_chosen is None or reference_rejected is None:
@@ -142,6 +143,8 @@ def _log_probabilities(policy_chosen, policy_rejected, reference_chosen, referen
     rw, rl = (ag.Tensor(r.data.astype(pw.dtype, copy=False)) for r in (rw, rl))
     _check_same_shape(("policy_chosen_logps", pw), ("reference_chosen_logps", rw))
     _check_same_shape(("policy_chosen_logps", pw), ("reference_rejected_logps", rl))
+    _check_finite(policy_chosen_logps=pw, policy_rejected_logps=pl, reference_chosen_logps=rw,
+                  reference_rejected_logps=rl)
     return pw, pl, rw, rl
 
 
@@ -151,13 +154,14 @@ def _chosen_lengths(chosen_lengths, pw):
         return None
     lengths = _as_tensor("chosen_lengths", chosen_lengths)
     _check_same_shape(("policy_chosen_logps", pw), ("chosen_lengths", lengths))
+    _check_finite(chosen_lengths=lengths)
     if not bool((lengths.data > 0).all()):
         raise ValueError("chosen_lengths must be positive token counts")
     return ag.Tensor(lengths.data.astype(pw.dtype))
 
 
 def _as_tensor(name, x):
-    """``x`` as a Tensor (a given Tensor is kept, so its graph is kept), checked: (B,), finite."""
+    """``x`` as a Tensor (a given Tensor is kept, so its graph is kept), checked: (B,)."""
     if isinstance(x, ag.Tensor):
         t = x if x.dtype.kind == "f" else ag.Tensor(x.data.astype(backend.default_dtype()))
     else:
@@ -168,12 +172,18 @@ def _as_tensor(name, x):
                             f"got {type(x).__name__}") from err
     if t.ndim != 1:
         raise ValueError(f"{name} must have shape (B,) (one log-probability per example), got {t.shape}")
-    xp = backend.xp()
-    if not bool(xp.isfinite(t.data).all()):
-        bad = int((~xp.isfinite(t.data)).sum())
-        raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf); "
-                         f"log-probabilities must be finite")
     return t
+
+
+def _check_finite(**tensors):
+    """Each named Tensor finite: one host transfer for all of them; an error names the first bad one."""
+    xp = backend.xp()
+    finite = backend.to_numpy(xp.stack([xp.isfinite(t.data).all() for t in tensors.values()]))
+    for (name, t), ok in zip(tensors.items(), finite):
+        if not ok:
+            bad = int((~xp.isfinite(t.data)).sum())
+            raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf); "
+                             f"log-probabilities must be finite")
 
 
 def _check_same_shape(a, b):

@@ -380,7 +380,7 @@ class GPT:
             raise ValueError(f"idx must be non-empty, got shape {tuple(idx.shape)}")
         if T > self.config.block_size:
             raise ValueError(f"idx has T={T} tokens, more than block_size={self.config.block_size}")
-        lo, hi = int(idx.min()), int(idx.max())
+        lo, hi = backend.to_numpy(xp.stack([idx.min(), idx.max()])).tolist()   # one host transfer
         V = self.config.vocab_size
         if lo < 0 or hi >= V:
             raise ValueError(f"idx holds token ids in [{lo}, {hi}], outside [0, vocab_size={V})")
@@ -396,12 +396,15 @@ class GPT:
             raise ValueError(f"attention_mask has shape {tuple(m.shape)}, expected idx's shape {tuple(shape)}")
         if m.dtype.kind not in "biuf":
             raise TypeError(f"attention_mask must be 0/1 numbers or bools, got dtype {m.dtype}")
-        if not bool(((m == 0) | (m == 1)).all()):
-            raise ValueError("attention_mask must hold only 0 and 1")
+        binary = ((m == 0) | (m == 1)).all()
         m = m.astype(bool)
         # right padding (1…1 0…0 per row) is what makes a real token's logits equal an unpadded run:
         # positions are absolute, so a left-padded row would shift them
-        if bool((m[:, 1:] & ~m[:, :-1]).any()):
+        left_padded = (m[:, 1:] & ~m[:, :-1]).any()
+        binary, left_padded = backend.to_numpy(xp.stack([binary, left_padded])).tolist()   # one transfer
+        if not binary:
+            raise ValueError("attention_mask must hold only 0 and 1")
+        if left_padded:
             raise ValueError("attention_mask must be right-padded: in each row, 1s then 0s")
         return m
 

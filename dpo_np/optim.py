@@ -166,10 +166,9 @@ def clip_grad_norm(grads, max_norm, error_if_nonfinite=True):
     """
     max_norm = checks.positive(max_norm, "max_norm")
     xp = backend.xp()
-    sq = 0.0
-    for g in grads.values():
-        sq += float(xp.sum(xp.square(g), dtype=xp.float64))   # accumulate in float64
-    total_norm = math.sqrt(sq)
+    # accumulate in float64 on the device, one term after another; one host transfer for the norm
+    sq = sum(xp.sum(xp.square(g), dtype=xp.float64) for g in grads.values())
+    total_norm = math.sqrt(float(backend.to_numpy(sq)))
     if not math.isfinite(total_norm):
         if error_if_nonfinite:
             bad = [k for k, g in grads.items() if not bool(xp.all(xp.isfinite(g)))]

@@ -199,7 +199,7 @@ class RewardTrainer(Trainer):
         if backward:
             loss.backward()
             self.model.backward(rt.grad)
-        return {"loss": float(loss.data), "chosen": r[:B], "rejected": r[B:]}
+        return {"loss": float(backend.to_numpy(loss.data)), "chosen": r[:B], "rejected": r[B:]}
 
     def training_step(self, idx):
         out = self.batch_outputs(self.train_features, idx, backward=True)
@@ -217,7 +217,7 @@ class RewardTrainer(Trainer):
         xp = backend.xp()
         r_w = xp.concatenate([o["chosen"] for o in outs])
         r_l = xp.concatenate([o["rejected"] for o in outs])
-        loss = float(bradley_terry_loss(r_w, r_l))
+        loss = float(backend.to_numpy(bradley_terry_loss(r_w, r_l)))
         return {"eval/loss": loss, **{"eval/" + k: v for k, v in _reward_summary(outs).items()}}
 
     def save(self, path):

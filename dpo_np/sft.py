@@ -43,11 +43,11 @@ def sft_loss_forward(logits, labels):
     Non-finite logits (a diverged model) give loss = nan and no cache, which the training loop
     turns into its clean stop.
     """
-    n = int(logprobs.response_mask(labels).sum())                                # N
+    n = int(backend.to_numpy(logprobs.response_mask(labels).sum()))              # N
     if not bool(backend.xp().isfinite(logits).all()):
         return float("nan"), n, None
     logps, cache = logprobs.batch_logps_forward(logits, labels)                 # (B,)
-    loss = -float(logps.sum()) / max(n, 1)
+    loss = -float(backend.to_numpy(logps.sum())) / max(n, 1)
     return loss, n, (cache, logps.shape[0], n, logits.dtype)
 
 

@@ -49,12 +49,34 @@ def test_unknown_backend_is_rejected():
 
 def test_environment_variable_selects_the_backend_at_first_use():
     code = "from dpo_np import backend; print(backend.backend_name())"
-    env_ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={"DPO_NP_BACKEND": "numpy", "PATH": ""})
-    assert env_ok.stdout.strip() == "numpy"
+    for name in ("numpy", "strict"):
+        env_ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env={"DPO_NP_BACKEND": name, "PATH": ""})
+        assert env_ok.stdout.strip() == name
     env_bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={"DPO_NP_BACKEND": "jax", "PATH": ""})
     assert env_bad.returncode != 0 and "backend must be one of" in env_bad.stderr
+
+
+def test_the_strict_backend_needs_no_gpu_and_loads_numpy_alone():
+    code = ("import sys\n"
+            "from dpo_np import backend, GPT, GPTConfig\n"
+            "xp = backend.set_backend('strict')\n"
+            "GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)).forward(xp.zeros((1, 3), int))\n"
+            f"print(backend.backend_name(), [m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "strict []"
+
+
+def test_strict_backend_arrays_are_device_arrays_and_numpy_arrays_are_not(restore_backend):
+    host = np.arange(3.0)
+    assert backend.to_numpy(host) is host and backend.array_module(host) is np
+    xp = backend.set_backend("strict")
+    device = backend.asarray(host)
+    assert isinstance(device, xp.ndarray) and backend.array_module(device) is xp
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(device)
+    np.testing.assert_array_equal(backend.to_numpy(device), host)
 
 
 def test_same_seed_gives_the_same_numbers():

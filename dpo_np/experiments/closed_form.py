@@ -130,7 +130,7 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
     responses, ref_logprobs, rewards, star_logprobs = make_problem(V, L, P, beta, seed, reference_scale,
                                                                     reward_scale)
     N = responses.shape[0]
-    optimal_objective = float(rlhf.rlhf_objective(star_logprobs, ref_logprobs, rewards, beta).mean())
+    optimal_objective = float(backend.to_numpy(rlhf.rlhf_objective(star_logprobs, ref_logprobs, rewards, beta).mean()))
     if data is None:
         data = toy_problem.sample_preference_pairs(ref_logprobs, rewards, n_pairs, seed=seed + 2, proposal=proposal)
     x, w, l, counts = aggregate_pairs(data["prompt"], data["chosen"], data["rejected"], N)    # (M,) each
@@ -159,17 +159,18 @@ def run_closed_form(vocab_size=3, length=3, n_prompts=4, beta=0.5, pairs=DEFAULT
                                            label_smoothing=label_smoothing)  # (M,)
         loss = (per_triple * weight).sum()                                  # = the mean over all pairs
         if step % log_every == 0 or step == steps:
-            kl = float(rlhf.kl_divergence(star_logprobs, logp.data).mean())
-            objective = float(rlhf.rlhf_objective(logp.data, ref_logprobs, rewards, beta).mean())
-            reward = float((xp.exp(logp.data) * rewards).sum(axis=-1).mean())
-            kl_ref = float(rlhf.kl_divergence(logp.data, ref_logprobs).mean())
-            for key, value in zip(history, (step, loss.item(), kl, objective, reward, kl_ref)):
+            logged = xp.stack([loss.data, rlhf.kl_divergence(star_logprobs, logp.data).mean(),
+                               rlhf.rlhf_objective(logp.data, ref_logprobs, rewards, beta).mean(),
+                               (xp.exp(logp.data) * rewards).sum(axis=-1).mean(),
+                               rlhf.kl_divergence(logp.data, ref_logprobs).mean()])
+            loss_value, kl, objective, reward, kl_ref = backend.to_numpy(logged).tolist()   # one transfer
+            for key, value in zip(history, (step, loss_value, kl, objective, reward, kl_ref)):
                 history[key].append(value)
             if log_policies:
                 history.setdefault("policies", []).append(backend.to_numpy(xp.exp(logp.data)))
             if progress:
                 _clear_bar(bar)
-                print(f"{step:>6} {loss.item():>10.6f} {kl:>12.3e} {objective:>12.6f} "
+                print(f"{step:>6} {loss_value:>10.6f} {kl:>12.3e} {objective:>12.6f} "
                       f"{optimal_objective - objective:>13.3e}", file=out, flush=True)
                 if bar is not None:
                     bar.set_postfix(kl=kl)

@@ -193,8 +193,8 @@ def sample_preference_pairs(ref_logprobs, rewards, n_pairs, seed, proposal="refe
     r = np.asarray(backend.to_numpy(rewards), dtype=np.float64)
     if ref.ndim != 2 or ref.shape != r.shape:
         raise ValueError(f"ref_logprobs and rewards must both have shape (P, N), got {ref.shape} and {r.shape}")
-    rlhf.check_logprobs(ref, "ref_logprobs")
-    rlhf.check_rewards(r)
+    rlhf.check_logprobs(backend.asarray(ref), "ref_logprobs")     # rlhf computes on the device
+    rlhf.check_rewards(backend.asarray(r))
     P, N = ref.shape
     gen = backend.rng(seed)
     prompt = gen.integers(P, size=n_pairs)
