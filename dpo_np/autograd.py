@@ -15,6 +15,12 @@ gradients are written out by hand in ``model.py`` and checked against this.
 Numerical care: ``log_softmax`` and ``logsumexp`` shift by the maximum;
 ``logsigmoid``/``softplus`` use ``logaddexp``; ``sigmoid`` never exponentiates a
 positive number. All stay finite for inputs of ±1e4 in float32 and float64.
+
+Dtypes: every binary op (+, −, ·, /, **, @, maximum, where) promotes as NumPy 2 does (NEP 50): a
+Python number adapts to the Tensor (float32 · 0.5 stays float32; an integer Tensor · 0.5 is
+float64, not 0), a NumPy scalar or array brings its own dtype. Integer Tensors are constants:
+``requires_grad=True`` needs floating data (TypeError otherwise), and a leaf's gradient always
+has the leaf's dtype, whatever it met on the way (a float32 leaf · float64 gives a float32 grad).
 """
 
 import contextlib
@@ -61,6 +67,10 @@ class Tensor:
         self.data = _as_array(data)
         self.grad = None
         self.requires_grad = bool(requires_grad)
+        if self.requires_grad and self.data.dtype.kind != "f":
+            # an integer cannot move by a small step, so d/dx has no meaning for it (as in PyTorch)
+            raise TypeError(f"requires_grad=True needs floating data, got dtype {self.data.dtype}; "
+                            f"pass x.astype(np.float64) (integer tensors are constants)")
         self._parents = ()
         self._vjp = None
 
@@ -117,6 +127,8 @@ class Tensor:
             for parent, pg in zip(node._parents, node._vjp(g)):
                 if pg is None or not parent.requires_grad:
                     continue
+                if pg.dtype != parent.dtype:    # a float32 leaf that met float64 gets a float32 gradient
+                    pg = pg.astype(parent.dtype)
                 # never add in place: pg may be the very array another node holds
                 grads[id(parent)] = pg if id(parent) not in grads else grads[id(parent)] + pg
 
@@ -132,7 +144,7 @@ class Tensor:
     def __matmul__(self, other): return matmul(self, other)
     def __rmatmul__(self, other): return matmul(other, self)
     def __pow__(self, exponent): return power(self, exponent)
-    def __neg__(self): return mul(self, -1.0)
+    def __neg__(self): return neg(self)
     def __getitem__(self, index): return getitem(self, index)
 
     def exp(self): return exp(self)
@@ -175,7 +187,7 @@ def _topological_order(root):
 
 def _make(data, parents, vjp):
     """The output of an op: joined to the graph only if some parent needs a gradient."""
-    out = Tensor(data)
+    out = Tensor(backend.xp().asarray(data))    # an op's NumPy-scalar result keeps NumPy's dtype
     if _grad_enabled and any(p.requires_grad for p in parents):
         out.requires_grad = True
         out._parents = parents
@@ -183,13 +195,34 @@ def _make(data, parents, vjp):
     return out
 
 
-def _binary(a, b):
-    """Two operands as Tensors; a plain number or array takes the other operand's dtype."""
+def _binary(a, b, true_division=False):
+    """Two operands as Tensors whose ``a.data <op> b.data`` promotes exactly as NumPy's would.
+
+    NumPy 2's rules (NEP 50): a Python number is "weak", it adapts to the array (float32 · 0.5 stays
+    float32, int64 · 0.5 becomes float64, never 0.5 cast to 0); a NumPy scalar, a 0-d array, a list
+    or an array is "strong", its dtype counts (float32 · np.float64(2) is float64). ``true_division``:
+    the result is floating whatever the operands (int / 2 is float64, uint8 / 300 fits).
+    """
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):      # two constants: one leads
+        a, b = (a, tensor(b)) if _is_python_number(a) else (tensor(a), b)
     if isinstance(a, Tensor) and not isinstance(b, Tensor):
-        return a, Tensor(_as_array(b, a.dtype if _is_scalar(b) else None))
+        return a, _constant(b, a.dtype, true_division)
     if isinstance(b, Tensor) and not isinstance(a, Tensor):
-        return Tensor(_as_array(a, b.dtype if _is_scalar(a) else None)), b
-    return tensor(a), tensor(b)
+        return _constant(a, b.dtype, true_division), b
+    return a, b
+
+
+def _is_python_number(x):
+    return type(x) in (bool, int, float, complex)     # np.float64 subclasses float, so not isinstance
+
+
+def _constant(x, other_dtype, true_division=False):
+    """A non-Tensor operand as a constant Tensor (see ``_binary``)."""
+    if _is_python_number(x):
+        # the dtype of the result, so the number is never cast into a narrower kind
+        floating = (1.0,) if true_division else ()
+        return Tensor(backend.xp().asarray(x, dtype=np.result_type(other_dtype, x, *floating)))
+    return Tensor(backend.xp().asarray(x))
 
 
 def _is_scalar(x):
@@ -223,6 +256,21 @@ def sub(a, b):
                  lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)))
 
 
+def astype(x, dtype):
+    """x in ``dtype``, its gradient back in x's dtype: for a float64 detour where float32 would
+    round away what matters (``rlhf``'s log-space normalizations)."""
+    x = tensor(x)
+    if x.dtype == dtype:
+        return x
+    return _make(x.data.astype(dtype), (x,), lambda g: (g.astype(x.dtype),))
+
+
+def neg(x):
+    """−x, in x's own dtype (an integer stays an integer, as in NumPy)."""
+    x = tensor(x)
+    return _make(-x.data, (x,), lambda g: (-g,))
+
+
 def mul(a, b):
     a, b = _binary(a, b)
     return _make(a.data * b.data, (a, b),
@@ -230,19 +278,20 @@ def mul(a, b):
 
 
 def div(a, b):
-    a, b = _binary(a, b)
+    a, b = _binary(a, b, true_division=True)
     out = a.data / b.data
     return _make(out, (a, b),
                  lambda g: (unbroadcast(g / b.data, a.shape), unbroadcast(-g * out / b.data, b.shape)))
 
 
 def power(a, exponent):
-    """a ** p for a constant scalar p."""
+    """a ** p for a constant scalar p, promoted by NumPy itself: a Python p is weak (int ** 2 stays
+    int, int ** 0.5 is float64, float32 ** 0.5 stays float32), a NumPy p strong."""
     if isinstance(exponent, Tensor) or not _is_scalar(exponent):
         raise TypeError(f"exponent must be a constant scalar, got {type(exponent).__name__}")
     a = tensor(a)
-    p = float(exponent)
-    return _make(a.data ** p, (a,), lambda g: (g * p * a.data ** (p - 1.0),))
+    p = exponent if _is_python_number(exponent) else backend.xp().asarray(exponent)
+    return _make(a.data ** p, (a,), lambda g: (g * p * a.data ** (p - 1),))
 
 
 def exp(x):
@@ -300,8 +349,9 @@ def maximum(a, b):
     """Elementwise max; at a tie the gradient is split evenly (a valid subgradient)."""
     a, b = _binary(a, b)
     xp = backend.xp()
-    share_a = ((a.data > b.data) + 0.5 * (a.data == b.data)).astype(a.dtype)
-    return _make(xp.maximum(a.data, b.data), (a, b),
+    out = xp.maximum(a.data, b.data)
+    share_a = ((a.data > b.data) + 0.5 * (a.data == b.data)).astype(out.dtype)   # int a, float b: 0.5 kept
+    return _make(out, (a, b),
                  lambda g: (unbroadcast(g * share_a, a.shape), unbroadcast(g * (1.0 - share_a), b.shape)))
 
 
@@ -466,9 +516,9 @@ def logsumexp_array(a, axis=-1, keepdims=False):
     The Tensor ops below (``logsumexp``, ``log_softmax``, ``softmax``) are built on it, and modules
     that work on plain arrays (log-probabilities of logits, generation, WPO's weights) call it
     directly. A row of all −inf gives −inf, not NaN; e^{a − max} is taken in place, so the only
-    temporary of ``a``'s size is one.
+    temporary of ``a``'s size is one. A host array is summed on the host (generation samples there).
     """
-    xp = backend.xp()
+    xp = backend.array_module(a)
     if a.dtype.kind != "f":
         a = a.astype(np.float64)
     m = a.max(axis=axis, keepdims=True)

@@ -36,10 +36,24 @@ disappears unseen::
                    "message": "data.jsonl:4: 'chosen' is empty"}, ...]}
 
 (``read`` counts records, not blank lines; ``line`` is the list index for a list.)
+
+A path must name a regular file: a directory, a FIFO or a device is refused by name before it is
+opened (a FIFO would block the reader). A line nested too deeply for the JSON reader is invalid
+JSON ("nested too deeply"), named by its line like any other.
+
+Tokenizing can damage data that the records do not show (``find_damage``): the prompt keeps its
+end and the responses their start, so two different prompts can become the same tokens, and a
+chosen and a rejected response that differ only past the cut (or only in characters an unk token
+swallows) become the same tokens. Such a pair has no preference: its margin is 0 whatever π_θ, so
+the sigmoid loss sits at log 2 and it counts as wrong in the reward accuracy. The trainers warn
+(``DataWarning``) with the counts and the first places, and can drop the pairs
+(``TrainingConfig.drop_identical_pairs``).
 """
 
 import json
 import os
+import stat
+import warnings
 
 import numpy as np
 
@@ -55,6 +69,11 @@ PROMPT_TEMPLATE = "Q: {prompt}\nA: "
 
 REASONS = ("invalid_json", "not_an_object", "missing_key", "not_a_string", "empty", "duplicate",
            "chosen_equals_rejected")
+SHOWN_EXAMPLES = 5        # how many places a data warning names
+
+
+class DataWarning(UserWarning):
+    """Records that load fine but arrive damaged at the model (see ``find_damage``)."""
 
 
 def format_prompt(prompt):
@@ -109,6 +128,7 @@ def _entries(source):
             yield f"records[{i}]", i, record, None
         return
     path = os.fspath(source)
+    _check_regular_file(path)
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
@@ -125,18 +145,36 @@ def _entries(source):
             except json.JSONDecodeError as err:
                 yield where, lineno, None, ("invalid_json", f"not valid JSON ({err.msg} at column {err.colno})")
                 continue
+            except RecursionError:      # [[[[… deeper than the reader's recursion limit
+                yield where, lineno, None, ("invalid_json", "not readable as JSON: nested too deeply")
+                continue
             yield where, lineno, record, None
 
 
-def _load(source, keys, skip_invalid):
-    """The loader both record kinds share; see the module docstring for the rules."""
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular_file(path):
+    """Refuse, before opening it, a path that is not a regular file: reading a FIFO blocks until
+    a writer comes, a device may never end, a directory cannot be read as lines."""
+    mode = os.stat(path).st_mode          # a missing file: FileNotFoundError naming the path
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise ValueError(f"{path} is {kind}, not a regular file: give the path of a .jsonl file")
+
+
+def _load(source, keys, skip_invalid, locations=False):
+    """The loader both record kinds share; see the module docstring for the rules. ``locations``:
+    also return where each kept record was read (``data.jsonl:7``, ``records[6]``)."""
     if isinstance(source, (list, tuple)):
         name = f"records (a list of {len(source)})"
     elif isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
     else:
         raise TypeError(f"source must be a path to a .jsonl file or a list of dicts, got {type(source).__name__}")
-    records, problems, first_seen = [], [], {}
+    records, wheres, problems, first_seen = [], [], [], {}
     read = blank = 0
     for where, line, record, problem in _entries(source):
         if record is _BLANK:
@@ -160,6 +198,7 @@ def _load(source, keys, skip_invalid):
             problems.append({"where": where, "line": line, "reason": reason, "message": message})
             continue
         records.append(dict(record))
+        wheres.append(where)
     if not records and not skip_invalid:
         raise ValueError(f"{name}: holds no records")
     counts = {}
@@ -167,6 +206,8 @@ def _load(source, keys, skip_invalid):
         counts[p["reason"]] = counts.get(p["reason"], 0) + 1
     report = {"source": name, "read": read, "kept": len(records), "blank_lines": blank,
               "skipped": counts, "problems": problems}
+    if locations:
+        return records, wheres, name
     return (records, report) if skip_invalid else records
 
 
@@ -188,6 +229,13 @@ def load_sft(source, skip_invalid=False):
     return _load(source, _sft_keys, skip_invalid)
 
 
+def load_located(source, kind):
+    """``(records, wheres, name)``: the records of ``load_preferences`` (``kind`` "preference") or
+    ``load_sft`` (``kind`` "sft"), where each was read (``data.jsonl:7``, ``records[6]``), and the
+    source's name, so that a problem found later (in tokenizing) can name its line."""
+    return _load(source, PREFERENCE_KEYS if kind == "preference" else _sft_keys, False, locations=True)
+
+
 # ---- tokenization ------------------------------------------------------------------
 
 
@@ -199,26 +247,44 @@ def _check_lengths(max_length, max_prompt_length):
                          f"({max_length}), so every response keeps at least one token")
 
 
-def _check_record(record, keys):
+def _check_record(record, keys, where):
     problem = _problem(record, keys)
     if problem is not None:
-        raise ValueError(f"record: {problem[1]}")
+        raise ValueError(f"{where}: {problem[1]}")
 
 
-def _prompt_ids(tokenizer, prompt, max_prompt_length):
+def _encode(tokenizer, text, what, where):
+    """``tokenizer.encode(text)``; a text it cannot read (a character outside a CharTokenizer's
+    vocabulary) is named by ``where`` (file:line) and ``what`` (the field), at positions of ``text``."""
+    try:
+        return tokenizer.encode(text)
+    except ValueError as err:
+        # the tokenizer's own words, with the byte tokenizer's full name where it suggests it
+        detail = str(err).removeprefix("text: ").replace("ByteTokenizer", "dpo_np.tokenizer.ByteTokenizer", 1)
+        raise ValueError(f"{where}: {what} cannot be tokenized (positions count the characters of {what} "
+                         f"as written): {detail}") from None
+
+
+def _prompt_ids(tokenizer, prompt, max_prompt_length, where="record"):
     # keep the END of the prompt: the question and the "A: " cue sit there
-    ids = tokenizer.encode(format_prompt(prompt))
+    try:
+        ids = tokenizer.encode(format_prompt(prompt))
+    except ValueError:
+        # name the culprit with positions in its own text, not in the templated prompt
+        _encode(tokenizer, prompt, "'prompt'", where)
+        _encode(tokenizer, format_prompt(""), f"the prompt template {PROMPT_TEMPLATE!r}", where)
+        raise
     return ids[-max_prompt_length:]
 
 
-def _response_ids(tokenizer, response, budget):
+def _response_ids(tokenizer, response, budget, field="response", where="record"):
     # keep the START of the response; a cut response loses its eos, as in the
     # standard trainers (the model is not taught to stop where the cut fell)
-    ids = tokenizer.encode(response) + [tokenizer.eos_token_id]
+    ids = _encode(tokenizer, response, repr(field), where) + [tokenizer.eos_token_id]
     return ids[:budget]
 
 
-def tokenize_preference(tokenizer, record, max_length, max_prompt_length):
+def tokenize_preference(tokenizer, record, max_length, max_prompt_length, where="record"):
     """Token ids of x, y_w and y_l, tokenized SEPARATELY.
 
     The prompt ``format_prompt(x)`` and each response are encoded on their own
@@ -233,33 +299,86 @@ def tokenize_preference(tokenizer, record, max_length, max_prompt_length):
     at least one token (its eos, if the text is empty): a response is never
     truncated to nothing.
 
-    Returns ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` (lists of int).
+    Returns ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` (lists of int). An invalid record,
+    or a text the tokenizer cannot read, is a ValueError naming ``where`` (``data.jsonl:7``, as
+    ``load_located`` gives it), the field, and the position in that field's own text.
     """
     _check_lengths(max_length, max_prompt_length)
-    _check_record(record, PREFERENCE_KEYS)
-    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length)
+    _check_record(record, PREFERENCE_KEYS, where)
+    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where)
     budget = max_length - len(prompt_ids)
     return {"prompt_ids": prompt_ids,
-            "chosen_ids": _response_ids(tokenizer, record["chosen"], budget),
-            "rejected_ids": _response_ids(tokenizer, record["rejected"], budget)}
+            "chosen_ids": _response_ids(tokenizer, record["chosen"], budget, "chosen", where),
+            "rejected_ids": _response_ids(tokenizer, record["rejected"], budget, "rejected", where)}
 
 
-def tokenize_sft(tokenizer, record, max_length, max_prompt_length):
+def tokenize_sft(tokenizer, record, max_length, max_prompt_length, where="record"):
     """``{"prompt_ids", "response_ids"}`` for an SFT record, with the same
-    boundary and truncation rules as ``tokenize_preference``.
+    boundary, truncation and error rules as ``tokenize_preference``.
 
     A ``{"text": t}`` record has no prompt: its "prompt" is the end token alone, as GPT-2 starts a
     document after ``<|endoftext|>``, so every token of t, the first included, is a target.
     """
     _check_lengths(max_length, max_prompt_length)
     keys = _sft_keys(record)
-    _check_record(record, keys)
+    _check_record(record, keys, where)
     if keys == TEXT_KEYS:
         return {"prompt_ids": [tokenizer.eos_token_id],
-                "response_ids": _response_ids(tokenizer, record["text"], max_length - 1)}
-    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length)
+                "response_ids": _response_ids(tokenizer, record["text"], max_length - 1, "text", where)}
+    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where)
     return {"prompt_ids": prompt_ids,
-            "response_ids": _response_ids(tokenizer, record["response"], max_length - len(prompt_ids))}
+            "response_ids": _response_ids(tokenizer, record["response"], max_length - len(prompt_ids),
+                                          "response", where)}
+
+
+# ---- damage that tokenizing does -------------------------------------------------------
+
+
+def find_damage(records, features):
+    """What tokenizing did to ``records`` that the records themselves do not show, by index:
+
+    - ``identical_pairs`` [i]: chosen_ids == rejected_ids, though the texts differ (a load checks
+      that), because they differ only past the cut or only in characters an unk token swallows;
+    - ``prompt_collisions`` [(i, j)]: record i's prompt differs from record j's (the first record
+      with these tokens, j < i), yet the truncated prompt tokens are the same.
+
+    A {"text"} SFT record has no prompt and takes part in neither.
+    """
+    identical = [i for i, f in enumerate(features) if "chosen_ids" in f and f["chosen_ids"] == f["rejected_ids"]]
+    first, collisions = {}, []
+    for i, (record, f) in enumerate(zip(records, features)):
+        if "prompt" in record:
+            j = first.setdefault(tuple(f["prompt_ids"]), i)
+            if records[j]["prompt"] != record["prompt"]:
+                collisions.append((i, j))
+    return {"identical_pairs": identical, "prompt_collisions": collisions}
+
+
+def _places(items):
+    more = f" and {len(items) - SHOWN_EXAMPLES} more" if len(items) > SHOWN_EXAMPLES else ""
+    return ", ".join(items[:SHOWN_EXAMPLES]) + more
+
+
+def warn_damage(damage, wheres, name, max_length, max_prompt_length, dropped=False):
+    """A ``DataWarning`` for each kind of damage ``find_damage`` found, with the count and the first
+    places (``wheres[i]``, from ``load_located``); ``dropped``: the identical pairs were left out."""
+    n, identical, collisions = len(wheres), damage["identical_pairs"], damage["prompt_collisions"]
+    if identical:
+        fix = ("they were left out (drop_identical_pairs=True)" if dropped else
+               "raise max_length, use a tokenizer that reads every character (dpo_np.tokenizer.ByteTokenizer), "
+               "or set drop_identical_pairs=True to leave them out")
+        warnings.warn(f"{name}: {len(identical)} of {n} pairs have the same tokens for chosen and rejected after "
+                      f"tokenization (max_length={max_length}, max_prompt_length={max_prompt_length}), at "
+                      f"{_places([wheres[i] for i in identical])}: the texts differ only past the cut, or only in "
+                      f"characters the tokenizer's unk token stands for. Such a pair has no preference (its "
+                      f"margin is 0 whatever the policy): it trains at loss log 2 and counts as wrong in the "
+                      f"reward accuracy; {fix}", DataWarning, stacklevel=4)
+    if collisions:
+        warnings.warn(f"{name}: {len(collisions)} of {n} records have a prompt that differs from an earlier "
+                      f"record's but has the same tokens once cut to its last max_prompt_length="
+                      f"{max_prompt_length}, at {_places([f'{wheres[i]} (as {wheres[j]})' for i, j in collisions])}: "
+                      f"the model cannot tell these questions apart; raise max_prompt_length or shorten the "
+                      f"prompts", DataWarning, stacklevel=4)
 
 
 # ---- collation ---------------------------------------------------------------------

@@ -15,6 +15,8 @@ error:
 
 All of it is in log space with a shifted log-sum-exp, so β from 1e-3 to 1e3 and
 rewards in the hundreds stay finite (exp(r/β) alone would overflow at r/β > 709).
+Over that range (|r| ≤ 500) ``optimal_policy`` and ``log_partition`` are accurate in float32
+too: they normalize in float64 and hand the result back in the caller's dtype.
 
 Each function accepts plain arrays or autograd ``Tensor``s. The formula is
 written once, with the autograd's operations; given no Tensor, the function
@@ -198,10 +200,21 @@ def _policy_inputs(ref_logprobs, rewards, beta):
     _check_same_shape("ref_logprobs", ref_logprobs, rewards=rewards)
     check_logprobs(ref_logprobs, "ref_logprobs")
     check_rewards(rewards)
-    if not isinstance(rewards, ag.Tensor):
-        # the result's dtype follows the log-probabilities (float32 stays float32), not the rewards'
-        rewards = rewards.astype(_data(ref_logprobs).dtype, copy=False)
     return ref_logprobs, rewards, check_beta(beta)
+
+
+def _scaled_logits(ref_logprobs, rewards, beta):
+    """log π_ref(y|x) + r(x, y)/β in float64, whatever the inputs' dtype.
+
+    At β = 1e-3 a reward of 500 is 5e5, where float32 steps by 0.03: a float32 sum would already
+    have rounded away the differences between responses that decide π* and Z(x).
+    """
+    return ag.astype(ref_logprobs, np.float64) + ag.astype(rewards, np.float64) * (1.0 / beta)
+
+
+def _in_dtype_of(out, logprobs):
+    """The result in the dtype of the log-probabilities (float32 stays float32), not the rewards'."""
+    return ag.astype(out, _data(logprobs).dtype)
 
 
 def log_partition(ref_logprobs, rewards, beta):
@@ -210,10 +223,11 @@ def log_partition(ref_logprobs, rewards, beta):
     The normalizer of the optimal policy (DPO paper, below eq. 4): a log-sum-exp of
     log π_ref + r/β over the response axis, shifted by its maximum, so it is
     finite even when r/β is in the hundreds of thousands. Shape: ref_logprobs'
-    shape without its last axis.
+    shape without its last axis; dtype: ref_logprobs' (computed in float64).
     """
     ref_logprobs, rewards, beta = _policy_inputs(ref_logprobs, rewards, beta)
-    return _finish(ag.logsumexp(ref_logprobs + rewards * (1.0 / beta), axis=-1), ref_logprobs, rewards)
+    log_z = ag.logsumexp(_scaled_logits(ref_logprobs, rewards, beta), axis=-1)
+    return _finish(_in_dtype_of(log_z, ref_logprobs), ref_logprobs, rewards)
 
 
 def optimal_policy(ref_logprobs, rewards, beta):
@@ -221,10 +235,12 @@ def optimal_policy(ref_logprobs, rewards, beta):
 
     The notes' "optimal policy" slide, in log space: the log-softmax of
     log π_ref + r/β over the responses, which is the same expression with
-    log Z(x) computed by a shifted log-sum-exp.
+    log Z(x) computed by a shifted log-sum-exp. Computed in float64, returned in
+    ref_logprobs' dtype, so a float32 π* sums to 1 to float32 rounding even at β = 1e-3.
     """
     ref_logprobs, rewards, beta = _policy_inputs(ref_logprobs, rewards, beta)
-    return _finish(ag.log_softmax(ref_logprobs + rewards * (1.0 / beta), axis=-1), ref_logprobs, rewards)
+    log_star = ag.log_softmax(_scaled_logits(ref_logprobs, rewards, beta), axis=-1)
+    return _finish(_in_dtype_of(log_star, ref_logprobs), ref_logprobs, rewards)
 
 
 def _kl(logprobs_p, logprobs_q):
@@ -265,6 +281,9 @@ def rlhf_objective(logprobs, ref_logprobs, rewards, beta):
     ref_logprobs, rewards, beta = _policy_inputs(ref_logprobs, rewards, beta)
     _check_same_shape("ref_logprobs", ref_logprobs, logprobs=logprobs)
     check_logprobs(logprobs, "logprobs")
+    if not isinstance(rewards, ag.Tensor):
+        # the result's dtype follows the log-probabilities (float32 stays float32), not the rewards'
+        rewards = rewards.astype(_data(ref_logprobs).dtype, copy=False)
     lp = ag.tensor(logprobs)
     expected_reward = (ag.exp(lp) * rewards).sum(axis=-1)
     return _finish(expected_reward - _kl(lp, ag.tensor(ref_logprobs)) * beta, logprobs, ref_logprobs, rewards)
@@ -285,10 +304,12 @@ def implicit_reward(logprobs, ref_logprobs, beta):
     _check_same_shape("logprobs", logprobs, ref_logprobs=ref_logprobs)
     beta = check_beta(beta)
     xp = backend.xp()
-    _check_no_nan_or_plus_inf(_data(logprobs), "logprobs")
-    _check_no_nan_or_plus_inf(_data(ref_logprobs), "ref_logprobs")
-    undefined = xp.isneginf(_data(logprobs)) & xp.isneginf(_data(ref_logprobs))
-    if bool(undefined.any()):
+    lp, ref = _data(logprobs), _data(ref_logprobs)
+    undefined = xp.isneginf(lp) & xp.isneginf(ref)
+    # one host transfer when the inputs are good (a training step's case); bad ones are then named
+    if bool((xp.isnan(lp) | xp.isnan(ref) | (lp == np.inf) | (ref == np.inf) | undefined).any()):
+        _check_no_nan_or_plus_inf(lp, "logprobs")
+        _check_no_nan_or_plus_inf(ref, "ref_logprobs")
         idx = _first_bad(undefined)
         raise ValueError(f"implicit reward undefined at index {idx}: logprobs and ref_logprobs are both -inf "
                          f"there (π/π_ref = 0/0)")

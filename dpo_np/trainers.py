@@ -153,7 +153,7 @@ class DPOTrainer(Trainer):
     def measure(self, records, split="measured"):
         """``batch_outputs`` of every pair of ``records`` (any preference dataset: a held-out split,
         a user's file), scored as training scores them; a list of per-chunk outputs."""
-        self._measured[split] = self.tokenize(records)
+        self._measured[split] = self.tokenize(records, drop=False)    # every record scored, in order
         self._ref_table.pop(split, None)
         return [self.batch_outputs(idx, split) for idx in self.eval_chunks(len(self._measured[split]))]
 
@@ -190,12 +190,15 @@ class DPOTrainer(Trainer):
             loss.backward()                                                            # dL/dlogps
             self.model.backward(variants.sequence_logps_backward(pi.grad, cache))      # → dL/dlogits → dL/dθ
         logit_sums, logit_counts = response_logit_sums(logits, batch["labels"])
-        return {"loss": float(loss.data), "losses": losses.data,
+        numbers = backend.xp().stack([loss.data, logit_sums[:B].sum(), logit_counts[:B].sum(),
+                                      logit_sums[B:].sum(), logit_counts[B:].sum()])
+        loss_value, chosen_sum, chosen_count, rejected_sum, rejected_count = \
+            backend.to_numpy(numbers).tolist()                                         # one host transfer
+        return {"loss": loss_value, "losses": losses.data,
                 "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards,
                 "chosen_logps": logps[:B], "rejected_logps": logps[B:], "policy_weights": weights,
-                "chosen_logit_sum": float(logit_sums[:B].sum()), "chosen_logit_count": int(logit_counts[:B].sum()),
-                "rejected_logit_sum": float(logit_sums[B:].sum()),
-                "rejected_logit_count": int(logit_counts[B:].sum())}
+                "chosen_logit_sum": chosen_sum, "chosen_logit_count": int(chosen_count),
+                "rejected_logit_sum": rejected_sum, "rejected_logit_count": int(rejected_count)}
 
     def sequence_logps(self, logits, labels):
         """log π(y|x) of each row and the cache of its backward: the notes' ``get_batch_logps``
@@ -287,14 +290,16 @@ class DPOTrainer(Trainer):
 
     def evaluate(self):
         """The metrics of every eval pair, under ``eval/``: per-pair quantities averaged over all
-        pairs (not over batches), so the numbers do not depend on the eval batch size."""
+        pairs (not over batches), so the numbers do not depend on the eval batch size, except for
+        "aot"/"aot_unpaired", whose sort couples the pairs of each batch of per_device_eval_batch_size."""
         if not self.eval_features:
             raise ValueError("evaluate() needs an eval_dataset")
         outs = [self.batch_outputs(idx, "eval") for idx in self.eval_chunks(len(self.eval_features))]
         if any(not math.isfinite(o["loss"]) for o in outs):
             return {"eval/loss": float("nan")}
         losses = backend.xp().concatenate([o["losses"] for o in outs])
-        return {"eval/loss": float(losses.mean()), **{"eval/" + k: v for k, v in _summary(outs).items()}}
+        return {"eval/loss": float(backend.to_numpy(losses.mean())),
+                **{"eval/" + k: v for k, v in _summary(outs).items()}}
 
 
 # ---- metrics --------------------------------------------------------------------------------
@@ -315,9 +320,9 @@ def _summary(outs):
     cat = lambda key: xp.concatenate([xp.asarray(o[key]) for o in outs])    # noqa: E731
     rewards = pair_metrics(cat("chosen_rewards"), cat("rejected_rewards"))
     metrics = {"rewards/chosen": rewards["chosen"], "rewards/rejected": rewards["rejected"],
-               "rewards/accuracies": rewards["accuracy"], "rewards/margins": rewards["margin"],
-               "logps/chosen": float(cat("chosen_logps").mean()),
-               "logps/rejected": float(cat("rejected_logps").mean())}
+               "rewards/accuracies": rewards["accuracy"], "rewards/margins": rewards["margin"]}
+    logps = xp.stack([cat("chosen_logps").mean(), cat("rejected_logps").mean()])
+    metrics["logps/chosen"], metrics["logps/rejected"] = backend.to_numpy(logps).tolist()   # one transfer
     for side in ("chosen", "rejected"):
         total = sum(o[f"{side}_logit_sum"] for o in outs)
         count = sum(o[f"{side}_logit_count"] for o in outs)

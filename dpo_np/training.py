@@ -41,7 +41,7 @@ import numpy as np
 
 from dpo_np import backend, checks
 from dpo_np.checkpoint import check_replaceable, load_checkpoint, save_checkpoint
-from dpo_np.data import batch_indices, load_preferences, load_sft, tokenize_preference, tokenize_sft
+from dpo_np.data import batch_indices, find_damage, load_located, tokenize_preference, tokenize_sft, warn_damage
 from dpo_np.files import atomic_write, process_alive
 from dpo_np.model import GPT
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule
@@ -85,6 +85,9 @@ class TrainingConfig:
     ``load_best_model_at_end``: keep the best evaluation of ``metric_for_best_model`` in ``best/``
     and end with it; ``early_stopping_patience``: stop after that many evaluations without a
     better one. Both need ``eval_steps``.
+    ``drop_identical_pairs``: leave out of the train and eval data the pairs whose chosen and
+    rejected responses have the same tokens after truncation (``data.find_damage``; they are
+    warned about either way).
     """
     output_dir: str = "runs/train"
     learning_rate: float = 1e-3
@@ -113,6 +116,7 @@ class TrainingConfig:
     metric_for_best_model: str = "eval/loss"
     greater_is_better: bool = None
     early_stopping_patience: int = None
+    drop_identical_pairs: bool = False
 
     def __post_init__(self):
         for name, low in (("warmup_steps", 0), ("per_device_train_batch_size", 1),
@@ -135,7 +139,7 @@ class TrainingConfig:
             raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
         self.output_dir = os.fspath(self.output_dir)
         for name in ("save_at_end", "show_progress", "overwrite_output_dir", "group_by_length",
-                     "load_best_model_at_end"):
+                     "load_best_model_at_end", "drop_identical_pairs"):
             checks.flag(getattr(self, name), name)
         if not isinstance(self.metric_for_best_model, str):
             raise TypeError(f"metric_for_best_model must be a metric name, got {self.metric_for_best_model!r}")
@@ -198,7 +202,8 @@ def learning_rate_at(step, args, total_steps):
 def global_grad_norm(grads):
     """‖g‖ of every gradient concatenated, accumulated in float64 (no clipping)."""
     xp = backend.xp()
-    return math.sqrt(sum(float(xp.sum(xp.square(g), dtype=xp.float64)) for g in grads.values()))
+    sq = sum(xp.sum(xp.square(g), dtype=xp.float64) for g in grads.values())   # on the device
+    return math.sqrt(float(backend.to_numpy(sq)))                                # one host transfer
 
 
 def check_model_fits(model, name, args, tokenizer):
@@ -221,8 +226,10 @@ def check_model_fits(model, name, args, tokenizer):
 def pair_metrics(chosen, rejected):
     """How a score ranks each pair: the mean score of y_w and of y_l, the fraction of pairs where
     y_w scores higher (a tie is a miss, as in the standard ``rewards/accuracies``), the mean margin."""
-    return {"chosen": float(chosen.mean()), "rejected": float(rejected.mean()),
-            "accuracy": float((chosen > rejected).mean()), "margin": float((chosen - rejected).mean())}
+    xp = backend.array_module(chosen)           # scores on the device, or already on the host
+    means = xp.stack([chosen.mean(), rejected.mean(), (chosen > rejected).mean(), (chosen - rejected).mean()])
+    mean_chosen, mean_rejected, accuracy, margin = backend.to_numpy(means).tolist()   # one host transfer
+    return {"chosen": mean_chosen, "rejected": mean_rejected, "accuracy": accuracy, "margin": margin}
 
 
 def frozen_copy(model):
@@ -411,15 +418,30 @@ class Trainer:
         self.final_checkpoint = None
         self._epoch_batches = (None, None)
 
-    def tokenize(self, dataset):
+    def tokenize(self, dataset, drop=True):
         """The records of ``dataset`` (a list or a JSONL path, checked by ``data.load_preferences`` or
-        ``data.load_sft``) as token ids under this run's length limits; [] for None."""
+        ``data.load_sft``) as token ids under this run's length limits; [] for None.
+
+        A text the tokenizer cannot read is a ValueError naming its file, line, field and position.
+        What the cut does to the data (pairs whose chosen and rejected became the same tokens,
+        different prompts that became the same tokens: ``data.find_damage``) is warned about
+        (``data.DataWarning``); with ``drop_identical_pairs`` (and ``drop``, which ``measure`` turns
+        off to score every record it is given) those pairs are left out.
+        """
         if dataset is None:
             return []
-        load, encode = ((load_preferences, tokenize_preference) if self.data_kind == "preference"
-                        else (load_sft, tokenize_sft))
         a = self.args
-        return [encode(self.tokenizer, r, a.max_length, a.max_prompt_length) for r in load(dataset)]
+        encode = tokenize_preference if self.data_kind == "preference" else tokenize_sft
+        records, wheres, name = load_located(dataset, self.data_kind)
+        features = [encode(self.tokenizer, r, a.max_length, a.max_prompt_length, where=w)
+                    for r, w in zip(records, wheres)]
+        damage = find_damage(records, features)
+        drop = drop and a.drop_identical_pairs
+        warn_damage(damage, wheres, name, a.max_length, a.max_prompt_length, dropped=drop)
+        if drop:
+            identical = set(damage["identical_pairs"])
+            features = [f for i, f in enumerate(features) if i not in identical]
+        return features
 
     # -- what a subclass provides ------------------------------------------------------------
 
@@ -531,9 +553,12 @@ class Trainer:
             raise ValueError(f"resume_from_checkpoint: {path} is at step {ckpt['step']}, beyond this run's "
                              f"{self.total_steps} steps (max_steps={self.args.max_steps}); nothing would train")
         saved, mine = extra.get("args") or {}, self.args.to_dict()
+        # a setting added to the config after the checkpoint was written ran at its default there
+        defaults = {f.name: f.default for f in fields(self.args)}
         for key in sorted(set(saved) | set(mine)):
-            if key not in RESUME_MAY_CHANGE and saved.get(key) != mine.get(key):
-                raise ValueError(f"resume_from_checkpoint: {path} was trained with {key}={saved.get(key)!r}, "
+            theirs = saved.get(key, defaults.get(key))
+            if key not in RESUME_MAY_CHANGE and theirs != mine.get(key):
+                raise ValueError(f"resume_from_checkpoint: {path} was trained with {key}={theirs!r}, "
                                  f"this run has {key}={mine.get(key)!r}; a resumed run must be the same run")
         for key, value in self.fingerprints().items():
             if (extra.get("fingerprints") or {}).get(key) != value:
@@ -693,8 +718,11 @@ class Trainer:
 
 def _first_non_finite(arrays):
     """The name of the first array holding a NaN or inf, or None."""
+    if not arrays:
+        return None
     xp = backend.xp()
-    return next((k for k, a in arrays.items() if not bool(xp.isfinite(a).all())), None)
+    finite = backend.to_numpy(xp.stack([xp.isfinite(a).all() for a in arrays.values()]))   # one transfer
+    return next((k for k, ok in zip(arrays, finite) if not ok), None)
 
 
 class _StopOnInterrupt:

@@ -193,8 +193,8 @@ def _discopop(q):
     Optimization Algorithms", arXiv 2406.08414, eq. 5): with z = βh and m = σ(z/τ),
     ℓ = (1 − m)(−log σ(z)) + m e^{−z}, a blend of the logistic (DPO) and exponential losses.
     m e^{−z} is computed as e^{−z + log σ(z/τ)} so a large negative z gives 0·e^{|z|} = 0,
-    not inf·0 = NaN."""
-    z = (q.rho_w - q.rho_l) * q.beta
+    not inf·0 = NaN. h is the score, so an f-divergence reaches this loss as it reaches DPO's."""
+    z = q.h * q.beta
     scaled = z * (1.0 / q.tau)
     return -ag.logsigmoid(z) * ag.sigmoid(-scaled) + ag.exp(ag.logsigmoid(scaled) - z)
 

@@ -213,13 +213,143 @@ def test_gather_rejects_float_indices():
         ag.gather(np.ones((2, 3)), np.zeros((2, 1)))
 
 
-def test_float32_stays_float32_through_scalar_arithmetic():
+def test_float32_stays_float32_through_python_scalar_arithmetic():
     x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
-    y = ag.logsigmoid(2.0 * x - np.float64(1.0)) / 3 + ag.softplus(x) ** 2
+    y = ag.logsigmoid(2.0 * x - 1.0) / 3 + ag.softplus(-x) ** 2 - 1 + 0.5 ** 2 * x
     y = ag.log_softmax(y).mean()
     assert y.dtype == np.float32
     y.backward()
     assert x.grad.dtype == np.float32
+
+
+# -- dtype promotion: every binary op against NumPy itself ----------------------------------
+
+# the Tensor side: integers, a bool, both float widths
+TENSOR_DATA = {"int64": np.array([1, 3]), "int32": np.array([1, 3], dtype=np.int32),
+               "uint8": np.array([1, 3], dtype=np.uint8), "bool": np.array([True, False]),
+               "float32": np.array([1.5, 3.0], dtype=np.float32), "float64": np.array([1.5, 3.0])}
+# the other side: weak Python numbers, strong NumPy scalars, a 0-d array, a list, arrays
+OTHERS = {"py_int": 2, "py_float": 0.5, "py_bool": True, "py_int_too_big_for_uint8": 300,
+          "np_float64": np.float64(0.5), "np_float32": np.float32(0.5), "np_int64": np.int64(2),
+          "np_int8": np.int8(2), "0d_float64": np.array(0.5), "list_of_ints": [2, 4],
+          "int64_array": np.array([2, 4]), "float32_array": np.array([0.5, 4.0], dtype=np.float32),
+          "float64_array": np.array([0.5, 4.0])}
+OPS = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+       "truediv": lambda a, b: a / b, "matmul": lambda a, b: a @ b, "pow": lambda a, b: a ** b}
+
+
+def _numpy_or_error(f, a, b):
+    try:
+        with np.errstate(all="ignore"):
+            return f(a, b), None
+    except Exception as err:        # NumPy refuses (bool − bool, 300 into uint8, matmul of a scalar)
+        return None, type(err)
+
+
+@pytest.mark.parametrize("side", ["tensor_left", "tensor_right"])
+@pytest.mark.parametrize("other", sorted(OTHERS))
+@pytest.mark.parametrize("kind", sorted(TENSOR_DATA))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_binary_ops_promote_exactly_as_numpy_does(op, kind, other, side):
+    """The value and dtype of Tensor <op> x (and x <op> Tensor) are NumPy's for the same operands:
+    Python numbers are weak (NEP 50), NumPy scalars and arrays strong. Catches a number cast into the
+    Tensor's dtype (int · 0.5 = 0) and a float32 widened by a Python float."""
+    f, a, b = OPS[op], TENSOR_DATA[kind], OTHERS[other]
+    if op == "pow" and (side == "tensor_right" or np.ndim(b) > 0):
+        return                                             # exponents are constant scalars (next test)
+    left, right = (a, b) if side == "tensor_left" else (b, a)
+    expected, error = _numpy_or_error(f, left, right)
+    wrap = (lambda x, y: f(Tensor(x), y)) if side == "tensor_left" else (lambda x, y: f(x, Tensor(y)))
+    if error is not None:
+        with pytest.raises(error):
+            with np.errstate(all="ignore"):
+                wrap(left, right)
+        return
+    with np.errstate(all="ignore"):
+        out = wrap(left, right)
+    assert isinstance(out, Tensor)
+    assert out.dtype == np.asarray(expected).dtype, (out.dtype, np.asarray(expected).dtype)
+    np.testing.assert_array_equal(out.data, expected)
+
+
+def test_the_defect_itself_an_integer_tensor_times_a_half():
+    np.testing.assert_array_equal((Tensor(np.array([1, 3])) * 0.5).data, [0.5, 1.5])
+    assert (0.5 * Tensor(np.array([1, 3]))).dtype == np.float64
+    assert (Tensor(np.array([1, 3])) / 2).dtype == np.float64          # true division, as NumPy
+    assert (-Tensor(np.array([1, 3]))).dtype == np.int64               # negation keeps the integers
+    assert (Tensor(np.array([1, 3])) ** 2).dtype == np.int64
+    np.testing.assert_allclose((Tensor(np.array([1, 4])) ** 0.5).data, [1.0, 2.0])
+    assert (Tensor(np.ones(2, np.float32)) * np.float64(0.5)).dtype == np.float64   # NumPy's rule too
+
+
+def test_power_needs_a_constant_scalar_exponent_on_either_side():
+    with pytest.raises(TypeError, match="exponent"):
+        Tensor(np.ones(2)) ** np.ones(2)
+    with pytest.raises(TypeError):
+        2.0 ** Tensor(np.ones(2))                       # no reflected power: the exponent is a constant
+
+
+def test_maximum_and_where_promote_as_numpy_does():
+    ints, half = Tensor(np.array([1, 3])), 0.5
+    for got, want in ((ag.maximum(ints, 2.5), np.maximum(np.array([1, 3]), 2.5)),
+                      (ag.maximum(Tensor(np.ones(2, np.float32)), 0.5), np.maximum(np.ones(2, np.float32), 0.5)),
+                      (ag.where(np.array([True, False]), ints, half), np.where([True, False], [1, 3], half))):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.data, want)
+    # a tie between a float leaf and an integer constant splits the subgradient, not 1 − int(0.5)
+    x = Tensor(np.array([2.0, 5.0]), requires_grad=True)
+    ag.maximum(np.array([2, 3]), x).sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.5, 1.0])
+
+
+# d(out)/dx of out = x <op> c (or c <op> x), elementwise, written out by hand
+DERIVATIVES = {
+    ("add", "left"): lambda x, c: np.ones_like(x + c), ("add", "right"): lambda x, c: np.ones_like(x + c),
+    ("sub", "left"): lambda x, c: np.ones_like(x + c), ("sub", "right"): lambda x, c: -np.ones_like(x + c),
+    ("mul", "left"): lambda x, c: c + 0 * x, ("mul", "right"): lambda x, c: c + 0 * x,
+    ("truediv", "left"): lambda x, c: 1 / c + 0 * x, ("truediv", "right"): lambda x, c: -c / x ** 2,
+}
+
+
+@pytest.mark.parametrize("constant", ["py_int", "py_float", "np_float64", "int64_array", "float64_array"])
+@pytest.mark.parametrize("op_side", sorted(DERIVATIVES) + [("matmul", "left"), ("matmul", "right"),
+                                                          ("pow", "left")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_float_leaf_gets_its_gradient_in_its_own_dtype_whatever_it_met(dtype, op_side, constant):
+    """Promotion may widen the forward (float32 · float64 is float64), but dL/dx has x's dtype and
+    the right value; the constant, integer or not, gets no gradient."""
+    op, side = op_side
+    c = OTHERS[constant]
+    if op == "matmul" and np.ndim(c) == 0 or op == "pow" and np.ndim(c) > 0:
+        return
+    x0 = np.array([1.5, 3.0], dtype=dtype)
+    x = Tensor(x0, requires_grad=True)
+    out = OPS[op](x, c) if side == "left" else OPS[op](c, x)
+    out.sum().backward()
+    assert x.grad.dtype == dtype
+    x64, c64 = x0.astype(np.float64), np.asarray(c, dtype=np.float64)
+    if op == "matmul":
+        expected = np.broadcast_to(c64, x0.shape)                       # d(x·c)/dx = c, either side
+    elif op == "pow":
+        expected = c64 * x64 ** (c64 - 1)
+    else:
+        expected = DERIVATIVES[op_side](x64, c64)
+    np.testing.assert_allclose(x.grad, expected, rtol=np.finfo(dtype).eps * 4)
+
+
+def test_an_integer_leaf_cannot_require_a_gradient():
+    """An integer cannot move by a small step, so d/dx is undefined: integer tensors are constants."""
+    for data in (np.array([1, 3]), np.array([True]), np.arange(3, dtype=np.uint8)):
+        with pytest.raises(TypeError, match=f"requires_grad.*{data.dtype}"):
+            Tensor(data, requires_grad=True)
+    assert Tensor(3, requires_grad=True).dtype.kind == "f"            # a bare Python number is a float
+
+
+def test_integer_reductions_keep_numpys_dtype():
+    ints = Tensor(np.array([1, 3]))
+    assert (ints @ ints).dtype == np.int64 and (ints @ ints).item() == 10
+    assert ints.sum().dtype == np.int64
+    assert ints.mean().dtype == np.float64 and ints.mean().item() == 2.0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

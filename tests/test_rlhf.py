@@ -400,3 +400,71 @@ def test_results_follow_the_dtype_of_the_log_probabilities_not_of_the_rewards():
         assert rlhf.rlhf_objective(logprobs, logprobs, r, 0.5).dtype == np.float32
         assert rlhf.optimal_policy(logprobs, r, 0.5).dtype == np.float32
         assert rlhf.log_partition(logprobs, r, 0.5).dtype == np.float32
+
+
+# -- accuracy over the documented range, in both dtypes -----------------------------------------
+
+DOCUMENTED_BETAS = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3]
+
+
+def documented_range_problem(beta, dtype, n=256, seed=0):
+    """log π_ref (4, n) and rewards with |r| ≤ 500, in ``dtype``: rewards spread over [−500, 500];
+    near +500 and near −500 with gaps of a few β (so π* spreads over many responses while r/β is
+    ~5e5, where float32 steps by 0.03); and small rewards."""
+    rng = np.random.default_rng(seed)
+    logits = 2.0 * rng.standard_normal((4, n))
+    ref = (logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)).astype(dtype)
+    rewards = np.stack([rng.uniform(-500, 500, n), 500 - beta * rng.uniform(0, 5, n),
+                        -500 + beta * rng.uniform(0, 5, n), rng.standard_normal(n)]).astype(dtype)
+    return ref, rewards
+
+
+@pytest.mark.parametrize("beta", DOCUMENTED_BETAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optimal_policy_and_log_partition_are_accurate_over_the_documented_range(dtype, beta):
+    """β from 1e-3 to 1e3, |r| ≤ 500: π* and log Z come back in the caller's dtype as the exact value
+    (float64 NumPy, from the same inputs) rounded once. A float32 sum of log π_ref + r/β fails this by
+    ~0.04 in log π* and ~5e-3 in Σ π* at β = 1e-3."""
+    ref, r = documented_range_problem(beta, dtype)
+    logits = ref.astype(np.float64) + r.astype(np.float64) / beta
+    exact_log_z = np.logaddexp.reduce(logits, axis=-1)
+    exact_star = logits - exact_log_z[:, None]
+    star, log_z = rlhf.optimal_policy(ref, r, beta), rlhf.log_partition(ref, r, beta)
+    assert star.dtype == log_z.dtype == dtype
+    eps = np.finfo(dtype).eps
+    # one rounding to dtype (relative, or absolute near 0), plus the float64 rounding that any
+    # log π* = logits − log Z carries when the logits are ~|r|/β (1e-10 at β = 1e-3; 0 in effect for float32)
+    # (8 ulps: in float64 the package's r·(1/β) and the test's r/β may differ by one or two)
+    rounding = 8 * eps * np.maximum(1.0, np.abs(exact_star)) + 8 * EPS64 * np.abs(logits).max(-1, keepdims=True)
+    assert np.all(np.abs(star - exact_star) <= rounding)
+    assert np.all(np.abs(log_z - exact_log_z) <= 8 * eps * np.maximum(1.0, np.abs(exact_log_z)))
+    p = np.exp(star.astype(np.float64))
+    assert np.all(np.abs(p.sum(axis=-1) - 1) <= (p * rounding).sum(axis=-1) + 1e-12)   # Σ π* = 1
+    assert np.abs(p.sum(axis=-1) - 1).max() <= 1e-5                    # (that bound is ~1e-6 in float32)
+    rlhf.check_logprobs(star, "π*")
+    if dtype == np.float32:          # and it agrees with a float64 run on the same (float32) inputs
+        ref64 = ref.astype(np.float64)
+        ref64 -= np.logaddexp.reduce(ref64, axis=-1, keepdims=True)       # normalized to float64's tolerance
+        star64 = rlhf.optimal_policy(ref64, r.astype(np.float64), beta)
+        np.testing.assert_allclose(star, star64, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(p, np.exp(star64), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(log_z, rlhf.log_partition(ref64, r.astype(np.float64), beta), rtol=1e-6, atol=1e-6)
+
+
+def test_float32_tensors_take_the_same_float64_detour_and_get_float32_gradients():
+    ref, r = documented_range_problem(1e-3, np.float32, n=16)
+    plain = rlhf.optimal_policy(ref, r, 1e-3)
+    rt = Tensor(r, requires_grad=True)
+    star = rlhf.optimal_policy(Tensor(ref), rt, 1e-3)
+    assert star.dtype == np.float32
+    np.testing.assert_array_equal(star.data, plain)
+    logits = ref.astype(np.float64) + r.astype(np.float64) / 1e-3
+    exact = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    assert np.all(np.abs(star.data - exact) <= 8 * np.finfo(np.float32).eps * np.maximum(1.0, np.abs(exact)))
+    w = np.random.default_rng(1).standard_normal(star.shape).astype(np.float32)
+    (ag.exp(star) * w).sum().backward()
+    # d/dr Σ_y w_y π*(y) = π*(w − Σ w π*)/β, in float64 from the same values
+    p = np.exp(plain.astype(np.float64))
+    expected = p * (w - (w * p).sum(-1, keepdims=True)) / 1e-3
+    assert rt.grad.dtype == np.float32
+    np.testing.assert_allclose(rt.grad, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

@@ -124,6 +124,17 @@ def test_resuming_after_a_change_is_refused_naming_the_field_and_both_values(tmp
         dpo(tmp_path / "b", **change).train(resume_from_checkpoint=tmp_path / "a" / "checkpoint-2")
 
 
+def test_a_setting_newer_than_the_checkpoint_counts_as_its_default(tmp_path):
+    dpo(tmp_path / "a", save_steps=2).train()
+    state = tmp_path / "a" / "checkpoint-2" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["extra"]["args"]["drop_identical_pairs"]        # as written before the setting existed
+    state.write_text(json.dumps(saved))
+    dpo(tmp_path / "b").train(resume_from_checkpoint=tmp_path / "a" / "checkpoint-2")
+    with pytest.raises(ValueError, match="drop_identical_pairs=False.*drop_identical_pairs=True"):
+        dpo(tmp_path / "c", drop_identical_pairs=True).train(resume_from_checkpoint=tmp_path / "a" / "checkpoint-2")
+
+
 def test_resuming_with_another_tokenizer_is_refused(tmp_path):
     sft(tmp_path / "a", save_steps=2).train()
     other = CharTokenizer.from_corpus(format_prompt("") + "abce")          # as many tokens, one other
