@@ -77,6 +77,11 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=
     beta = checks.positive(beta, "beta")
     eps = _check_label_smoothing(label_smoothing, kinds)
     options = _check_variant_options(f_divergence_type, f_alpha_divergence_coef, bco_delta, discopop_tau)
+    ignoring = [kind for kind in kinds if kind not in variants.F_DIVERGENCE_LOSS_TYPES]
+    if options["f_divergence_type"] != "reverse_kl" and ignoring:
+        raise ValueError(f"f_divergence_type={f_divergence_type!r} would be ignored by loss_type "
+                         f"{', '.join(map(repr, ignoring))}: only {', '.join(variants.F_DIVERGENCE_LOSS_TYPES)} "
+                         f"are built on the score it changes; use f_divergence_type='reverse_kl' with this loss_type")
     pw, pl, rw, rl = _log_probabilities(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                                         reference_rejected_logps, checks.flag(reference_free, "reference_free"))
     if kinds in (["sigmoid"], ["ipo"]) and weights == [1.0] and f_divergence_type == "reverse_kl":

@@ -206,6 +206,9 @@ def _sft(q):
     return nll if q.lengths is None else nll / q.lengths
 
 
+#: the losses built on the score h, which an f-divergence replaces; the others read ρ_w, ρ_l alone
+F_DIVERGENCE_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "discopop", "sigmoid_norm")
+
 LOSSES = {"sigmoid": _sigmoid, "robust": _robust, "hinge": _hinge, "ipo": _ipo,
           "bco_pair": _bco_pair, "nca_pair": _nca_pair, "sppo_hard": _sppo_hard,
           "exo_pair": _exo_pair, "apo_zero": _apo_zero, "apo_down": _apo_down, "aot": _aot,

@@ -442,6 +442,17 @@ def test_label_smoothing_is_rejected_by_a_loss_without_epsilon(batch, kind):
     dpo_loss(*batch, loss_type=kind, label_smoothing=0.0)
 
 
+@pytest.mark.parametrize("kind", LOSS_TYPES)
+def test_an_f_divergence_is_read_by_the_losses_built_on_h_and_refused_by_the_others(batch, kind):
+    from dpo_np.variants import F_DIVERGENCE_LOSS_TYPES
+    if kind not in F_DIVERGENCE_LOSS_TYPES:
+        with pytest.raises(ValueError, match=f"f_divergence_type='js_divergence' would be ignored by loss_type '{kind}'"):
+            dpo_loss(*batch, loss_type=kind, f_divergence_type="js_divergence")
+        return
+    kl, js = (dpo_loss(*batch, loss_type=kind, f_divergence_type=f)[0] for f in ("reverse_kl", "js_divergence"))
+    assert not np.allclose(kl, js)                            # the setting changes the loss it reaches
+
+
 def test_label_smoothing_is_accepted_when_every_loss_type_reads_it(batch):
     smoothed, _, _ = dpo_loss(*batch, loss_type=list(SMOOTHED_LOSS_TYPES), label_smoothing=0.2)
     parts = [dpo_loss(*batch, loss_type=k, label_smoothing=0.2)[0] for k in SMOOTHED_LOSS_TYPES]
