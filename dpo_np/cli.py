@@ -23,7 +23,9 @@ from dpo_np.checkpoint import STATE
 from dpo_np.experiments import runs
 from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
 from dpo_np.experiments.demo import run_demo
+from dpo_np.experiments.figures import FIGURES, make_figures
 from dpo_np.experiments.gridworld import plot_gridworld, print_report, run_gridworld
+from dpo_np.experiments.ppo_gpt import run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, run_rlhf
 from dpo_np.files import write_json_atomic
@@ -284,6 +286,34 @@ def _rlhf(args):
     return 0
 
 
+def _figures(args):
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CommandError('figures needs matplotlib: pip install "dpo-np[plot]"')
+    _writable_dir("--output-dir", args.output_dir)
+    paths = make_figures(args.output_dir, only=args.only, quick=args.quick)
+    print(f"figures: {len(paths)} written to {args.output_dir}")
+    return 0
+
+
+def _ppo_gpt(args):
+    _writable_dir("--output-dir", args.output_dir)
+    for stage in ("sft", "reward", "ppo", "dpo"):
+        try:
+            check_output_dir(os.path.join(args.output_dir, stage), args.overwrite)
+        except ValueError:
+            raise CommandError(f"--output-dir {args.output_dir} already holds an earlier ppo-gpt run; choose a new "
+                               f"--output-dir or pass --overwrite to replace it") from None
+    if args.draw_figure and importlib.util.find_spec("matplotlib") is None:
+        print('matplotlib is not installed, so no figure: pip install "dpo-np[plot]"')
+    overrides = {k: v for k, v in (("beta", args.beta), ("ppo_steps", args.ppo_steps), ("dpo_steps", args.dpo_steps))
+                 if v is not None}
+    result = run_ppo_gpt(seed=args.seed, quick=args.quick, output_dir=args.output_dir,
+                         sft_checkpoint=args.sft_checkpoint, figure=args.draw_figure, show_progress=not args.quiet,
+                         overwrite=args.overwrite, **overrides)
+    _json(args, {k: v for k, v in result.items() if k != "models"})
+    return 0
+
+
 def _generate(args):
     try:
         model, tokenizer = load_model(args.model)
@@ -493,6 +523,40 @@ def build_parser():
     p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go ('' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_rlhf)
+
+    p = sub.add_parser("figures", help="draw every figure the README shows into figures/, from seeds",
+                       description="Run each command that makes a figure (closed-form, gridworld, rlhf, demo) with "
+                                   "its defaults and seed 0, and draw its figures into --output-dir. The only "
+                                   "command that writes into figures/. A few minutes on 2 cores.")
+    p.add_argument("--output-dir", default="figures", help="where the figures go (default figures)")
+    p.add_argument("--only", nargs="+", choices=[name for name, _ in FIGURES], help="draw only these groups")
+    p.add_argument("--quick", action="store_true", help="small runs: seconds, for checking, not the README's figures")
+    p.set_defaults(func=_figures)
+
+    p = sub.add_parser("ppo-gpt", help="RLHF by PPO on the tiny GPT with a learned reward model, beside DPO",
+                       description="SFT of the GPT on the toy data (π_ref), a Bradley–Terry reward model r_φ, then "
+                                   "PPO (K samples per prompt, a per-token KL penalty to π_ref, a leave-one-out "
+                                   "baseline, the clipped surrogate) and DPO from the same π_ref with the same β. "
+                                   "Prints E[r_φ] and KL(π_θ‖π_ref) of sampled responses along both runs, held-out "
+                                   "accuracies and greedy answers; draws the curves. A few minutes on 2 cores.")
+    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: seconds, not minutes")
+    p.add_argument("--sft-checkpoint", default=None, help="start from this SFT checkpoint instead of training one "
+                                                          "(e.g. runs/demo/sft/best)")
+    p.add_argument("--beta", type=positive_float, default=None, help="β of PPO's KL penalty and of DPO (default 0.1)")
+    p.add_argument("--ppo-steps", type=positive_int, default=None,
+                   help="PPO iterations, each a batch of samples (default 40)")
+    p.add_argument("--dpo-steps", type=positive_int, default=None,
+                   help="DPO steps, each a batch of pairs (default 120)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="random seed: data split, models, samples (default 0)")
+    p.add_argument("--output-dir", default="runs/ppo_gpt",
+                   help="runs, checkpoints and the figure (default runs/ppo_gpt)")
+    p.add_argument("--figure", dest="draw_figure", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw reward and KL against step into OUTPUT_DIR/figures (needs matplotlib)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier ppo-gpt run in --output-dir")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
+    p.add_argument("--quiet", action="store_true", help="no progress indicators")
+    p.set_defaults(func=_ppo_gpt)
 
     p = sub.add_parser("generate", help="answers from a checkpoint: greedy, sampled or beam search",
                        description="Load a checkpoint (or GPT-2 directory) with its tokenizer and answer each "

@@ -1,0 +1,55 @@
+"""Every figure the README shows, drawn again from seeds: ``python -m dpo_np figures``.
+
+Each figure comes from the command that measures it, with that command's defaults and seed 0, so
+a figure in ``figures/`` is what a reader gets by running that command. This is the only command
+that writes into ``figures/``; the others write under their own output directories. Training
+runs made on the way (the demo's checkpoints) go to a temporary directory and are removed.
+"""
+
+import os
+import tempfile
+
+from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
+from dpo_np.experiments.demo import run_demo
+from dpo_np.experiments.gridworld import plot_gridworld, run_gridworld
+from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
+from dpo_np.experiments.rlhf_toy import plot_rlhf, run_rlhf
+
+#: what draws which figures: (name, function of (output_dir, quick, seed) -> list of paths)
+FIGURES = (
+    ("closed-form", lambda out, quick, seed: [plot_closed_form(
+        run_closed_form(seed=seed, progress=False, **(dict(pairs=20_000, steps=200) if quick else {})),
+        os.path.join(out, "closed_form.png"))]),
+    ("gridworld", lambda out, quick, seed: [plot_gridworld(
+        run_gridworld(seed=seed, progress=False, **(dict(iterations=30, variance_episodes=20) if quick else {})),
+        os.path.join(out, "gridworld.png"))]),
+    ("rlhf", lambda out, quick, seed: plot_rlhf(
+        run_rlhf(seed=seed, progress=False, **(RLHF_QUICK if quick else {})), out)),
+    ("demo", lambda out, quick, seed: _demo_figures(out, quick, seed)),
+)
+
+
+def _demo_figures(output_dir, quick, seed):
+    with tempfile.TemporaryDirectory(prefix="dpo_np-figures-") as runs:
+        result = run_demo(output_dir=runs, figures_dir=output_dir, quick=quick, seed=seed, show_progress=False,
+                          print_fn=lambda *a: None)
+    return result["figures"]
+
+
+def make_figures(output_dir="figures", only=None, quick=False, seed=0, print_fn=print):
+    """Draw the figures of every command in ``FIGURES`` (or those named in ``only``) into
+    ``output_dir``; returns their paths. ``quick``: small runs, for tests (not the README's figures)."""
+    names = [name for name, _ in FIGURES]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"only: unknown figure group(s) {unknown}; choose from {names}")
+    os.makedirs(output_dir, exist_ok=True)
+    paths = []
+    for name, draw in FIGURES:
+        if only and name not in only:
+            continue
+        print_fn(f"figures: {name} ...")
+        for path in draw(output_dir, quick, seed):
+            print_fn(f"  {path}")
+            paths.append(path)
+    return paths
