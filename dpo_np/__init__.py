@@ -3,7 +3,7 @@
 The package mirrors Umar Jamil's lecture notes on DPO (CC BY-NC 4.0): each section of the notes
 has a module, a test that proves its equations, and a command or notebook that shows it.
 
-    from dpo_np import GPT, GPTConfig, CharTokenizer, DPOConfig, DPOTrainer
+    from dpo_np import GPT, GPTConfig, ByteTokenizer, DPOConfig, DPOTrainer
 
     dpo_trainer = DPOTrainer(model, model_ref, args=DPOConfig(...), beta=0.1,
                              train_dataset=train_dataset, tokenizer=tokenizer)
@@ -19,7 +19,7 @@ from dpo_np.autograd import Tensor, no_grad
 from dpo_np.backend import set_backend
 # §1 language models
 from dpo_np.model import GPT, GPTConfig
-from dpo_np.tokenizer import CharTokenizer
+from dpo_np.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer
 from dpo_np.generate import beam_search, generate, greedy_answer
 # §2–4 Bradley–Terry, the RLHF objective and its optimum π*
 from dpo_np.rlhf import (bradley_terry, bradley_terry_loss, implicit_reward, kl_divergence, log_partition,
@@ -38,4 +38,4 @@ __all__ = ["Tensor", "no_grad", "set_backend", "load_preferences", "load_sft", "
            "greedy_answer", "get_batch_logps", "dpo_loss", "GPT", "GPTConfig", "RewardConfig", "RewardModel",
            "RewardTrainer", "bradley_terry", "bradley_terry_loss", "implicit_reward", "kl_divergence",
            "log_partition", "optimal_policy", "rlhf_objective", "SFTConfig", "SFTTrainer", "CharTokenizer",
-           "DPOConfig", "DPOTrainer"]
+           "ByteTokenizer", "BPETokenizer", "DPOConfig", "DPOTrainer"]

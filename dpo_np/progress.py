@@ -8,7 +8,7 @@
 shows ``dpo  12/300 [#####...............] 4.1 it/s loss=0.6931``. On a terminal the
 line is redrawn in place with ``\\r`` (at most every ``min_interval`` seconds);
 anywhere else (a CI log, a file) a plain line is written every ``every`` items
-and at the end, so logs stay short.
+and at the end, so logs stay short. ``Stopwatch`` times the stages of a run.
 """
 
 import numbers
@@ -83,3 +83,19 @@ class progress:
             if self.n != self.total:     # the last item is drawn once, as the final line
                 self._draw()
         self._draw(final=True)
+
+
+class Stopwatch:
+    """Seconds per stage of a run: ``lap(name)`` closes the stage that ran since the last lap."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.laps = {}
+
+    def lap(self, name):
+        now = time.perf_counter()
+        self.laps[name], self.last = now - self.last, now
+
+    def seconds(self):
+        """``{stage: seconds}`` and the ``total`` since the start."""
+        return {**self.laps, "total": time.perf_counter() - self.start}

@@ -29,7 +29,6 @@ Every number is computed by the run; nothing is fixed in advance.
 
 import importlib.util
 import os
-import time
 
 import numpy as np
 
@@ -39,6 +38,7 @@ from dpo_np.experiments.evaluation import (accuracy_by_family, classify_answer, 
 from dpo_np.data import format_prompt
 from dpo_np.generate import greedy_answer
 from dpo_np.model import GPT, GPTConfig
+from dpo_np.progress import Stopwatch
 from dpo_np.reward_model import RewardConfig, RewardModel, RewardTrainer
 from dpo_np.sft import SFTConfig, SFTTrainer
 from dpo_np.tokenizer import BPETokenizer, CharTokenizer
@@ -91,7 +91,7 @@ def run_demo(output_dir="runs/demo", figures_dir=None, quick=False, seed=0, show
     if unknown:
         raise TypeError(f"run_demo: unknown argument(s) {unknown}; expected some of {sorted(cfg)}")
     cfg.update(overrides, seed=seed, quick=bool(quick))
-    clock = _Clock()
+    clock = Stopwatch()
     data = toy_preferences.preference_dataset(seed)
     tokenizer = toy_tokenizer(cfg["tokenizer"], seed)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
@@ -211,19 +211,6 @@ def _reward_stage(reference, tokenizer, data, cfg, common, output_dir, seed, bef
         side["reward_model_accuracy"] = float((w > l)[learnable].mean())
         side["reward_model_accuracy_facts"] = float((w > l)[~learnable].mean())
     return {"trainer": rm, "step0": step0, "wins": r_w > r_l}
-
-
-class _Clock:
-    def __init__(self):
-        self.start = self.last = time.perf_counter()
-        self.laps = {}
-
-    def lap(self, name):
-        now = time.perf_counter()
-        self.laps[name], self.last = now - self.last, now
-
-    def seconds(self):
-        return {**self.laps, "total": time.perf_counter() - self.start}
 
 
 def _best(trainer):

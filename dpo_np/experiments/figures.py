@@ -3,7 +3,8 @@
 Each figure comes from the command that measures it, with that command's defaults and seed 0, so
 a figure in ``figures/`` is what a reader gets by running that command. This is the only command
 that writes into ``figures/``; the others write under their own output directories. Training
-runs made on the way (the demo's checkpoints) go to a temporary directory and are removed.
+runs made on the way (the demo's and ppo-gpt's checkpoints) go to a temporary directory and are
+removed.
 """
 
 import os
@@ -12,6 +13,7 @@ import tempfile
 from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
 from dpo_np.experiments.demo import run_demo
 from dpo_np.experiments.gridworld import plot_gridworld, run_gridworld
+from dpo_np.experiments.ppo_gpt import plot_ppo_gpt, run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, run_rlhf
 
@@ -26,6 +28,7 @@ FIGURES = (
     ("rlhf", lambda out, quick, seed: plot_rlhf(
         run_rlhf(seed=seed, progress=False, **(RLHF_QUICK if quick else {})), out)),
     ("demo", lambda out, quick, seed: _demo_figures(out, quick, seed)),
+    ("ppo-gpt", lambda out, quick, seed: _ppo_gpt_figures(out, quick, seed)),
 )
 
 
@@ -34,6 +37,13 @@ def _demo_figures(output_dir, quick, seed):
         result = run_demo(output_dir=runs, figures_dir=output_dir, quick=quick, seed=seed, show_progress=False,
                           print_fn=lambda *a: None)
     return result["figures"]
+
+
+def _ppo_gpt_figures(output_dir, quick, seed):
+    with tempfile.TemporaryDirectory(prefix="dpo_np-figures-") as runs:
+        result = run_ppo_gpt(seed=seed, quick=quick, output_dir=runs, figure=False, show_progress=False,
+                             print_fn=lambda *a: None)
+    return [plot_ppo_gpt(result, os.path.join(output_dir, "ppo_vs_dpo.png"))]
 
 
 def make_figures(output_dir="figures", only=None, quick=False, seed=0, print_fn=print):

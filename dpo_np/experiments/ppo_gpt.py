@@ -46,7 +46,6 @@ SFT, PPO and DPO.
 import importlib.util
 import math
 import os
-import time
 
 import numpy as np
 
@@ -63,7 +62,7 @@ from dpo_np.generate import greedy_answer
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule
 from dpo_np.pretrained import load_model
-from dpo_np.progress import progress
+from dpo_np.progress import Stopwatch, progress
 from dpo_np.reward_model import RewardConfig, RewardModel, RewardTrainer
 from dpo_np.sft import SFTConfig, SFTTrainer
 from dpo_np.trainers import DPOConfig, DPOTrainer
@@ -327,7 +326,7 @@ def run_ppo_gpt(seed=0, quick=False, output_dir="runs/ppo_gpt", sft_checkpoint=N
     ``figure``) plus ``models`` (the policies, π_ref, r_φ, the tokenizer).
     """
     cfg = _config(quick, seed, overrides, sft_checkpoint)
-    clock = _Clock()
+    clock = Stopwatch()
     data = toy_preferences.preference_dataset(seed)
     dirs = {stage: os.path.join(output_dir, stage) for stage in ("sft", "reward", "ppo", "dpo")}
     for path in dirs.values():                       # refuse a used directory now, not after SFT
@@ -482,19 +481,6 @@ def _curves(history):
                        clip_fraction=last["clip_fraction"], grad_norm=first["grad_norm"])
     out["train"] = {key: [row[key] for row in train] for key in (train[0] if train else {})}
     return out
-
-
-class _Clock:
-    def __init__(self):
-        self.start = self.last = time.perf_counter()
-        self.laps = {}
-
-    def lap(self, name):
-        now = time.perf_counter()
-        self.laps[name], self.last = now - self.last, now
-
-    def seconds(self):
-        return {**self.laps, "total": time.perf_counter() - self.start}
 
 
 # ---- the report and the figure --------------------------------------------------------------
