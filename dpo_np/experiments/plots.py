@@ -3,7 +3,7 @@
 Every trainer logs one JSON object per logging step (``loss``, ``rewards/margins``, …) and one
 per evaluation (the same names under ``eval/``). A panel here is a title and a few metric names;
 each name is drawn as a solid line over the training rows and, where the log has it, a dashed
-line with markers over the ``eval/`` rows — train and held-out side by side:
+line with markers over the ``eval/`` rows — train and evaluation side by side:
 
     from dpo_np.training import read_metrics
     plot_dpo_metrics(read_metrics("runs/demo/dpo"), "figures/dpo_metrics.png")
@@ -87,7 +87,7 @@ def metric_figure(rows, panels, title=None, ncols=3):
     for ax, (panel_title, names, ylabel) in zip(axes, panels):
         curves = []                                     # (label, x, y, color, dashed)
         for k, name in enumerate(names):
-            for key, suffix, dashed in ((name, "train", False), ("eval/" + name, "held-out", True)):
+            for key, suffix, dashed in ((name, "train", False), ("eval/" + name, "eval set", True)):
                 x, y = _series(rows, key)
                 if x:
                     curves.append((f"{name} ({suffix})", x, y, f"C{k}", dashed))
@@ -131,7 +131,7 @@ def plot_reward_model_metrics(rows, path="figures/reward_model.png", title="rewa
 
 
 def plot_sft_metrics(rows, path="figures/sft_loss.png", title="supervised fine-tuning (π_ref)"):
-    """The SFT loss (train and held-out) and the learning rate of an SFT run's log; returns ``path``."""
+    """The SFT loss (train and evaluation set) and the learning rate of an SFT run's log; returns ``path``."""
     return plot_metric_curves(rows, SFT_PANELS, path, title=title)
 
 
