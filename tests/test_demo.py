@@ -110,6 +110,12 @@ def test_run_demo_names_an_unknown_argument():
     assert set(QUICK) >= {"beta", "dpo_steps", "sft_steps", "rm_steps", "kl_samples"}
 
 
+def test_figures_go_under_the_runs_output_dir_unless_asked_otherwise():
+    from dpo_np.experiments.demo import _figures_dir
+    assert _figures_dir(None, os.path.join("runs", "demo")) == os.path.join("runs", "demo", "figures")
+    assert _figures_dir("", "runs/demo") is None and _figures_dir("elsewhere", "runs/demo") == "elsewhere"
+
+
 def test_classify_answer_tells_chosen_from_rejected_from_new_text():
     records = [{"prompt": "x", "chosen": "good", "rejected": "bad"},
                {"prompt": "x", "chosen": "good", "rejected": "worse"},

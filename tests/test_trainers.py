@@ -366,6 +366,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     ("learning_rate", -1e-3), ("per_device_train_batch_size", 0), ("lr_scheduler_type", "step"),
     ("max_prompt_length", 20), ("ref_model_mixup_alpha", 2.0), ("ref_model_sync_steps", 0),
     ("loss_weights", [1.0, 2.0]), ("max_grad_norm", float("nan")), ("adam_epsilon", float("inf")),
+    ("adam_epsilon", 0.0), ("adam_beta1", 1.0), ("adam_beta2", -0.1), ("weight_decay", -1e-2),
 ])
 def test_a_bad_config_value_is_a_value_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
