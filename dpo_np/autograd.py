@@ -18,7 +18,8 @@ positive number. All stay finite for inputs of ±1e4 in float32 and float64.
 
 Dtypes: every binary op (+, −, ·, /, **, @, maximum, where) promotes as NumPy 2 does (NEP 50): a
 Python number adapts to the Tensor (float32 · 0.5 stays float32; an integer Tensor · 0.5 is
-float64, not 0), a NumPy scalar or array brings its own dtype. Integer Tensors are constants:
+float64, not 0), a NumPy scalar or array brings its own dtype; exp, log, tanh, σ, log σ and
+softplus of an integer Tensor are floating, as NumPy's ufuncs are. Integer Tensors are constants:
 ``requires_grad=True`` needs floating data (TypeError otherwise), and a leaf's gradient always
 has the leaf's dtype, whatever it met on the way (a float32 leaf · float64 gives a float32 grad).
 """
@@ -316,9 +317,21 @@ def relu(x):
     return _make(backend.xp().maximum(x.data, 0), (x,), lambda g: (g * (x.data > 0),))
 
 
+def _floating(dtype):
+    """The dtype NumPy's float ufuncs (exp, log, tanh) give for ``dtype``: itself if floating, else
+    the smallest float that holds it (int64 → float64, int16 → float32, bool → float16)."""
+    return np.result_type(dtype, np.float16)
+
+
+def _as_floating(a):
+    # before any arithmetic: −x of an unsigned or bool array would wrap around or fail
+    return a.astype(_floating(a.dtype), copy=False)
+
+
 def _sigmoid(z):
     # exp(-|z|) never overflows; the two branches are the same function
     xp = backend.xp()
+    z = _as_floating(z)
     e = xp.exp(-xp.abs(z))
     return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
 
@@ -334,15 +347,15 @@ def sigmoid(x):
 def logsigmoid(x):
     """log σ(x) = −log(1 + e^{−x}), computed as −logaddexp(0, −x); d/dx = σ(−x)."""
     x = tensor(x)
-    return _make(-backend.xp().logaddexp(0, -x.data).astype(x.dtype, copy=False), (x,),
-                 lambda g: (g * _sigmoid(-x.data),))
+    z = _as_floating(x.data)
+    return _make(-backend.xp().logaddexp(0, -z), (x,), lambda g: (g * _sigmoid(-z),))
 
 
 def softplus(x):
     """log(1 + e^x) = logaddexp(0, x); d/dx = σ(x)."""
     x = tensor(x)
-    return _make(backend.xp().logaddexp(0, x.data).astype(x.dtype, copy=False), (x,),
-                 lambda g: (g * _sigmoid(x.data),))
+    z = _as_floating(x.data)
+    return _make(backend.xp().logaddexp(0, z), (x,), lambda g: (g * _sigmoid(z),))
 
 
 def maximum(a, b):

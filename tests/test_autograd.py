@@ -213,6 +213,18 @@ def test_gather_rejects_float_indices():
         ag.gather(np.ones((2, 3)), np.zeros((2, 1)))
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int16, np.uint8, np.bool_, np.float32, np.float64])
+def test_float_functions_of_integer_tensors_give_numpys_float_dtype_and_values(dtype):
+    x = np.array([0, 1, 3], dtype=dtype)
+    want = np.exp(x).dtype                                # NumPy's own answer: int64 → float64, ...
+    z = x.astype(np.float64)
+    for f, ref in ((ag.sigmoid, 1 / (1 + np.exp(-z))), (ag.logsigmoid, -np.log1p(np.exp(-z))),
+                   (ag.softplus, np.log1p(np.exp(z))), (ag.exp, np.exp(z)), (ag.tanh, np.tanh(z))):
+        out = f(ag.Tensor(x))
+        assert out.dtype == want, (f.__name__, out.dtype)
+        np.testing.assert_allclose(out.data, ref, rtol=1e-3 if want == np.float16 else 1e-6)   # σ(1) was 0
+
+
 def test_float32_stays_float32_through_python_scalar_arithmetic():
     x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
     y = ag.logsigmoid(2.0 * x - 1.0) / 3 + ag.softplus(-x) ** 2 - 1 + 0.5 ** 2 * x
