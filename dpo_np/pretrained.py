@@ -197,7 +197,8 @@ def _why_missing(directory, path):
         if os.path.isfile(os.path.join(directory, "model.safetensors.index.json")):
             return " (sharded weights, model.safetensors.index.json, are not read: save them in one file)"
         if os.path.isfile(os.path.join(directory, "pytorch_model.bin")):
-            return (" (pytorch_model.bin is a pickle and is never read: convert it with transformers' "
+            return (" (pytorch_model.bin is a torch.save archive, which can run code as it loads, "
+                    "and is never read: convert it with transformers' "
                     "model.save_pretrained(DIR), which writes model.safetensors)")
     return ""
 

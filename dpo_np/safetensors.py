@@ -9,7 +9,7 @@ A ``.safetensors`` file is three parts:
     the rest    the data: every tensor's raw little-endian, row-major bytes, back to back;
                 ``data_offsets`` count from the start of the data
 
-Nothing in it is executable (unlike a pickle), but the header can lie. So ``read_header``
+Nothing in it is executable (unlike a torch.save archive), but the header can lie. So ``read_header``
 checks all of it against the file's size before one byte of data is read: each tensor's
 shape × item size must equal its byte range, the ranges must tile the data exactly (from 0, no
 overlap, no gap, nothing after the last), and the header itself must fit in the file. Only then

@@ -196,7 +196,7 @@ def test_load_model_names_what_is_missing(tmp_path):
     assert load_model(tmp_path / "bare", require_tokenizer=False)[1] is None
     (tmp_path / "bare" / "model.safetensors").unlink()
     (tmp_path / "bare" / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"model\.safetensors: file is missing \(pytorch_model.bin is a pickle"):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors: file is missing \(pytorch_model.bin is a torch.save archive"):
         load_model(tmp_path / "bare")
     with pytest.raises(ValueError, match=r"dtype must be float32, float64 or None"):
         load_pretrained(tmp_path, dtype=np.float16)
