@@ -116,12 +116,48 @@ def batch_logps_forward(logits, labels, average_log_prob=False, label_pad_token_
 def batch_logps_backward(dlogps, cache):
     """dL/dlogits (B, T, V) from dL/dlogps (B,), the backward of ``batch_logps_forward``."""
     logits, lse, labels, weights, is_encoder_decoder = cache
-    xp = backend.xp()
     B = logits.shape[0]
-    dlogps = xp.asarray(dlogps)
+    dlogps = backend.xp().asarray(dlogps)
     if dlogps.shape != (B,):
         raise ValueError(f"dlogps must have shape ({B},) (one gradient per sequence), got {dlogps.shape}")
     w = weights * dlogps.astype(logits.dtype, copy=False)[:, None]              # (B, T')
+    return _logits_gradient(logits, lse, labels, w, is_encoder_decoder)
+
+
+def token_logps_forward(logits, labels, label_pad_token_id=-100):
+    """log π_θ(y_t | x, y_<t) at every response position (B, T'), 0 where masked; the mask (B, T')
+    and the cache ``token_logps_backward`` needs.
+
+    ``get_batch_logps`` before its sum over t (decoder-only: the shift, the −100 mask, the
+    gather), for losses whose terms are per token, as PPO's ratio π_θ(y_t|·)/π_old(y_t|·) is.
+    """
+    if isinstance(logits, ag.Tensor):
+        raise TypeError("token_logps_forward takes a plain array of logits; "
+                        "for an autograd Tensor use get_per_token_logps")
+    logits = backend.asarray(logits)
+    labels, loss_mask = _shifted_labels(logits, labels, label_pad_token_id, False)
+    _check_finite(logits)
+    per_token_logps, lse = _token_logps(logits[:, :-1, :], labels)              # (B, T'), (B, T')
+    weights = loss_mask.astype(logits.dtype)                                    # (B, T')
+    return per_token_logps * weights, loss_mask, (logits, lse, labels, weights, False)
+
+
+# The forward was lp_bt = m_bt (z_bt[y_bt] − logsumexp_v z_btv), so as above
+#     dlogits_btv = dlp_bt · m_bt · (onehot(y_bt)_v − p_btv)
+def token_logps_backward(dlogps, cache):
+    """dL/dlogits (B, T, V) from dL/dlog π_θ(y_t|·) (B, T'), the backward of ``token_logps_forward``."""
+    logits, lse, labels, weights, is_encoder_decoder = cache
+    dlogps = backend.xp().asarray(dlogps)
+    if dlogps.shape != weights.shape:
+        raise ValueError(f"dlogps must have shape {weights.shape} (one gradient per response position), "
+                         f"got {dlogps.shape}")
+    return _logits_gradient(logits, lse, labels, weights * dlogps.astype(logits.dtype, copy=False),
+                            is_encoder_decoder)
+
+
+def _logits_gradient(logits, lse, labels, w, is_encoder_decoder):
+    """dlogits_btv = w_bt (onehot(y_bt)_v − p_btv), the backward both pairs above share."""
+    xp = backend.xp()
     dlogits = xp.zeros_like(logits) if not is_encoder_decoder else xp.empty_like(logits)
     d = dlogits if is_encoder_decoder else dlogits[:, :-1, :]                   # a view, (B, T', V)
     z = logits if is_encoder_decoder else logits[:, :-1, :]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dpo_np import autograd as ag
-from dpo_np import rl
+from dpo_np import logprobs, rl
 from dpo_np.cli import main
 from dpo_np.data import format_prompt
 from dpo_np.experiments import ppo_gpt as pg
@@ -55,17 +55,17 @@ def test_token_logps_backward_matches_central_differences_with_a_random_upstream
     rng = np.random.default_rng(0)
     batch = _batch()
     logits = rng.normal(size=batch["input_ids"].shape + (TOK.vocab_size,))
-    _, mask, cache = pg.token_logps_forward(logits, batch["labels"])
+    _, mask, cache = logprobs.token_logps_forward(logits, batch["labels"])
     upstream = rng.normal(size=mask.shape)
-    analytic = pg.token_logps_backward(upstream, cache)
+    analytic = logprobs.token_logps_backward(upstream, cache)
     numeric = np.zeros_like(logits)
     flat = logits.reshape(-1)
     for i in range(flat.size):
         saved = flat[i]
         flat[i] = saved + 1e-5
-        up = (pg.token_logps_forward(logits, batch["labels"])[0] * upstream).sum()
+        up = (logprobs.token_logps_forward(logits, batch["labels"])[0] * upstream).sum()
         flat[i] = saved - 1e-5
-        down = (pg.token_logps_forward(logits, batch["labels"])[0] * upstream).sum()
+        down = (logprobs.token_logps_forward(logits, batch["labels"])[0] * upstream).sum()
         flat[i] = saved
         numeric.reshape(-1)[i] = (up - down) / 2e-5
     assert relative_error(analytic, numeric) < 1e-7
@@ -77,7 +77,7 @@ def test_token_logps_sum_to_the_notes_sequence_logps_and_hold_zero_off_the_respo
     rng = np.random.default_rng(1)
     batch = _batch()
     logits = rng.normal(size=batch["input_ids"].shape + (TOK.vocab_size,))
-    lp, mask, _ = pg.token_logps_forward(logits, batch["labels"])
+    lp, mask, _ = logprobs.token_logps_forward(logits, batch["labels"])
     assert np.all(lp[~mask] == 0)
     np.testing.assert_allclose(lp.sum(axis=1), get_batch_logps(logits, batch["labels"]), rtol=1e-12)
     assert list(mask.sum(axis=1)) == [len(r) for _, r in _samples()]
@@ -172,10 +172,10 @@ def test_at_the_first_update_of_a_batch_the_ratio_is_exactly_one_and_the_step_is
     # the REINFORCE estimate, −(1/N) Σ Â ∇ log π_θ, through the same seam
     policy.zero_grad()
     logits = policy.forward(batch["input_ids"], batch["attention_mask"])
-    lp, mask, cache = pg.token_logps_forward(logits, batch["labels"])
+    lp, mask, cache = logprobs.token_logps_forward(logits, batch["labels"])
     pi = ag.Tensor(lp, requires_grad=True)
     rl.reinforce_loss(pi, adv, mask=mask).backward()
-    policy.backward(pg.token_logps_backward(pi.grad, cache))
+    policy.backward(logprobs.token_logps_backward(pi.grad, cache))
     for k, g in policy.grads.items():
         np.testing.assert_allclose(ppo_grads[k], g, rtol=1e-10, atol=1e-13, err_msg=k)
 

@@ -30,8 +30,8 @@ and that is what this module does to the GPT of ``model.py``:
    the step is the plain policy gradient; the clip then keeps later epochs near π_old.
 
 The gradient crosses the same seam as the DPO trainer's: per-token log-probabilities from the
-logits (``token_logps_forward``), the loss in the autograd, dL/dlog π back to dL/dlogits
-(``token_logps_backward``), then ``GPT.backward``. There is no critic, no entropy bonus and no
+logits (``logprobs.token_logps_forward``), the loss in the autograd, dL/dlog π back to dL/dlogits
+(``logprobs.token_logps_backward``), then ``GPT.backward``. There is no critic, no entropy bonus and no
 reward whitening: the surrogate's gradient at θ = θ_old is the gradient of J and of nothing else.
 
 ``run_ppo_gpt`` trains π^SFT (or loads one), r_φ, then PPO and DPO from π_ref = π^SFT with the same
@@ -50,7 +50,8 @@ import os
 import numpy as np
 
 from dpo_np import autograd as ag
-from dpo_np import backend, checks, logprobs, rl
+from dpo_np import backend, checks, rl
+from dpo_np.logprobs import token_logps_backward, token_logps_forward
 from dpo_np.checkpoint import save_checkpoint
 from dpo_np.data import collate_sft
 from dpo_np.experiments import toy_preferences
@@ -85,39 +86,6 @@ QUICK = dict(DEFAULTS, tokenizer="char", block_size=160, n_layer=1, n_head=2, n_
              ppo_steps=4, prompts_per_step=4, group_size=2, ppo_epochs=2, ppo_lr=1e-3, ppo_warmup=0,
              dpo_steps=4, dpo_lr=1e-3, dpo_batch_size=8,
              ppo_eval_every=2, dpo_eval_every=2, eval_prompts=4, eval_samples=2, max_new_tokens=12)
-
-
-# ---- per-token log-probabilities, forward and backward ----------------------------------------
-
-def token_logps_forward(logits, labels):
-    """log π_θ(y_t | x, y_<t) at every response position (B, T'), its mask m (B, T') and a cache.
-
-    The per-token half of the notes' ``get_batch_logps`` (``logprobs.get_per_token_logps``: the
-    shift, the −100 mask, the gather), kept per token because PPO's ratio is per token; masked
-    positions hold 0, not the dummy label's log-probability. ``logits`` a plain (B, T, V) array.
-    """
-    per_token, mask = logprobs.get_per_token_logps(logits, labels)
-    xp = backend.xp()
-    return xp.where(mask, per_token, 0.0).astype(logits.dtype), mask, (logits, labels, mask)
-
-
-# in the forward pass this was: lp_bt = z_bt[y_bt] − logsumexp_v z_btv, with z_bt = logits[b, t]
-# and y_bt = labels[b, t + 1]; ∂lp_bt/∂z_btv = 1[v = y_bt] − softmax(z_bt)_v, so
-#     dlogits_btv = g_bt m_bt (onehot(y_bt)_v − p_btv)
-# for t < T − 1, and 0 at the last position, whose logits score no label.
-def token_logps_backward(dlogps, cache):
-    """dL/dlogits (B, T, V) from dL/dlog π_θ(y_t|·) (B, T'), the backward of ``token_logps_forward``."""
-    logits, labels, mask = cache
-    xp = backend.xp()
-    z = logits[:, :-1, :]                                                       # (B, T', V)
-    g = xp.where(mask, xp.asarray(dlogps), 0.0).astype(logits.dtype)           # (B, T')
-    dlogits = xp.zeros_like(logits)
-    d = dlogits[:, :-1, :]                                                      # a view
-    d[...] = xp.exp(z - ag.logsumexp_array(z, keepdims=True)) * -g[..., None]   # −g·p
-    y = xp.where(mask, xp.asarray(labels)[:, 1:], 0)
-    rows, cols = xp.arange(y.shape[0])[:, None], xp.arange(y.shape[1])[None, :]
-    d[rows, cols, y] += g                                                       # + g at the label
-    return dlogits
 
 
 # ---- rollouts, rewards and advantages ---------------------------------------------------------
