@@ -155,6 +155,14 @@ class AdamW:
         self.t, self.lr, self.betas, self.eps, self.weight_decay, self.decay = step, lr, betas, eps, wd, decay
 
 
+def global_grad_norm(grads):
+    """‖g‖ of every gradient concatenated, accumulated in float64 on the device, term after term
+    (so the result does not depend on the array library's reduction order); one host transfer."""
+    xp = backend.xp()
+    sq = sum(xp.sum(xp.square(g), dtype=xp.float64) for g in grads.values())
+    return math.sqrt(float(backend.to_numpy(sq)))
+
+
 def clip_grad_norm(grads, max_norm, error_if_nonfinite=True):
     """Scale every gradient by min(1, max_norm / ‖g‖), where ‖g‖ is the L2 norm
     of all gradients concatenated; returns ‖g‖ (before clipping) as a float.
@@ -166,9 +174,7 @@ def clip_grad_norm(grads, max_norm, error_if_nonfinite=True):
     """
     max_norm = checks.positive(max_norm, "max_norm")
     xp = backend.xp()
-    # accumulate in float64 on the device, one term after another; one host transfer for the norm
-    sq = sum(xp.sum(xp.square(g), dtype=xp.float64) for g in grads.values())
-    total_norm = math.sqrt(float(backend.to_numpy(sq)))
+    total_norm = global_grad_norm(grads)
     if not math.isfinite(total_norm):
         if error_if_nonfinite:
             bad = [k for k, g in grads.items() if not bool(xp.all(xp.isfinite(g)))]

@@ -44,7 +44,7 @@ from dpo_np.checkpoint import check_replaceable, load_checkpoint, save_checkpoin
 from dpo_np.data import batch_indices, find_damage, load_located, tokenize_preference, tokenize_sft, warn_damage
 from dpo_np.files import atomic_write, process_alive
 from dpo_np.model import GPT
-from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule
+from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule, global_grad_norm
 from dpo_np.progress import progress
 
 METRICS_FILE = "metrics.jsonl"
@@ -197,13 +197,6 @@ def learning_rate_at(step, args, total_steps):
     if args.lr_scheduler_type == "constant":
         return lr
     return lr * max(0.0, (total_steps - step) / max(1, total_steps - warm))
-
-
-def global_grad_norm(grads):
-    """‖g‖ of every gradient concatenated, accumulated in float64 (no clipping)."""
-    xp = backend.xp()
-    sq = sum(xp.sum(xp.square(g), dtype=xp.float64) for g in grads.values())   # on the device
-    return math.sqrt(float(backend.to_numpy(sq)))                                # one host transfer
 
 
 def check_model_fits(model, name, args, tokenizer):
