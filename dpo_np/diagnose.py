@@ -607,15 +607,15 @@ def diagnose(source):
         log = _from_rows(source)
     rows, notes = log["rows"], list(log["notes"])
     findings, checks = check_non_finite(rows), {"non_finite": "ran"}
-    if findings:            # past a NaN the numbers mean nothing: the other checks read the run before it
-        broken = findings[0]["step"]
+    broken = findings[0]["step"] if findings else None
+    if broken is not None:  # past a NaN the numbers mean nothing: the other checks read the run before it
         rows = [r for r in rows if r["step"] < broken]
         notes.append(f"the other checks read the steps before {broken}, where the first non-finite value is")
     for code, check in CHECKS.items():
         if code == "non_finite":
             continue
-        if findings and code == "still_improving":
-            checks[code] = "not run: the run did not end, it broke (non_finite)"
+        if broken is not None and code in ("still_improving", "too_few_steps"):
+            checks[code] = f"not run: the run broke at step {broken} (non_finite)"
             continue
         try:
             findings += check(rows)

@@ -330,3 +330,326 @@ def test_a_trainer_state_written_by_trl_itself_is_read(tmp_path):
     assert report["rows"] == {"total": 6, "train": 4, "eval": 2}
     assert report["metrics"]["eval/loss"]["n"] == 2 and report["columns"]["unknown"] == []
 
+
+
+# ---- every threshold just below and just above its edge (rows written here) ----------------------
+
+def _train_rows(n, **curves):
+    """n training rows at steps 1..n; each curve a constant, a list of n values or a function of the step."""
+    rows = []
+    for s in range(1, n + 1):
+        row = {"step": s}
+        for name, c in curves.items():
+            row[name.replace("__", "/")] = c(s) if callable(c) else c[s - 1] if isinstance(c, list) else c
+        rows.append(row)
+    return rows
+
+
+def _has(rows, code):
+    return code in [f["code"] for f in dg.diagnose(rows)["findings"]]
+
+
+@pytest.mark.parametrize("x, found", [(dg.NO_LEARNING_REWARD_TOLERANCE * (1 - JUST), True),
+                                      (dg.NO_LEARNING_REWARD_TOLERANCE * (1 + JUST), False)])
+def test_no_learning_edge(x, found):
+    rows = _train_rows(6, loss=LOG2, rewards__chosen=lambda s: -x if s == 4 else 0.0, rewards__rejected=0.0)
+    assert _has(rows, "no_learning") is found
+
+
+def test_no_learning_without_rewards_reads_the_loss_and_needs_two_steps():
+    tol = dg.NO_LEARNING_LOSS_TOLERANCE
+    assert _has(_train_rows(6, loss=lambda s: LOG2 + tol * (1 - JUST) * (s == 3)), "no_learning")
+    assert not _has(_train_rows(6, loss=lambda s: LOG2 + tol * (1 + JUST) * (s == 3)), "no_learning")
+    report = dg.diagnose(_train_rows(1, loss=LOG2, rewards__chosen=0.0, rewards__rejected=0.0))
+    assert report["checks"]["no_learning"].startswith("not run")      # step 1 alone is always 0
+
+
+@pytest.mark.parametrize("x, found", [(dg.START_REWARD_TOLERANCE * (1 - JUST), False),
+                                      (dg.START_REWARD_TOLERANCE * (1 + JUST), True)])
+def test_reference_mismatch_edge_at_step_1(x, found):
+    rows = _train_rows(6, loss=LOG2, rewards__chosen=lambda s: x if s == 1 else 0.5 * s,
+                       rewards__rejected=lambda s: 0.0 if s == 1 else -0.5 * s)
+    assert _has(rows, "reference_mismatch") is found
+
+
+@pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
+def test_reference_mismatch_edge_of_a_row_that_averages_ten_steps(scale, found):
+    """First row at step 10 (9 updates in its window), the rewards then moving 0.01 per step: a reference equal
+    to the starting policy explains at most 1e-3 + 3 × 9 × 0.01 = 0.271 there."""
+    allowed = dg.START_REWARD_TOLERANCE + dg.START_DRIFT_FACTOR * 9 * 0.01
+    x = allowed * scale
+    rows = [{"step": s, "loss": 0.6, "rewards/chosen": x + 0.01 * (s - 10), "rewards/rejected": 0.0}
+            for s in range(10, 70, 10)]
+    report = dg.diagnose(rows)
+    assert _has(rows, "reference_mismatch") is found
+    if found:
+        evidence = report["findings"][0]["evidence"]
+        assert evidence["drift_per_step"] == pytest.approx(0.01, rel=1e-9)
+        assert evidence["allowed"] == pytest.approx(allowed, rel=1e-9) and evidence["updates_before"] == 9
+
+
+def _eval_rows(steps, **curves):
+    return [{"step": s, **{"eval/" + k.replace("__", "/"): v[i] for k, v in curves.items()}}
+            for i, s in enumerate(steps)]
+
+
+@pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
+def test_chosen_logps_falling_edge(scale, found):
+    drop = dg.CHOSEN_LOGPS_DROP * scale
+    rows = _eval_rows([5, 10], logps__chosen=[-10.0, -10.0 - drop], rewards__margins=[0.1, 0.5],
+                      rewards__chosen=[0.0, -0.2], loss=[0.6, 0.5])
+    assert _has(rows, "chosen_logps_falling") is found
+
+
+def test_chosen_logps_falling_needs_a_growing_margin_and_y_w_below_the_reference():
+    base = dict(logps__chosen=[-10.0, -13.0], rewards__margins=[0.1, 0.5], rewards__chosen=[0.0, -0.2])
+    assert _has(_eval_rows([5, 10], **base), "chosen_logps_falling")
+    assert not _has(_eval_rows([5, 10], **{**base, "rewards__margins": [0.5, 0.5]}), "chosen_logps_falling")
+    assert not _has(_eval_rows([5, 10], **{**base, "rewards__chosen": [0.0, 0.0]}), "chosen_logps_falling")
+
+
+def test_chosen_logps_falling_on_training_rows_compares_window_means():
+    """No held-out rows: the mean of the first and of the last n // 5 rows (each batch holds other pairs)."""
+    lp = [-10.0, -11.0, -9.0, -10.0, -12.0] + [-11.0] * 10 + [-11.5, -12.5, -10.5, -11.5, -13.0]
+    rows = _train_rows(20, loss=0.5, logps__chosen=lp, rewards__margins=lambda s: 0.1 * s,
+                       rewards__chosen=-0.1, rewards__accuracies=1.0)
+    (finding,) = [f for f in dg.diagnose(rows)["findings"] if f["code"] == "chosen_logps_falling"]
+    assert finding["evidence"]["rows_averaged"] == 4
+    assert finding["evidence"]["values"] == [np.mean(lp[:4]), np.mean(lp[-4:])]
+    assert finding["evidence"]["drop_nats"] == pytest.approx(np.mean(lp[:4]) - np.mean(lp[-4:]), rel=1e-12)
+
+
+def _overopt_rows(rise, accuracy):
+    train = _train_rows(20, loss=0.3, rewards__margins=lambda s: 0.1 * s, rewards__accuracies=accuracy,
+                        rewards__chosen=0.1, rewards__rejected=lambda s: -0.1 * s)
+    return train + _eval_rows([5, 10, 15, 20], loss=[0.6, 0.5, 0.52, 0.5 + rise])
+
+
+@pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
+def test_over_optimization_edge_of_the_rise(scale, found):
+    assert _has(_overopt_rows(dg.OVER_OPTIMIZATION_RISE * scale, 1.0), "over_optimization") is found
+
+
+@pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
+def test_over_optimization_edge_of_the_saturated_accuracy(scale, found):
+    assert _has(_overopt_rows(0.1, min(1.0, dg.ACCURACY_SATURATED * scale)), "over_optimization") is found
+
+
+@pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
+def test_over_optimization_from_a_kl_estimate_edge(scale, found):
+    """No held-out loss, TRL's objective/kl: it must grow 2× after the accuracy saturates (at step 4, the
+    end of the first 4-row window averaging ≥ 0.9)."""
+    kl = lambda s: 1.0 if s <= 4 else 1.0 + (dg.OVER_OPTIMIZATION_KL_RATIO * scale - 1.0) * (s - 4) / 16  # noqa: E731
+    rows = _train_rows(20, loss=0.3, rewards__margins=lambda s: 0.1 * s, rewards__accuracies=1.0,
+                       rewards__chosen=0.1, rewards__rejected=-0.1, objective__kl=kl)
+    findings = [f for f in dg.diagnose(rows)["findings"] if f["code"] == "over_optimization"]
+    assert bool(findings) is found
+    if found:
+        assert findings[0]["metric"] == "kl" and findings[0]["evidence"]["steps"] == [4, 20]
+        assert findings[0]["evidence"]["values"] == [1.0, pytest.approx(2.0, rel=2e-6)]
+
+
+def _spike_rows(window, spike):
+    return _train_rows(len(window) + 1, loss=list(window) + [spike], rewards__chosen=0.1, rewards__rejected=-0.1)
+
+
+@pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
+def test_loss_spike_edge_of_the_jump_in_nats(scale, found):
+    window = [0.25, 0.26, 0.24, 0.25, 0.26, 0.24, 0.25, 0.26, 0.24, 0.25]   # median 0.25, 10 s.d. ≈ 0.15
+    assert _has(_spike_rows(window, 0.25 + dg.LOSS_SPIKE_MIN_JUMP * scale), "loss_spike") is found
+
+
+@pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
+def test_loss_spike_edge_in_robust_standard_deviations(scale, found):
+    window = [0.0, 0.1] * 5                                       # median 0.05, MAD 0.05: 10 s.d. = 0.7413 > 0.5
+    sd = 1.4826 * 0.05
+    assert _has(_spike_rows(window, 0.05 + dg.LOSS_SPIKE_MADS * sd * scale), "loss_spike") is found
+
+
+def test_loss_spike_needs_five_rows_before_it_and_counts_a_run_of_spikes_once():
+    assert not _has(_spike_rows([0.25] * 4, 5.0), "loss_spike")
+    assert _has(_spike_rows([0.25] * 5, 5.0), "loss_spike")
+    rows = _train_rows(14, loss=[0.25] * 10 + [4.0, 4.1, 0.25, 0.25])
+    assert [f["step"] for f in dg.diagnose(rows)["findings"] if f["code"] == "loss_spike"] == [11]
+
+
+@pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
+def test_still_improving_edge(scale, found):
+    """The last fall at least 1% of the last value: 0.6 → x with 0.6 − x = 0.01·x at the edge."""
+    x = 0.6 / (1 + dg.STILL_IMPROVING_DROP * scale)
+    rows = _train_rows(10, loss=0.5) + _eval_rows([4, 7, 10], loss=[0.7, 0.6, x])
+    assert _has(rows, "still_improving") is found
+
+
+def test_still_improving_needs_each_of_the_last_evaluations_to_fall():
+    rows = _train_rows(10, loss=0.5) + _eval_rows([4, 7, 10], loss=[0.55, 0.6, 0.5])
+    assert not _has(rows, "still_improving")
+
+
+@pytest.mark.parametrize("n, found", [(dg.MIN_TREND_ROWS - 1, True), (dg.MIN_TREND_ROWS, False)])
+def test_too_few_steps_edge(n, found):
+    report = dg.diagnose(_train_rows(n, loss=0.5, rewards__chosen=0.1, rewards__rejected=-0.1))
+    assert ("too_few_steps" in [f["code"] for f in report["findings"]]) is found
+    assert report["checks"]["loss_spike"].startswith("not run")          # it needs 6 rows
+
+
+def test_non_finite_names_the_first_step_and_every_metric_hit():
+    rows = _train_rows(8, loss=lambda s: float("nan") if s == 6 else 0.5, grad_norm=lambda s: math.inf if s == 3 else 1.0)
+    report = dg.diagnose(rows)
+    assert _codes(report)[0] == ("non_finite", 3, "grad_norm")
+    evidence = report["findings"][0]["evidence"]
+    assert evidence["values"] == ["inf"] and evidence["first_step"] == {"grad_norm": 3, "loss": 6}
+    assert evidence["count"] == 2
+    assert report["metrics"]["grad_norm"]["curve"][2] == "×"
+
+
+# ---- reading: what is read, what is reported, what is refused --------------------------------------
+
+def test_unknown_and_missing_columns_are_reported_not_fatal(tmp_path):
+    rows = [{"step": s, "loss": 0.6, "rewards/chosen": 0.1 * s, "my_metric": 3, "run_name": "a string"}
+            for s in range(1, 4)]
+    report = dg.diagnose(_write_jsonl(tmp_path / "log.jsonl", rows))
+    assert report["columns"]["unknown"] == ["my_metric", "run_name"]
+    assert report["columns"]["read"] == ["loss", "rewards/chosen"]
+    assert "rewards/rejected" in report["columns"]["missing"] and "eval/loss" in report["columns"]["missing"]
+    assert report["checks"]["reference_mismatch"] == "not run: needs rewards/chosen and rewards/rejected in the same rows"
+    text = dg.format_report(report)
+    assert "unknown columns: my_metric, run_name" in text and "not checked: " in text
+
+
+def test_trl_and_weights_and_biases_spellings_read_as_ours():
+    assert [dg.canonical_name(n) for n in ("eval_loss", "eval_rewards/chosen", "learning_rate", "train/loss",
+                                           "train/global_step", "eval/logps/chosen", "objective/kl")] == \
+        ["eval/loss", "eval/rewards/chosen", "lr", "loss", "step", "eval/logps/chosen", "kl"]
+
+
+def test_a_log_without_steps_uses_row_numbers_and_rows_out_of_order_are_sorted(tmp_path):
+    report = dg.diagnose(_write_jsonl(tmp_path / "a.jsonl", [{"loss": 0.7}, {"loss": 0.6}]))
+    assert report["steps"] == {"first": 1, "last": 2} and "row number" in report["notes"][0]
+    log = dg.read_log(_write_jsonl(tmp_path / "b.jsonl", [{"step": 2, "loss": 0.6}, {"step": 1, "loss": 0.7}]))
+    assert [r["step"] for r in log["rows"]] == [1, 2] and "out of step order" in log["notes"][0]
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("a.jsonl", '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": \n', "a.jsonl line 2: not JSON"),
+    ("b.jsonl", '{"step": 1, "loss": 0.5}\n\n[1, 2]\n', "b.jsonl line 3: expected an object of metric names"),
+    ("c.jsonl", '{"step": 1, "loss": "abc"}\n', "c.jsonl line 1: 'loss' is 'abc', not a number"),
+    ("d.jsonl", '{"step": 1, "loss": true}\n', "d.jsonl line 1: 'loss' is True, not a number"),
+    ("e.jsonl", '{"step": 1, "loss": 0.5}\n{"loss": 0.4}\n', "e.jsonl line 2: no step, though other rows have one"),
+    ("f.csv", "step,loss\n1,0.5\n2,0.4,9\n", "f.csv line 3: 3 cells, the header has 2"),
+    ("g.csv", "step,eval_loss\n1,0.5\n2,oops\n", "g.csv line 3: 'eval_loss' is 'oops', not a number"),
+    ("h.json", '{"log_history": [\n{"step": 1,\n "loss": }]}', "h.json line 3: not JSON"),
+    ("i.json", '{"global_step": 3}', "i.json: expected a Trainer state (an object with a 'log_history' list)"),
+    ("j.json", '{"log_history": [{"step": 1, "loss": 0.5}, 7]}', "j.json: log_history[1] is a int"),
+    ("k.jsonl", '{"step": 1, "accuracy": 0.5, "margin": 1.0}\n',
+     "k.jsonl: none of the known metric names in its columns ['step', 'accuracy', 'margin']; expected some of "
+     "loss, rewards/chosen"),
+    ("l.txt", "loss\n0.5\n", "l.txt: expected a run directory, a trainer_state.json, a .jsonl or a .csv file"),
+])
+def test_a_bad_file_is_refused_naming_the_file_and_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        dg.diagnose(tmp_path / name)
+    assert str(err.value).startswith(str(tmp_path / message.split(":")[0].split(" line")[0]))
+    assert message in str(err.value)
+
+
+def test_a_directory_without_a_log_and_a_missing_path_say_what_was_looked_for(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no metrics.jsonl, trainer_state.json or checkpoint-<step>"):
+        dg.diagnose(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        dg.diagnose(tmp_path / "nothing.jsonl")
+    with pytest.raises(TypeError, match="a path, a list of row dicts"):
+        dg.diagnose(42)
+
+
+# ---- the text ---------------------------------------------------------------------------------
+
+def test_sparklines_use_the_eight_blocks_from_lowest_to_highest():
+    assert dg.sparkline(range(8)) == "▁▂▃▄▅▆▇█"
+    assert dg.sparkline([3.0, 3.0, 3.0]) == "▄▄▄"
+    assert dg.sparkline([0.0, float("nan"), 7.0]) == "▁×█"
+    assert dg.sparkline([]) == ""
+    assert dg.sparkline([0.0] * 40 + [7.0] * 40, width=40) == "▁" * 20 + "█" * 20   # 80 values, chunks of 2
+    assert dg.sparkline([0.0, 1.0, 2.0, 7.0], width=2) == "▁█"                      # means 0.5 and 4.5
+
+
+def test_the_report_text_gives_each_finding_its_evidence_meaning_remedy_and_reading(runs):
+    report = dg.diagnose(runs["displace"].args.output_dir)
+    text = dg.format_report(report)
+    finding = report["findings"][0]
+    for part in (f"[chosen_logps_falling] step 30, eval/logps/chosen", "evidence: " + finding["message"],
+                 "usually means: " + finding["meaning"], "try: " + finding["try"],
+                 'read: notebooks/07_dpo_end_to_end.ipynb §6 "Both likelihoods fall while the margin grows"',
+                 "findings: 1", report["metrics"]["eval/logps/chosen"]["curve"]):
+        assert part in text, part
+    assert dg.format_report(report, quiet=True) == \
+        f"chosen_logps_falling at step 30 (eval/logps/chosen): {finding['message']}"
+    assert dg.format_report(dg.diagnose(runs["healthy"].args.output_dir), quiet=True) == "no findings"
+
+
+def _headings(notebook):
+    with open(os.path.join(ROOT, notebook), encoding="utf-8") as f:
+        cells = json.load(f)["cells"]
+    return {line.strip() for c in cells if c["cell_type"] == "markdown"
+            for line in "".join(c["source"]).splitlines() if line.startswith("## ")}
+
+
+def test_every_finding_points_to_a_notebook_section_that_exists():
+    for code in dg.FINDING_CODES:
+        sections = dg.EXPLANATIONS[code]["see"]
+        assert sections and all(dg.EXPLANATIONS[code][k] for k in ("meaning", "to_try"))
+        for notebook, number, title in sections:
+            if notebook == dg.NB09 and not os.path.exists(os.path.join(ROOT, notebook)):
+                continue                                      # being written; named for its exact failure modes
+            assert os.path.exists(os.path.join(ROOT, notebook)), notebook
+            if number is not None:
+                assert f"## {number}. {title}" in _headings(notebook), (code, notebook, number, title)
+
+
+# ---- the command line -----------------------------------------------------------------------------
+
+def _strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, parse_constant=refuse)
+
+
+def test_the_command_prints_the_report_and_writes_its_json(runs, tmp_path, capsys):
+    run_dir = runs["mismatch"].args.output_dir
+    assert main(["diagnose", run_dir, "--json", str(tmp_path / "report.json")]) == 0
+    out = capsys.readouterr().out
+    data = _strict_json(tmp_path / "report.json")
+    assert data["command"] == "diagnose" and data["options"]["path"] == run_dir
+    assert data["findings"] == json.loads(json.dumps(dg.diagnose(run_dir)["findings"]))
+    assert {"code", "step", "metric", "evidence"} <= set(data["findings"][0])
+    assert {"source", "rows", "steps", "columns", "metrics", "checks"} <= set(data)
+    assert "[reference_mismatch] step 1, rewards/" in out and "numbers written to" in out
+
+
+def test_the_command_refuses_to_write_over_the_file_it_reads(runs, capsys):
+    metrics = runs["healthy"].metrics_path
+    before = open(metrics, "rb").read()
+    for target in (runs["healthy"].args.output_dir, metrics):
+        for option in ("--json", "--figure"):
+            assert main(["diagnose", target, option, metrics]) == 2
+            assert f"{option} {metrics}: is the file being diagnosed" in capsys.readouterr().err
+    assert open(metrics, "rb").read() == before
+
+
+def test_the_command_quiet_prints_one_line_per_finding_and_a_bad_file_exits_2(runs, tmp_path, capsys):
+    assert main(["diagnose", runs["overopt"].args.output_dir, "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" at step")[0] for line in lines] == ["chosen_logps_falling", "over_optimization"]
+    (tmp_path / "bad.jsonl").write_text('{"step": 1, "loss": 0.5}\nnot json\n', encoding="utf-8")
+    assert main(["diagnose", str(tmp_path / "bad.jsonl")]) == 2
+    assert f"error: {tmp_path / 'bad.jsonl'} line 2: not JSON" in capsys.readouterr().err
+
+
+def test_the_command_draws_the_curves_with_the_findings_marked(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    figure = tmp_path / "diagnosis.png"
+    assert main(["diagnose", runs["displace"].args.output_dir, "--figure", str(figure), "--quiet"]) == 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"figure written to {figure}" in capsys.readouterr().out
