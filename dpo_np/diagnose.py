@@ -390,6 +390,7 @@ def check_non_finite(rows):
 
 
 def check_too_few_steps(rows):
+    """Fewer than MIN_TREND_ROWS training rows: too few to compare the start of the run with its end."""
     (steps, _), = _need(rows, "loss")
     if len(steps) >= MIN_TREND_ROWS:
         return []
@@ -418,7 +419,7 @@ def check_no_learning(rows):
     if worst[0] > limit:
         return []
     moved = None
-    lp_steps, lp = _curve(rows, "eval/logps/chosen")
+    _, lp = _curve(rows, "eval/logps/chosen")
     if metric == "rewards" and len(lp) >= 2:
         moved = max(lp) - min(lp) > POLICY_MOVED_NATS
     if worst[0] == 0:
@@ -461,9 +462,9 @@ def check_reference_mismatch(rows):
     if moves == 0:
         why = f"before any update a reference equal to the starting policy gives 0 (up to {allowed:.3g})"
     else:
-        why = (f"that row {'averages steps 1–' + str(step) if not prefix else 'follows ' + str(moves) + ' updates'}, "
-               f"over which rewards moving {drift:.3g} per step, as they do next, reach at most {allowed:.3g} "
-               f"from a reference equal to the starting policy")
+        why = (f"that row {'averages steps 1–' + str(step) if not prefix else 'follows ' + str(moves) + ' updates'}; "
+               f"at the fastest pace the rewards move next ({drift:.3g} per step), {moves} updates take a reference "
+               f"equal to the starting policy to {allowed:.3g} at most")
     return [_finding("reference_mismatch", step, metric,
                      f"at step {step}, the first logged row, {prefix}rewards/chosen = {chosen:.4g} and "
                      f"{prefix}rewards/rejected = {rejected:.4g}; {why}",
@@ -671,7 +672,8 @@ def format_report(report, quiet=False):
     if quiet:
         return "\n".join(lines or ["no findings"])
     src, rows, cols = report["source"], report["rows"], report["columns"]
-    lines = [f"{src['file'] or 'rows'} ({src['kind']}): steps {report['steps']['first']}–{report['steps']['last']}, "
+    name = f"{src['file']} ({src['kind']})" if src["file"] else "the rows given"
+    lines = [f"{name}: steps {report['steps']['first']}–{report['steps']['last']}, "
              f"{rows['train']} training rows, {rows['eval']} evaluation rows"]
     for key in ("unknown", "ignored", "missing"):
         if cols[key]:
