@@ -462,9 +462,9 @@ def check_reference_mismatch(rows):
     if moves == 0:
         why = f"before any update a reference equal to the starting policy gives 0 (up to {allowed:.3g})"
     else:
-        why = (f"that row {'averages steps 1–' + str(step) if not prefix else 'follows ' + str(moves) + ' updates'}; "
-               f"at the fastest pace the rewards move next ({drift:.3g} per step), {moves} updates take a reference "
-               f"equal to the starting policy to {allowed:.3g} at most")
+        why = (f"that row {'averages steps 1–' + str(step) if not prefix else 'follows ' + str(moves) + ' updates'}, "
+               f"and in {moves} updates at the fastest pace the rewards move next ({drift:.3g} per step), rewards "
+               f"that start at 0 reach {allowed:.3g} at most")
     return [_finding("reference_mismatch", step, metric,
                      f"at step {step}, the first logged row, {prefix}rewards/chosen = {chosen:.4g} and "
                      f"{prefix}rewards/rejected = {rejected:.4g}; {why}",

@@ -647,6 +647,18 @@ def test_the_command_quiet_prints_one_line_per_finding_and_a_bad_file_exits_2(ru
     assert f"error: {tmp_path / 'bad.jsonl'} line 2: not JSON" in capsys.readouterr().err
 
 
+def test_the_figure_marks_each_finding_at_its_step_in_the_panel_of_its_metric(runs):
+    pytest.importorskip("matplotlib")
+    from dpo_np.experiments.plots import DPO_PANELS, diagnosis_figure
+    log = dg.read_log(runs["displace"].args.output_dir)
+    fig = diagnosis_figure(log["rows"], dg.diagnose(log))
+    marked = {title: [line.get_xdata()[0] for line in ax.get_lines() if line.get_color() == "red"]
+              for ax, (title, _, _) in zip(fig.axes, DPO_PANELS)}
+    assert marked.pop("logps/chosen vs logps/rejected") == [30]
+    assert not any(marked.values())
+    assert [t.get_text() for t in fig.axes[4].texts] == ["chosen_logps_falling"]
+
+
 def test_the_command_draws_the_curves_with_the_findings_marked(runs, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     figure = tmp_path / "diagnosis.png"
