@@ -622,7 +622,7 @@ def diagnose(source):
             findings += check(rows)
             checks[code] = "ran"
         except NotChecked as why:
-            checks[code] = f"not run: {why}"
+            checks[code] = f"not run: {'' if broken is None else f'before step {broken}, '}{why}"
     findings.sort(key=lambda f: (f["step"], FINDING_CODES.index(f["code"])))
     rows = log["rows"]
     train = [r for r in rows if any(k in r for k in TRAIN_METRICS)]
@@ -679,12 +679,12 @@ def format_report(report, quiet=False):
         if cols[key]:
             lines.append(f"  {key} columns: {', '.join(cols[key])}")
     lines += [f"  note: {n}" for n in report["notes"]]
-    lines += ["", f"  {'metric':<24}{'first':>10}{'last':>10}{'min':>10}{'max':>10}  curve"]
+    lines += ["", f"  {'metric':<24}" + "".join(f" {k:>10}" for k in ("first", "last", "min", "max")) + "  curve"]
     for name, m in report["metrics"].items():
         if "first" not in m:
-            lines.append(f"  {name:<24}{'(no finite value)':>40}")
+            lines.append(f"  {name:<24}{'(no finite value)':>44}  {m['curve']}")
             continue
-        lines.append(f"  {name:<24}" + "".join(f"{m[k]:>10.4g}" for k in ("first", "last", "min", "max"))
+        lines.append(f"  {name:<24}" + "".join(f" {m[k]:>10.4g}" for k in ("first", "last", "min", "max"))
                      + f"  {m['curve']}")
     lines += ["", f"findings: {len(findings) or 'none'}"]
     for f in findings:
