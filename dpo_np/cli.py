@@ -607,7 +607,8 @@ def build_parser():
                                    "with its evidence, what it usually means, what to try and where to read more.")
     p.add_argument("path", help="a run directory, a trainer_state.json (or the directory holding it), a .jsonl or .csv")
     p.add_argument("--json", metavar="PATH", help="write the report (findings and summary) to PATH")
-    p.add_argument("--figure", metavar="PATH", help="draw the metric curves with the findings marked (needs matplotlib)")
+    p.add_argument("--figure", metavar="PATH",
+                   help="draw the metric curves with the findings marked (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="print one line per finding, nothing else")
     p.set_defaults(func=_diagnose)
 

@@ -17,7 +17,7 @@ what to try and the notebook section that explains it:
 ``no_learning``: every logged reward stays within ``NO_LEARNING_REWARD_TOLERANCE`` of 0 (or, in a log
     without rewards, the loss within ``NO_LEARNING_LOSS_TOLERANCE`` nats of log 2) over more than one
     step. A reward of 0 means π_θ = π_ref on that response, so the policy never left the reference;
-    1e-4 is far below what one step of any working learning rate gives, and above float32 round-off.
+    1e-4 is far below what a working run's rewards reach (tenths and more), and above float32 round-off.
     If the held-out ``eval/logps/chosen`` moved by more than ``POLICY_MOVED_NATS`` meanwhile, the policy
     did move, and the reference moved with it.
 ``reference_mismatch``: at the first logged row the rewards are not 0. A row of step 1 (or an
@@ -32,18 +32,23 @@ what to try and the notebook section that explains it:
     the means of the first and last ``trend_window`` training rows (each batch holds other pairs).
 ``over_optimization``: the held-out loss ends at least ``OVER_OPTIMIZATION_RISE`` nats above its
     lowest value while the training margin kept growing after that evaluation and the training accuracy
-    averaged at least ``ACCURACY_SATURATED`` since. Without a held-out loss, a logged KL estimate
+    averaged at least ``ACCURACY_SATURATED`` since. The held-out set is fixed, so its loss has no batch
+    noise: 0.05 nats per pair, about a fourteenth of log 2, is a real worsening, and 0.9 means the
+    training pairs are ranked. Without a held-out loss, a logged KL estimate
     (``kl``, TRL's ``objective/kl``) that grows ``OVER_OPTIMIZATION_KL_RATIO`` times after the accuracy
     saturated, with a growing margin, says the same.
 ``loss_spike``: a training loss at least ``LOSS_SPIKE_MIN_JUMP`` nats and ``LOSS_SPIKE_MADS`` robust
     standard deviations (1.4826 × the median absolute deviation) above the median of the
     ``LOSS_SPIKE_WINDOW`` rows before it (with ``LOSS_SPIKE_MIN_HISTORY`` rows at least). The median and
-    MAD ignore one bad row; the floor in nats keeps a converged run's tiny noise from counting.
+    MAD ignore one bad row, and 10 of their standard deviations is far outside any window's own spread;
+    the floor in nats keeps the tiny noise of a converged run (losses near 0) from counting.
 ``non_finite``: a NaN or ±inf in any metric, from the first step it appears.
 ``still_improving``: the held-out loss fell at each of the last ``STILL_IMPROVING_EVALS`` evaluations,
-    the last time by at least ``STILL_IMPROVING_DROP`` of its value: the run ended before its best point.
+    the last time by at least ``STILL_IMPROVING_DROP`` of its value (1%: a smaller last fall is a curve
+    that has flattened): the run ended before its best point.
 ``too_few_steps``: fewer than ``MIN_TREND_ROWS`` training rows; the checks that compare the start of
-    the run with its end are not run.
+    the run with its end are not run (so few rows, each one batch, say more about their batches than
+    about a trend).
 
 A check whose metrics the log lacks is not run, and the report says which and why.
 """
@@ -365,7 +370,8 @@ def _need(rows, *names, at_least=1):
     for name, (steps, _) in zip(names, curves):
         if len(steps) < at_least:
             have = f"only {len(steps)} finite value{'s' * (len(steps) != 1)}" if steps else "not in the log"
-            raise NotChecked(f"needs {name} ({'at least ' + str(at_least) + ' values; ' if at_least > 1 else ''}{have})")
+            least = f"at least {at_least} values; " if at_least > 1 else ""
+            raise NotChecked(f"needs {name} ({least}{have})")
     return curves
 
 
@@ -523,6 +529,8 @@ def check_over_optimization(rows):
 
 
 def _kl_over_optimization(rows):
+    """The KL estimate grows OVER_OPTIMIZATION_KL_RATIO times after the training accuracy saturates (the end
+    of the first ``trend_window`` rows averaging ≥ ACCURACY_SATURATED), while the margin grows."""
     name = "kl" if _curve(rows, "kl")[0] else "eval/kl"
     (ksteps, kls), (msteps, margins), (asteps, accuracies) = _need(
         rows, name, "rewards/margins", "rewards/accuracies", at_least=MIN_TREND_ROWS)
@@ -532,9 +540,9 @@ def _kl_over_optimization(rows):
     if saturated is None or saturated >= ksteps[-1]:
         return []
     k_sat = next(k for s, k in zip(ksteps, kls) if s >= saturated)
-    m_sat = next(m for s, m in zip(msteps, margins) if s >= saturated)
+    m_sat = next((m for s, m in zip(msteps, margins) if s >= saturated), None)
     mw = trend_window(len(margins))
-    if kls[-1] < OVER_OPTIMIZATION_KL_RATIO * k_sat or _mean(margins[-mw:]) <= m_sat or k_sat <= 0:
+    if m_sat is None or k_sat <= 0 or kls[-1] < OVER_OPTIMIZATION_KL_RATIO * k_sat or _mean(margins[-mw:]) <= m_sat:
         return []
     return [_finding("over_optimization", ksteps[-1], name,
                      f"{name} grew from {k_sat:.4g} to {kls[-1]:.4g} ({kls[-1] / k_sat:.3g}×) after "

@@ -168,7 +168,8 @@ def test_long_training_at_a_tiny_beta_is_over_optimization(runs):
     report = dg.diagnose(runs["overopt"].args.output_dir)
     # the held-out y_w of the two reversed pairs is "no", which training keeps pushing down: on held-out
     # pairs the mean log π(y_w|x) falls too, a true second finding
-    assert _codes(report) == [("chosen_logps_falling", 120, "eval/logps/chosen"), ("over_optimization", 120, "eval/loss")]
+    assert _codes(report) == [("chosen_logps_falling", 120, "eval/logps/chosen"),
+                              ("over_optimization", 120, "eval/loss")]
     evidence = report["findings"][1]["evidence"]
     steps, losses = _curve(rows, "eval/loss")
     best = int(np.argmin(losses))
@@ -345,6 +346,12 @@ def _train_rows(n, **curves):
     return rows
 
 
+def _eval_rows(steps, **curves):
+    """Evaluation rows at ``steps``; each curve a list of values, named without its eval/ prefix."""
+    return [{"step": s, **{"eval/" + k.replace("__", "/"): v[i] for k, v in curves.items()}}
+            for i, s in enumerate(steps)]
+
+
 def _has(rows, code):
     return code in [f["code"] for f in dg.diagnose(rows)["findings"]]
 
@@ -362,6 +369,15 @@ def test_no_learning_without_rewards_reads_the_loss_and_needs_two_steps():
     assert not _has(_train_rows(6, loss=lambda s: LOG2 + tol * (1 + JUST) * (s == 3)), "no_learning")
     report = dg.diagnose(_train_rows(1, loss=LOG2, rewards__chosen=0.0, rewards__rejected=0.0))
     assert report["checks"]["no_learning"].startswith("not run")      # step 1 alone is always 0
+
+
+@pytest.mark.parametrize("scale, moved", [(1 - JUST, False), (1 + JUST, True)])
+def test_no_learning_says_the_policy_moved_past_its_edge(scale, moved):
+    rows = _train_rows(6, loss=LOG2, rewards__chosen=0.0, rewards__rejected=0.0) + \
+        _eval_rows([3, 6], logps__chosen=[-10.0, -10.0 + dg.POLICY_MOVED_NATS * scale], rewards__chosen=[0.0, 0.0],
+                   rewards__rejected=[0.0, 0.0])
+    (finding,) = dg.diagnose(rows)["findings"]
+    assert finding["code"] == "no_learning" and finding["evidence"]["policy_moved"] is moved
 
 
 @pytest.mark.parametrize("x, found", [(dg.START_REWARD_TOLERANCE * (1 - JUST), False),
@@ -386,11 +402,6 @@ def test_reference_mismatch_edge_of_a_row_that_averages_ten_steps(scale, found):
         evidence = report["findings"][0]["evidence"]
         assert evidence["drift_per_step"] == pytest.approx(0.01, rel=1e-9)
         assert evidence["allowed"] == pytest.approx(allowed, rel=1e-9) and evidence["updates_before"] == 9
-
-
-def _eval_rows(steps, **curves):
-    return [{"step": s, **{"eval/" + k.replace("__", "/"): v[i] for k, v in curves.items()}}
-            for i, s in enumerate(steps)]
 
 
 @pytest.mark.parametrize("scale, found", [(1 - JUST, False), (1 + JUST, True)])
@@ -466,6 +477,13 @@ def test_loss_spike_edge_in_robust_standard_deviations(scale, found):
     assert _has(_spike_rows(window, 0.05 + dg.LOSS_SPIKE_MADS * sd * scale), "loss_spike") is found
 
 
+def test_loss_spike_compares_with_the_last_ten_rows_only():
+    """After a plateau at 3, ten rows at 0.25: a loss of 0.8 is a spike against those ten (over twenty rows
+    the median would be 1.625, and it would not be)."""
+    rows = _train_rows(21, loss=[3.0] * 10 + [0.25] * 10 + [0.8])
+    assert [f["step"] for f in dg.diagnose(rows)["findings"] if f["code"] == "loss_spike"] == [21]
+
+
 def test_loss_spike_needs_five_rows_before_it_and_counts_a_run_of_spikes_once():
     assert not _has(_spike_rows([0.25] * 4, 5.0), "loss_spike")
     assert _has(_spike_rows([0.25] * 5, 5.0), "loss_spike")
@@ -494,7 +512,8 @@ def test_too_few_steps_edge(n, found):
 
 
 def test_non_finite_names_the_first_step_and_every_metric_hit():
-    rows = _train_rows(8, loss=lambda s: float("nan") if s == 6 else 0.5, grad_norm=lambda s: math.inf if s == 3 else 1.0)
+    rows = _train_rows(8, loss=lambda s: float("nan") if s == 6 else 0.5,
+                       grad_norm=lambda s: math.inf if s == 3 else 1.0)
     report = dg.diagnose(rows)
     assert _codes(report)[0] == ("non_finite", 3, "grad_norm")
     evidence = report["findings"][0]["evidence"]
@@ -512,7 +531,8 @@ def test_unknown_and_missing_columns_are_reported_not_fatal(tmp_path):
     assert report["columns"]["unknown"] == ["my_metric", "run_name"]
     assert report["columns"]["read"] == ["loss", "rewards/chosen"]
     assert "rewards/rejected" in report["columns"]["missing"] and "eval/loss" in report["columns"]["missing"]
-    assert report["checks"]["reference_mismatch"] == "not run: needs rewards/chosen and rewards/rejected in the same rows"
+    assert report["checks"]["reference_mismatch"] == \
+        "not run: needs rewards/chosen and rewards/rejected in the same rows"
     text = dg.format_report(report)
     assert "unknown columns: my_metric, run_name" in text and "not checked: " in text
 
