@@ -25,12 +25,14 @@ from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
 from dpo_np.experiments.demo import run_demo
 from dpo_np.experiments.figures import FIGURES, make_figures
 from dpo_np.experiments.gridworld import plot_gridworld, print_report, run_gridworld
+from dpo_np.experiments.plots import plot_diagnosis
 from dpo_np.experiments.ppo_gpt import run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, run_rlhf
 from dpo_np.files import write_json_atomic
 from dpo_np.generate import beam_search, generate
 from dpo_np.data import format_prompt
+from dpo_np.diagnose import diagnose, format_report, read_log
 from dpo_np.losses import LOSS_TYPES
 from dpo_np.pretrained import load_model, save_pretrained
 from dpo_np.training import TrainingInterrupted, check_output_dir, last_checkpoint
@@ -360,6 +362,19 @@ def _export(args):
     return 0
 
 
+def _diagnose(args):
+    log = read_log(args.path)
+    for option in ("json", "figure"):
+        out = getattr(args, option)
+        if out and os.path.realpath(out) == os.path.realpath(log["source"]["file"]):
+            raise CommandError(f"--{option} {out}: is the file being diagnosed; choose another path")
+    report = diagnose(log)
+    print(format_report(report, quiet=args.quiet))
+    _figure(lambda r, path: plot_diagnosis(log["rows"], r, path), report, args.figure)
+    _json(args, report)
+    return 0
+
+
 def _bench(args):
     run = {"closed-form": bench_closed_form, "model": bench_model, "dpo": bench_dpo, "generate": bench_generate,
            "all": run_all}[args.what]
@@ -582,6 +597,20 @@ def build_parser():
     p.add_argument("output_dir", help="the directory to write (new, empty, or an earlier export)")
     p.add_argument("--without-tokenizer", action="store_true", help="write the model's files only")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("diagnose", help="read a run's logged metrics (ours or TRL's) and say what is happening",
+                       description="Read the metrics a DPO run logged — a run directory of ours (metrics.jsonl), a "
+                                   "Hugging Face Trainer's trainer_state.json (as TRL writes it), or a JSONL or CSV "
+                                   "of rows with the standard names — and print the run at a glance, its curves, "
+                                   "and findings: no_learning, reference_mismatch, chosen_logps_falling, "
+                                   "over_optimization, loss_spike, non_finite, still_improving, too_few_steps; each "
+                                   "with its evidence, what it usually means, what to try and where to read more.")
+    p.add_argument("path", help="a run directory, a trainer_state.json (or the directory holding it), a .jsonl or .csv")
+    p.add_argument("--json", metavar="PATH", help="write the report (findings and summary) to PATH")
+    p.add_argument("--figure", metavar="PATH",
+                   help="draw the metric curves with the findings marked (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="print one line per finding, nothing else")
+    p.set_defaults(func=_diagnose)
 
     p = sub.add_parser("bench", help="benchmarks (timings, not tests)",
                        description="Time the heavy paths on this machine and print a report.")

@@ -141,3 +141,22 @@ def save_figure(fig, path, dpi=110):
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format=fmt, dpi=dpi)
     return os.fspath(path)
+
+
+def plot_diagnosis(rows, report, path, title=None):
+    """``diagnosis_figure`` written to ``path`` (atomically); returns ``path``."""
+    return save_figure(diagnosis_figure(rows, report, title), path)
+
+
+def diagnosis_figure(rows, report, title=None):
+    """The standard DPO curves of a logged run (``diagnose.read_log``'s rows) with each finding of
+    ``diagnose.diagnose``'s report marked: a red line at its step, labelled with its code, in the panels
+    that draw its metric. Returns the Figure."""
+    fig = metric_figure(rows, DPO_PANELS, title or f"diagnose: {report['source']['file'] or 'rows'}")
+    for ax, (_, names, _) in zip(fig.axes, DPO_PANELS):
+        for f in report["findings"]:
+            if f["metric"].removeprefix("eval/") in names:
+                ax.axvline(f["step"], color="red", alpha=0.5, linewidth=1)
+                ax.annotate(f["code"], (f["step"], 1), xycoords=("data", "axes fraction"), rotation=90,
+                            va="top", ha="right", fontsize="x-small", color="red")
+    return fig
