@@ -39,10 +39,10 @@ from dpo_np.progress import progress as progress_bar
 PARTS = ("displacement", "coverage", "online", "length", "beta")
 
 DEFAULTS = dict(vocab_size=3, max_length=3, n_prompts=4, n_layer=1, n_head=2, n_embd=8,
-                reference_scale=1.0, reward_scale=0.5, sft_samples=64, sft_steps=150, sft_lr=1e-2,
-                beta=0.5, lr=1e-2, steps=200, log_every=10, table_lr=0.05, length_lr=3e-2, length_table_lr=0.2,
+                reference_scale=1.0, reward_scale=0.5, sft_samples=64, sft_steps=100, sft_lr=1e-2,
+                beta=0.5, lr=1e-2, steps=160, log_every=10, table_lr=0.05, length_lr=3e-2, length_table_lr=0.2,
                 displacement_pairs=256, coverage_pairs=(256, 1024, 4096), low_coverage_responses=4,
-                online_pairs=1024, online_rounds=4, length_steps=300,
+                online_pairs=1024, online_rounds=4, length_steps=240,
                 betas=(0.25, 0.5, 1.0), lrs=(3e-3, 1e-2, 3e-2), beta_pairs=1024)
 
 #: the same measurements on a few steps: seconds, for a first look and the tests (not the README's numbers)
@@ -238,20 +238,23 @@ def displacement_measures(before, after, pairs, distance, prefix):
 # -- the five parts, on one seed -----------------------------------------------------------------
 
 def part_displacement(problem, cfg):
-    """Part 1 on one seed: the GPT's displacement measures, and the log-linear policy's and the table's."""
+    """Part 1 on one seed: the GPT's displacement measures, and the log-linear policy's and the table's;
+    ``mass``: π_ref, π*, each trained policy (P, N) and which responses the pairs compare."""
     n = cfg["displacement_pairs"]
     pairs = first_pairs(problem["pairs"]["on_policy"], n)
-    out = {}
+    star = rlhf.optimal_policy(problem["ref"], problem["rewards"], cfg["beta"])
+    out, mass = {}, {"reference": np.exp(problem["ref"]), "pi_star": np.exp(star),
+                     "compared": compared_mask(pairs, star.shape)}
     for kind in ("gpt", "log_linear", "table"):
         path = run(problem, cfg, kind, "on_policy", n)
         measures = displacement_measures(path["logprobs"][0], path["logprobs"][-1], pairs, problem["distance"],
                                          problem["prefix"])
-        measures["final_kl"] = kl(rlhf.optimal_policy(problem["ref"], problem["rewards"], cfg["beta"]),
-                                  path["logprobs"][-1])
+        measures["final_kl"] = kl(star, path["logprobs"][-1])
+        mass[kind] = np.exp(path["logprobs"][-1])
         measures["mean_length"] = {"before": mean_length(path["logprobs"][0], problem["rs"].lengths),
                                    "after": mean_length(path["logprobs"][-1], problem["rs"].lengths)}
         out[kind] = measures
-    return {**out.pop("gpt"), **out, "pairs": n}
+    return {**out.pop("gpt"), **out, "pairs": n, "mass": mass}
 
 
 def part_coverage(problem, cfg):
@@ -278,7 +281,7 @@ def part_online(problem, cfg):
     ref, r, beta = problem["ref"], problem["rewards"], cfg["beta"]
     star = rlhf.optimal_policy(ref, r, beta)
     per_round, steps_per_round = n // rounds, steps // rounds
-    offline = run(problem, cfg, "gpt", "on_policy", per_round * rounds)
+    offline = run(problem, cfg, "gpt", "on_policy", n)
     policy = new_policy(problem, "gpt")
     data = first_pairs(problem["pairs"]["on_policy"], per_round)       # round 1: the offline run's first pairs
     kl_by_round = []
@@ -291,11 +294,12 @@ def part_online(problem, cfg):
         kl_by_round.append(kl(star, current))
     offline_at = [kl(star, lp) for s, lp in zip(offline["step"], offline["logprobs"])
                   if s in {steps_per_round * (k + 1) for k in range(rounds)}]
-    return {"pairs": per_round * rounds, "rounds": rounds, "steps": steps_per_round * rounds,
+    return {"pairs": n, "rounds": rounds, "steps": steps,
             "final_kl": {"offline": kl(star, offline["logprobs"][-1]), "online": kl_by_round[-1]},
             "final_suboptimality": {"offline": suboptimality(offline["logprobs"][-1], ref, r, beta),
                                     "online": suboptimality(current, ref, r, beta)},
-            "kl_by_round": {"online": kl_by_round, "offline": offline_at}}
+            "kl_by_round": {"online": kl_by_round, "offline": offline_at},
+            "offline_best_kl": min(kl(star, lp) for lp in offline["logprobs"])}
 
 
 def part_length(problem, cfg):
@@ -327,6 +331,9 @@ def part_length(problem, cfg):
             "table": {"averaged": res[("table", "averaged")], "summed": res[("table", "summed")]},
             "sampled": {"pairs": n, "averaged": res[("sampled", "averaged")], "summed": res[("sampled", "summed")]},
             "kl_pi_star_to_predicted": kl(star, tilted),
+            "mass": {"reference": np.exp(ref), "pi_star": np.exp(star), "predicted": np.exp(tilted),
+                     "averaged": np.exp(runs["gpt", "averaged"]["logprobs"][-1]),
+                     "summed": np.exp(runs["gpt", "summed"]["logprobs"][-1])},
             "mean_length_of": {"reference": mean_length(ref, lengths), "pi_star": mean_length(star, lengths),
                                "predicted": mean_length(tilted, lengths)}}
 
@@ -406,6 +413,11 @@ def run_exact_gpt(seeds=(0, 1, 2), quick=False, progress=False, **overrides):
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; the settings are {sorted(cfg)}")
     cfg.update(overrides)
+    rounds = checks.integer(cfg["online_rounds"], "online_rounds", low=1)
+    if cfg["online_pairs"] % rounds or cfg["steps"] % rounds or (cfg["steps"] // rounds) % cfg["log_every"]:
+        raise ValueError(f"online_rounds={rounds} must divide online_pairs={cfg['online_pairs']} and steps="
+                         f"{cfg['steps']}, and log_every={cfg['log_every']} the steps of a round, so that the "
+                         f"offline run is measured where each round ends")
     start = time.perf_counter()
     jobs = [(seed, part) for seed in seeds for part in ("problem",) + PARTS]
     per_seed, problem = {part: [] for part in PARTS}, None
@@ -422,61 +434,95 @@ def run_exact_gpt(seeds=(0, 1, 2), quick=False, progress=False, **overrides):
 
 # -- the report ---------------------------------------------------------------------------------
 
-def _line(label, values, fmt=".3f", width=30):
-    cells = " ".join(f"{v:>9{fmt}}" if v is not None else f"{'—':>9}" for v in values)
-    s = spread([v for v in values if v is not None])
+def _line(label, values, fmt=".3f", width=44):
+    cells = " ".join(f"{v:>9{fmt}}" for v in values)
+    s = spread(values)
     return f"  {label:<{width}} {cells}   {s['mean']:{fmt}} ({s['min']:{fmt}}–{s['max']:{fmt}})"
 
 
-def format_report(result):
-    """The measured numbers as text: one column per seed, then mean (min–max)."""
-    cfg, seeds = result["config"], result["seeds"]
-    head = f"  {'':<30} " + " ".join(f"{'seed ' + str(s):>9}" for s in seeds) + "   mean (min–max)"
-    d, c, o, n, b = (result[p] for p in PARTS)
-    out = [f"exact-gpt: the GPT ({cfg['n_layer']} layer, {cfg['n_embd']} channels, float64) on {cfg['n_prompts']} "
-           f"prompts × {toy_problem.count_responses(cfg['vocab_size'], cfg['max_length'] + 1, eos=True)} responses (0–{cfg['max_length']} of {cfg['vocab_size']} content tokens, "
-           f"then the end token); β {cfg['beta']:g}; DPO runs: {cfg['steps']} full-batch Adam steps at lr "
-           f"{cfg['lr']:g} from π_ref; seeds {', '.join(map(str, seeds))}"]
-    out += [f"\n1. displacement: {d['pairs']} pairs from π_ref", head]
+def _head(result):
+    return f"  {'':<44} " + " ".join(f"{'seed ' + str(s):>9}" for s in result["seeds"]) + "   mean (min–max)"
+
+
+def _displacement_lines(d):
+    out = [f"1. displacement: {d['pairs']} pairs from π_ref; over the pairs with y_w ≠ y_l"]
     for name, m in (("GPT", d), ("log-linear", d["log_linear"]), ("table", d["table"])):
-        out += [_line(f"{name}: chosen log π fell", m["chosen_logp_fell"]),
+        out += [_line(f"{name}: log π(y_w) fell (fraction of pairs)", m["chosen_logp_fell"]),
                 _line(f"{name}: … while the margin grew", m["fell_while_margin_grew"]),
-                _line(f"{name}: both log π fell", m["both_fell"]),
-                _line(f"{name}: margin grew", m["margin_grew"]),
-                _line(f"{name}: only-chosen y's log π fell", m["only_chosen_fell"]),
+                _line(f"{name}: log π(y_l) fell", m["rejected_logp_fell"]),
+                _line(f"{name}: y that only ever won: log π fell", m["only_chosen_fell"]),
                 _line(f"{name}: never-compared mass, before", m["never_compared_mass"]["before"]),
                 _line(f"{name}: never-compared mass, after", m["never_compared_mass"]["after"]),
-                _line(f"{name}: → sharing more prefix with y_w", m["mass_moved"]["prefix_chosen"]),
-                _line(f"{name}: → sharing more prefix with y_l", m["mass_moved"]["prefix_rejected"]),
-                _line(f"{name}: KL(π*‖π_θ)", m["final_kl"])]
-    out += [f"\n2. coverage: KL(π*‖π_θ) after training, by the source of the pairs", head]
+                _line(f"{name}:   moved onto more prefix with a y_w", m["mass_moved"]["prefix_chosen"]),
+                _line(f"{name}:   moved onto more prefix with a y_l", m["mass_moved"]["prefix_rejected"]),
+                _line(f"{name}:   moved onto as much with both", m["mass_moved"]["prefix_equal"]),
+                _line(f"{name}: KL(π*‖π_θ) at the end", m["final_kl"])]
+    return out
+
+
+def _coverage_lines(c):
+    out = ["2. coverage: KL(π*‖π_θ) after training, by the source and number of the pairs",
+           _line("π_ref, where every run starts", c["start_kl"])]
     for kind in ("on_policy", "off_policy", "low_coverage"):
-        for i, pairs in enumerate(c["pairs"]):
-            out.append(_line(f"{kind}, {pairs} pairs", [v[i] for v in c["kl_by_pairs"][kind]]))
-        out.append(_line(f"{kind}, {c['pairs'][-1]} pairs, best on the way", c["best_kl"][kind]))
-        out.append(_line(f"{kind}: π* mass the pairs compare", c["star_mass_compared"][kind]))
-    out += [f"\n3. online: {o['pairs']} pairs in {o['rounds']} rounds from the current π_θ, against offline "
-            f"(the same pairs' number and {o['steps']} steps)", head,
+        out += [_line(f"{kind}, {n} pairs", [v[i] for v in c["kl_by_pairs"][kind]]) for i, n in enumerate(c["pairs"])]
+        out += [_line(f"{kind}, {c['pairs'][-1]} pairs, best along the run", c["best_kl"][kind]),
+                _line(f"{kind}: π* mass on compared responses", c["star_mass_compared"][kind])]
+    return out
+
+
+def _online_lines(o):
+    return [f"3. online: {o['pairs']} pairs in {o['rounds']} rounds drawn from the current π_θ, against offline "
+            f"(all from π_ref); {o['steps']} steps each",
             _line("KL(π*‖π_θ), offline", o["final_kl"]["offline"]), _line("KL(π*‖π_θ), online", o["final_kl"]["online"]),
-            _line("offline, best along its run", [min(v) for v in o["kl_by_round"]["offline"]])]
-    out += ["\n4. length: the averaged loss against the summed one (infinitely many pairs, uniform proposal)", head,
-            _line("KL(π*‖π_tilted): the gap", n["kl_pi_star_to_predicted"])]
+            _line("offline, best along its run", o["offline_best_kl"]),
+            _line("J(π*) − J(π_θ), offline", o["final_suboptimality"]["offline"]),
+            _line("J(π*) − J(π_θ), online", o["final_suboptimality"]["online"])]
+
+
+def _length_lines(n):
+    out = ["4. length: the per-token-averaged loss against the summed one, on every pair (uniform proposal)",
+           _line("KL(π*‖π_tilted): how far apart the two are", n["kl_pi_star_to_predicted"])]
     for label, m in (("GPT, averaged", n), ("GPT, summed", n["summed"]), ("table, averaged", n["table"]["averaged"]),
-                     ("table, summed", n["table"]["summed"]), (f"GPT, averaged, {n['sampled']['pairs']} pairs",
-                                                               n["sampled"]["averaged"])):
-        out += [_line(f"{label}: KL(π*‖·)", m["kl_to_pi_star"]), _line(f"{label}: KL(π_tilted‖·)", m["kl_to_predicted"])]
-    out += [_line("E|y|: π_ref", n["mean_length_of"]["reference"]), _line("E|y|: π*", n["mean_length_of"]["pi_star"]),
-            _line("E|y|: π_tilted", n["mean_length_of"]["predicted"]), _line("E|y|: GPT, averaged", n["mean_length"])]
-    out += [f"\n5. β and the learning rate: J(π*) − J(π_θ) = β KL(π_θ‖π*) along {b['pairs']}-pair runs", head]
+                     ("table, summed", n["table"]["summed"]),
+                     (f"GPT, averaged, {n['sampled']['pairs']} sampled pairs", n["sampled"]["averaged"]),
+                     (f"GPT, summed, {n['sampled']['pairs']} sampled pairs", n["sampled"]["summed"])):
+        out += [_line(f"{label}: KL(π*‖π_θ)", m["kl_to_pi_star"]), _line(f"{label}: KL(π_tilted‖π_θ)", m["kl_to_predicted"])]
+    return out + [_line("E|y| under π_ref", n["mean_length_of"]["reference"]),
+                  _line("E|y| under π*", n["mean_length_of"]["pi_star"]),
+                  _line("E|y| under π_tilted", n["mean_length_of"]["predicted"]),
+                  _line("E|y| under the GPT, averaged loss", n["mean_length"])]
+
+
+def _beta_lines(b):
+    out = [f"5. β and the learning rate: J(π*_β) − J(π_θ) = β KL(π_θ‖π*_β) along runs on {b['pairs']} pairs"]
     for row in b["rows"]:
-        tag = f"β {row['beta']:g}, lr {row['lr']:g}"
-        out += [_line(f"{tag}: best step", row["best_step"], ".0f"),
-                _line(f"{tag}: gap at start/best/end", row["suboptimality_start"]),
-                _line("", row["suboptimality_best"]), _line("", row["suboptimality_final"]),
-                _line(f"{tag}: KL(π_θ‖π_ref) at best", row["kl_ref_at_best"]),
-                _line(f"{tag}: KL(π*‖π_ref)", row["optimum_kl_ref"])]
-    out.append(f"\n({result['seconds']:.0f} s)")
-    return "\n".join(out)
+        tag = f"β {row['beta']:g}, lr {row['lr']:g}:"
+        out += [_line(f"{tag} step where J is highest", row["best_step"], ".0f"),
+                _line(f"{tag} J(π*) − J(π_θ) at the start", row["suboptimality_start"]),
+                _line(f"{tag}   … at the best step", row["suboptimality_best"]),
+                _line(f"{tag}   … at the end", row["suboptimality_final"]),
+                _line(f"{tag} KL(π_θ‖π_ref) at the best step", row["kl_ref_at_best"]),
+                _line(f"{tag} KL(π*‖π_ref)", row["optimum_kl_ref"]),
+                _line(f"{tag} log π(y_w) fell", row["chosen_logp_fell"])]
+    return out
+
+
+def format_part(result, part):
+    """One part's numbers as a table: one column per seed, then mean (min–max)."""
+    lines = {"displacement": _displacement_lines, "coverage": _coverage_lines, "online": _online_lines,
+             "length": _length_lines, "beta": _beta_lines}[part](result[part])
+    return "\n".join(lines[:1] + [_head(result)] + lines[1:])
+
+
+def format_report(result):
+    """Every part's table, under a line that says what was run."""
+    cfg = result["config"]
+    n = toy_problem.count_responses(cfg["vocab_size"], cfg["max_length"] + 1, eos=True)
+    head = (f"exact-gpt: the GPT ({cfg['n_layer']} layer, {cfg['n_embd']} channels, float64) on {cfg['n_prompts']} "
+            f"prompts × {n} responses (0–{cfg['max_length']} of {cfg['vocab_size']} content tokens, then the end "
+            f"token); β {cfg['beta']:g}; every DPO run: {cfg['steps']} full-batch Adam steps at lr {cfg['lr']:g} "
+            f"from π_ref (the GPT after SFT)")
+    return "\n\n".join([head] + [format_part(result, part) for part in PARTS] + [f"({result['seconds']:.0f} s)"])
 
 
 def print_report(result, file=None):
@@ -485,7 +531,7 @@ def print_report(result, file=None):
 
 # -- figures ------------------------------------------------------------------------------------
 
-PANELS = ("displacement", "mass", "coverage", "online", "length", "beta")
+PANELS = ("displacement", "moved", "coverage", "online", "length", "beta")
 POLICIES = (("GPT", lambda d: d), ("log-linear", lambda d: d["log_linear"]), ("table", lambda d: d["table"]))
 
 
@@ -519,7 +565,7 @@ def draw_panel(ax, result, name):
                 get(d)["never_compared_mass"]["after"]] for _, get in POLICIES])
         ax.set_ylabel("fraction of pairs / probability")
         ax.set_title(f"1. displacement: DPO on {d['pairs']} pairs ({seeds})", fontsize="medium")
-    elif name == "mass":
+    elif name == "moved":
         _bars(ax, [p for p, _ in POLICIES], ["shares more prefix with a y_w", "with a y_l", "as much with both"],
               [[get(d)["mass_moved"][k] for k in ("prefix_chosen", "prefix_rejected", "prefix_equal")]
                for _, get in POLICIES])
@@ -550,7 +596,7 @@ def draw_panel(ax, result, name):
         _bars(ax, [r for r, _ in rows], ["KL(π* ‖ π_θ)", "KL(π_tilted ‖ π_θ)"],
               [[m["kl_to_pi_star"], m["kl_to_predicted"]] for _, m in rows])
         ax.set_ylabel("nats")
-        ax.set_title("4. the averaged loss reaches π_tilted, not π*", fontsize="medium")
+        ax.set_title(f"4. averaged or summed loss, every pair: how far from π* and π_tilted ({seeds})", fontsize="medium")
     elif name == "beta":
         styles = ["-", "--", ":", "-."]
         lrs = sorted({row["lr"] for row in b["rows"]})
