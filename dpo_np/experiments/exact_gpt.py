@@ -557,30 +557,31 @@ def _band(ax, x, per_seed, label, **kw):
 def draw_panel(ax, result, name):
     """Draw one question's answer on ``ax``: one of ``PANELS`` (matplotlib axes, any figure)."""
     d, c, o, n, b = (result[p] for p in PARTS)
-    seeds = f"{len(result['seeds'])} seeds, mean and min–max"
     if name == "displacement":
         _bars(ax, [p for p, _ in POLICIES], ["log π(y_w) fell (fraction of pairs)", "never-compared mass, before",
                                              "never-compared mass, after"],
               [[get(d)["chosen_logp_fell"], get(d)["never_compared_mass"]["before"],
                 get(d)["never_compared_mass"]["after"]] for _, get in POLICIES])
         ax.set_ylabel("fraction of pairs / probability")
-        ax.set_title(f"1. displacement: DPO on {d['pairs']} pairs ({seeds})", fontsize="medium")
+        ax.set_title(f"1. displacement: DPO on {d['pairs']} pairs from π_ref", fontsize="medium")
     elif name == "moved":
         _bars(ax, [p for p, _ in POLICIES], ["shares more prefix with a y_w", "with a y_l", "as much with both"],
               [[get(d)["mass_moved"][k] for k in ("prefix_chosen", "prefix_rejected", "prefix_equal")]
                for _, get in POLICIES])
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylabel("probability moved onto never-compared y")
-        ax.set_title("1. where it went: never-compared responses that …", fontsize="medium")
+        ax.set_title("1. where it went: onto never-compared y that …", fontsize="medium")
     elif name == "coverage":
         for kind in ("on_policy", "off_policy", "low_coverage"):
             _band(ax, c["pairs"], c["kl_by_pairs"][kind], kind.replace("_", " "), marker="o")
         ax.axhline(np.mean(c["start_kl"]), color="grey", linestyle=":", label="π_ref, where every run starts")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(c["pairs"], [str(n) for n in c["pairs"]])
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("preference pairs (count)")
         ax.set_ylabel("KL(π* ‖ π_θ) after training (nats)")
-        ax.set_title(f"2. coverage ({seeds})", fontsize="medium")
+        ax.set_title("2. coverage: where the pairs come from", fontsize="medium")
         ax.legend(fontsize="small")
     elif name == "online":
         steps = [o["steps"] * (k + 1) // o["rounds"] for k in range(o["rounds"])]
@@ -588,7 +589,7 @@ def draw_panel(ax, result, name):
         _band(ax, steps, o["kl_by_round"]["offline"], f"offline: all {o['pairs']} pairs from π_ref", marker="s")
         ax.set_xlabel("optimizer steps (rounds for online)")
         ax.set_ylabel("KL(π* ‖ π_θ) (nats)")
-        ax.set_title(f"3. online vs offline, equal pairs and steps ({seeds})", fontsize="medium")
+        ax.set_title("3. online vs offline: equal pairs, equal steps", fontsize="medium")
         ax.legend(fontsize="small")
     elif name == "length":
         rows = [("GPT\naveraged", n), ("GPT\nsummed", n["summed"]), ("table\naveraged", n["table"]["averaged"]),
@@ -596,20 +597,20 @@ def draw_panel(ax, result, name):
         _bars(ax, [r for r, _ in rows], ["KL(π* ‖ π_θ)", "KL(π_tilted ‖ π_θ)"],
               [[m["kl_to_pi_star"], m["kl_to_predicted"]] for _, m in rows])
         ax.set_ylabel("nats")
-        ax.set_title(f"4. averaged or summed loss, every pair: how far from π* and π_tilted ({seeds})", fontsize="medium")
+        ax.set_title("4. length: averaged or summed loss, on every pair", fontsize="medium")
     elif name == "beta":
         styles = ["-", "--", ":", "-."]
         lrs = sorted({row["lr"] for row in b["rows"]})
         betas = sorted({row["beta"] for row in b["rows"]})
         for row in b["rows"]:
             gap = np.asarray(row["suboptimality"]) / np.asarray(row["suboptimality_start"])[:, None]
-            _band(ax, row["step"], gap, f"β {row['beta']:g}, lr {row['lr']:g}",
-                  color=f"C{betas.index(row['beta'])}", linestyle=styles[lrs.index(row["lr"]) % len(styles)])
+            ax.plot(row["step"], gap.mean(axis=0), label=f"β {row['beta']:g}, lr {row['lr']:g}",
+                    color=f"C{betas.index(row['beta'])}", linestyle=styles[lrs.index(row["lr"]) % len(styles)])
         ax.axhline(1, color="grey", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("(J(π*) − J(π_θ)) / (J(π*) − J(π_ref))")
-        ax.set_title(f"5. over-optimization, {b['pairs']} pairs ({seeds})", fontsize="medium")
+        ax.set_title(f"5. over-optimization: {b['pairs']} pairs (mean over seeds)", fontsize="medium")
         ax.legend(fontsize="x-small", ncol=len(betas))
     else:
         raise ValueError(f"name must be one of {PANELS}, got {name!r}")
@@ -626,6 +627,7 @@ def plot_exact_gpt(result, path="runs/exact_gpt/exact_gpt.png"):
     FigureCanvasAgg(fig)
     for ax, name in zip(fig.subplots(2, 3).ravel(), PANELS):
         draw_panel(ax, result, name)
-    fig.suptitle(f"DPO on the tiny GPT over an enumerated response set, seeds {', '.join(map(str, result['seeds']))}")
+    fig.suptitle(f"DPO on the tiny GPT over an enumerated response set: seeds {', '.join(map(str, result['seeds']))} "
+                 f"(mean; whiskers and bands: min–max)")
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
