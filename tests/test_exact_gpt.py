@@ -164,7 +164,8 @@ def test_pair_weights_merge_repeated_pairs_and_population_pairs_are_the_sampling
     mu = np.exp(ref)
     # each unordered pair's two orders together: the chance of drawing it; their ratio: Bradley–Terry's odds
     off = ~np.eye(N, dtype=bool)
-    np.testing.assert_allclose((table + table.transpose(0, 2, 1))[:, off], (mu[:, :, None] * mu[:, None, :] / P)[:, off])
+    both_orders = (table + table.transpose(0, 2, 1))[:, off]
+    np.testing.assert_allclose(both_orders, (mu[:, :, None] * mu[:, None, :] / P)[:, off])
     np.testing.assert_allclose(table[0, 1, 2] / table[0, 2, 1], math.exp(r[0, 1] - r[0, 2]))
 
 
@@ -392,3 +393,42 @@ def test_bad_seeds_and_settings_are_named(capsys):
         eg.run_exact_gpt(seeds=[0], nope=1)
     with pytest.raises(ValueError, match="distinct"):
         eg.run_exact_gpt(seeds=[0, 0])
+
+
+def test_the_reported_numbers_are_the_runs_measured_again(tiny_run):
+    cfg = dict(eg.QUICK, **TINY)
+    problem = eg.make_problem(0, cfg)
+    ref, r, beta = problem["ref"], problem["rewards"], cfg["beta"]
+    star = rlhf.optimal_policy(ref, r, beta)
+    last = lambda path: path["logprobs"][-1]                            # noqa: E731
+    n = max(cfg["coverage_pairs"])
+    assert tiny_run["coverage"]["final_kl"]["off_policy"][0] == pytest.approx(
+        rlhf.kl_divergence(star, last(eg.run(problem, cfg, "gpt", "off_policy", n))).mean(), rel=1e-12)
+    tilted, _ = ep.length_tilted_optimum(ref, r, beta, problem["rs"].lengths)
+    averaged = last(eg.run(problem, cfg, "gpt", "population", lr=cfg["length_lr"], steps=cfg["length_steps"],
+                           average=True))
+    assert tiny_run["length"]["kl_to_predicted"][0] == pytest.approx(rlhf.kl_divergence(tilted, averaged).mean(),
+                                                                   rel=1e-12)
+    table = last(eg.run(problem, cfg, "table", "on_policy", cfg["displacement_pairs"]))
+    never = ~eg.compared_mask(eg.first_pairs(problem["pairs"]["on_policy"], cfg["displacement_pairs"]), ref.shape)
+    assert tiny_run["displacement"]["table"]["never_compared_mass"]["after"][0] == pytest.approx(
+        (np.exp(table) * never).sum(axis=1).mean(), rel=1e-12)
+    row = tiny_run["beta"]["rows"][0]
+    path = eg.run(problem, cfg, "gpt", "on_policy", cfg["beta_pairs"], beta=row["beta"], lr=row["lr"])
+    star_b = rlhf.optimal_policy(ref, r, row["beta"])
+    gaps = [row["beta"] * rlhf.kl_divergence(lp, star_b).mean() for lp in path["logprobs"]]
+    np.testing.assert_allclose(row["suboptimality"][0], gaps, rtol=1e-9, atol=1e-13)
+    assert row["best_step"][0] == path["step"][int(np.argmin(gaps))]
+
+
+def test_summaries_and_small_measures_by_hand():
+    assert eg.spread([1.0, 2.0, 6.0]) == {"mean": 3.0, "min": 1.0, "max": 6.0}
+    gathered = eg.gather([{"pairs": 4, "a": {"b": 1.0}}, {"pairs": 4, "a": {"b": 2.0, "c": 3.0}}])
+    assert gathered == {"pairs": 4, "a": {"b": [1.0, 2.0], "c": [None, 3.0]}}
+    lengths = np.array([1, 2, 3, 3])
+    assert eg.mean_length(np.log(np.full((2, 4), 0.25)), lengths) == pytest.approx(2.25)
+    few = eg.restricted(np.log(np.array([[0.1, 0.2, 0.3, 0.4]])), 2, seed=0)
+    kept = np.isfinite(few[0])
+    assert kept.sum() == 2 and np.exp(few[0, kept]).sum() == pytest.approx(1.0)
+    p = np.array([0.1, 0.2, 0.3, 0.4])[kept]
+    np.testing.assert_allclose(np.exp(few[0, kept]), p / p.sum())

@@ -84,11 +84,12 @@ def make_problem(seed, cfg):
     rewards = toy_problem.random_rewards(rs.responses, P, V, seed=_stream(seed, 4), scale=cfg["reward_scale"])
     few = restricted(ref, cfg["low_coverage_responses"], _stream(seed, 6))
     proposals = {"on_policy": ref, "off_policy": autoregressive(5), "low_coverage": few}
-    n_max = max(cfg["coverage_pairs"] + (cfg["displacement_pairs"], cfg["online_pairs"], cfg["beta_pairs"]))
+    n_max = max([*cfg["coverage_pairs"], cfg["displacement_pairs"], cfg["online_pairs"], cfg["beta_pairs"]])
     pairs = {kind: toy_problem.sample_preference_pairs(proposals[kind], rewards, n_max, seed=_stream(seed, 7 + i))
              for i, kind in enumerate(proposals)}
     dist, prefix = ep.similarity_matrices(rs)
-    return {"seed": seed, "rs": rs, "config": model.config, "ref_params": {k: v.copy() for k, v in model.params.items()},
+    return {"seed": seed, "rs": rs, "config": model.config,
+            "ref_params": {k: v.copy() for k, v in model.params.items()},
             "sft_loss": sft_loss, "data": data, "ref": ref, "rewards": rewards, "proposals": proposals,
             "pairs": {kind: {k: np.asarray(v) for k, v in d.items()} for kind, d in pairs.items()},
             "features": ep.response_features(rs), "distance": dist, "prefix": prefix, "runs": {}}
@@ -148,7 +149,8 @@ def kl(p, q):
 def suboptimality(logprobs, ref, rewards, beta):
     """mean_x J(π*) − J(π_θ), computed from the objective itself: it equals β KL(π_θ ‖ π*) (notebook 04)."""
     star = rlhf.optimal_policy(ref, rewards, beta)
-    return float((rlhf.rlhf_objective(star, ref, rewards, beta) - rlhf.rlhf_objective(logprobs, ref, rewards, beta)).mean())
+    gap = rlhf.rlhf_objective(star, ref, rewards, beta) - rlhf.rlhf_objective(logprobs, ref, rewards, beta)
+    return float(gap.mean())
 
 
 def mean_length(logprobs, lengths):
@@ -177,62 +179,66 @@ def displacement_measures(before, after, pairs, distance, prefix):
     """How the log-probabilities of the compared responses moved, and where the probability went.
 
     ``before``, ``after``: log π_θ (P, N) at the start and the end; ``pairs`` the training pairs;
-    ``distance``, ``prefix`` (N, N) from ``exact_policies.similarity_matrices``. Over the pairs with
-    y_w ≠ y_l (each counted as often as it occurs): ``chosen_logp_fell`` the fraction whose
-    log π_θ(y_w|x) fell, ``rejected_logp_fell``, ``both_fell``, ``margin_grew`` (ρ_w − ρ_l > 0),
-    ``fell_while_margin_grew`` (both at once),
-    ``chosen_logp_change`` the mean change of log π_θ(y_w|x), ``fell_by_distance`` {d: fraction
-    fell among pairs whose y_w and y_l are d edits apart}. ``only_chosen_fell``: the fraction of the
-    responses that won every pair they were in (``only_chosen`` of them) whose log π_θ fell — in a
-    table such a response's logit only rises, so it falls only through the normalization. Over the
-    never-compared responses:
-    ``never_compared_mass`` {before, after} (mean over prompts of their total probability),
-    ``never_compared_shape_kl`` (mean over prompts of KL between their distribution among themselves
-    after and before: 0 when they only rescale together), and ``mass_moved``: the change of their
-    total probability split by which side they resemble more, by edit distance (``nearer_chosen``,
-    ``nearer_rejected``, ``equidistant``) and by shared prefix (``prefix_chosen``, ``prefix_rejected``,
-    ``prefix_equal``), where the chosen side of a prompt is every response that won more of its pairs
-    than it lost, the rejected side every one that lost more than it won.
+    ``distance``, ``prefix`` (N, N) from ``exact_policies.similarity_matrices``. Returns a dict:
+    over the pairs with y_w ≠ y_l, each counted as often as it occurs (``pairs_compared``):
+    ``chosen_logp_fell`` the fraction whose log π_θ(y_w|x) fell, ``rejected_logp_fell``,
+    ``both_fell``, ``margin_grew`` (ρ_w − ρ_l > 0), ``fell_while_margin_grew`` (both at once),
+    ``chosen_logp_change`` and ``rejected_logp_change`` (mean changes), ``fell_by_distance`` {d: the
+    fraction fell among pairs whose y_w and y_l are d edits apart}; ``only_chosen_fell``: among the
+    responses that won every pair they were in (``only_chosen`` of them), the fraction whose
+    log π_θ fell — in a table such a response's logit only rises, so it can fall only through the
+    normalizer. Then ``never_compared_measures``.
     """
     x, w, l = (np.asarray(pairs[k]) for k in ("prompt", "chosen", "rejected"))
     keep = w != l
     x, w, l = x[keep], w[keep], l[keep]
     dw, dl = after[x, w] - before[x, w], after[x, l] - before[x, l]
     d_pair = distance[w, l]
-    out = {"pairs_compared": int(keep.sum()),
-           "chosen_logp_fell": float(np.mean(dw < 0)), "rejected_logp_fell": float(np.mean(dl < 0)),
-           "both_fell": float(np.mean((dw < 0) & (dl < 0))), "margin_grew": float(np.mean(dw - dl > 0)),
-           "fell_while_margin_grew": float(np.mean((dw < 0) & (dw - dl > 0))),
-           "chosen_logp_change": float(dw.mean()), "rejected_logp_change": float(dl.mean()),
-           "fell_by_distance": {int(d): float(np.mean(dw[d_pair == d] < 0)) for d in np.unique(d_pair)}}
-    P, N = before.shape
-    wins, losses_ = np.zeros((P, N), int), np.zeros((P, N), int)
+    wins, losses_ = np.zeros(before.shape, int), np.zeros(before.shape, int)
     np.add.at(wins, (x, w), 1)
     np.add.at(losses_, (x, l), 1)
     only_won = (wins > 0) & (losses_ == 0)
-    out["only_chosen"] = int(only_won.sum())
-    out["only_chosen_fell"] = float(np.mean((after < before)[only_won])) if only_won.any() else 0.0
-    never = (wins == 0) & (losses_ == 0)
+    return {"pairs_compared": int(keep.sum()),
+            "chosen_logp_fell": float(np.mean(dw < 0)), "rejected_logp_fell": float(np.mean(dl < 0)),
+            "both_fell": float(np.mean((dw < 0) & (dl < 0))), "margin_grew": float(np.mean(dw - dl > 0)),
+            "fell_while_margin_grew": float(np.mean((dw < 0) & (dw - dl > 0))),
+            "chosen_logp_change": float(dw.mean()), "rejected_logp_change": float(dl.mean()),
+            "fell_by_distance": {int(d): float(np.mean(dw[d_pair == d] < 0)) for d in np.unique(d_pair)},
+            "only_chosen": int(only_won.sum()),
+            "only_chosen_fell": float(np.mean((after < before)[only_won])) if only_won.any() else 0.0,
+            **never_compared_measures(before, after, wins - losses_, (wins == 0) & (losses_ == 0), distance, prefix)}
+
+
+def never_compared_measures(before, after, net_wins, never, distance, prefix):
+    """What happened to the responses no pair compares (``never``, (P, N)).
+
+    ``never_compared_mass`` {before, after}: mean over prompts of their total probability;
+    ``never_compared_shape_kl``: mean over prompts of the KL between their distribution among
+    themselves after and before (0 when they only rescale together, as in a table); ``mass_moved``:
+    the change of their total probability (mean over prompts) split by which side each resembles
+    more — by edit distance (``nearer_chosen``, ``nearer_rejected``, ``equidistant``) and by shared
+    prefix (``prefix_chosen``, ``prefix_rejected``, ``prefix_equal``), the chosen side of a prompt
+    being its responses with more wins than losses (``net_wins`` > 0), the rejected side those with fewer.
+    """
+    P = before.shape[0]
     p0, p1 = np.exp(before), np.exp(after)
-    out["never_compared_mass"] = {"before": float((p0 * never).sum(1).mean()), "after": float((p1 * never).sum(1).mean())}
-    moved = {k: 0.0 for k in ("nearer_chosen", "nearer_rejected", "equidistant",
-                              "prefix_chosen", "prefix_rejected", "prefix_equal")}
+    moved = dict.fromkeys(("nearer_chosen", "nearer_rejected", "equidistant",
+                           "prefix_chosen", "prefix_rejected", "prefix_equal"), 0.0)
     shape_kl = []
-    for prompt in range(P):
-        net = np.bincount(w[x == prompt], minlength=N) - np.bincount(l[x == prompt], minlength=N)
-        won, lost = net > 0, net < 0
+    for x in range(P):
+        won, lost = net_wins[x] > 0, net_wins[x] < 0
         d_w, d_l = _nearest(distance, won, np.min), _nearest(distance, lost, np.min)
         s_w, s_l = _nearest(prefix, won, np.max), _nearest(prefix, lost, np.max)
-        change = (p1[prompt] - p0[prompt]) * never[prompt] / P
+        change = (p1[x] - p0[x]) * never[x] / P
         for name, cls in (("nearer_chosen", d_w < d_l), ("nearer_rejected", d_l < d_w), ("equidistant", d_w == d_l),
                           ("prefix_chosen", s_w > s_l), ("prefix_rejected", s_l > s_w), ("prefix_equal", s_w == s_l)):
             moved[name] += float(change[cls].sum())
-        if never[prompt].any():
-            a, b = after[prompt, never[prompt]], before[prompt, never[prompt]]
+        if never[x].any():
+            a, b = after[x, never[x]], before[x, never[x]]
             shape_kl.append(kl(a - np.logaddexp.reduce(a), b - np.logaddexp.reduce(b)))
-    out["mass_moved"] = moved
-    out["never_compared_shape_kl"] = float(np.mean(shape_kl)) if shape_kl else 0.0
-    return out
+    return {"never_compared_mass": {"before": float((p0 * never).sum(1).mean()),
+                                    "after": float((p1 * never).sum(1).mean())},
+            "never_compared_shape_kl": float(np.mean(shape_kl)) if shape_kl else 0.0, "mass_moved": moved}
 
 
 # -- the five parts, on one seed -----------------------------------------------------------------
@@ -258,31 +264,42 @@ def part_displacement(problem, cfg):
 
 
 def part_coverage(problem, cfg):
-    """Part 2 on one seed: KL(π* ‖ π_θ) and the suboptimality after training, per data source and size."""
-    star = rlhf.optimal_policy(problem["ref"], problem["rewards"], cfg["beta"])
-    out = {"pairs": list(cfg["coverage_pairs"]), "start_kl": kl(star, problem["ref"]), "kl_by_pairs": {}, "best_kl_by_pairs": {},
-           "suboptimality_by_pairs": {}, "star_mass_compared": {}}
+    """Part 2 on one seed: DPO on pairs from π_ref, from another model and from a few responses per prompt.
+
+    Keys: ``pairs`` (the sizes), ``start_kl`` (KL(π* ‖ π_ref)), per source ``kl_by_pairs``,
+    ``best_kl_by_pairs`` (the smallest along each run) and ``suboptimality_by_pairs``, one value per
+    size; ``final_kl``, ``best_kl``, ``final_suboptimality`` at the largest size; ``star_mass_compared``:
+    the probability π* puts on responses the largest sample compares.
+    """
+    ref, r, beta = problem["ref"], problem["rewards"], cfg["beta"]
+    star = rlhf.optimal_policy(ref, r, beta)
+    out = {"pairs": list(cfg["coverage_pairs"]), "start_kl": kl(star, ref), "kl_by_pairs": {},
+           "best_kl_by_pairs": {}, "suboptimality_by_pairs": {}, "star_mass_compared": {}}
     for kind in ("on_policy", "off_policy", "low_coverage"):
         paths = [run(problem, cfg, "gpt", kind, n) for n in cfg["coverage_pairs"]]
         out["kl_by_pairs"][kind] = [kl(star, p["logprobs"][-1]) for p in paths]
         out["best_kl_by_pairs"][kind] = [min(kl(star, lp) for lp in p["logprobs"]) for p in paths]
-        out["suboptimality_by_pairs"][kind] = [suboptimality(p["logprobs"][-1], problem["ref"], problem["rewards"],
-                                                             cfg["beta"]) for p in paths]
+        out["suboptimality_by_pairs"][kind] = [suboptimality(p["logprobs"][-1], ref, r, beta) for p in paths]
         mask = compared_mask(first_pairs(problem["pairs"][kind], max(cfg["coverage_pairs"])), star.shape)
         out["star_mass_compared"][kind] = float((np.exp(star) * mask).sum(1).mean())
-    for key in ("kl", "best_kl", "suboptimality"):
-        out["final_" + key if key != "best_kl" else "best_kl"] = {k: v[-1] for k, v in out[key + "_by_pairs"].items()}
+    out["final_kl"] = {kind: v[-1] for kind, v in out["kl_by_pairs"].items()}
+    out["best_kl"] = {kind: v[-1] for kind, v in out["best_kl_by_pairs"].items()}
+    out["final_suboptimality"] = {kind: v[-1] for kind, v in out["suboptimality_by_pairs"].items()}
     return out
 
 
 def part_online(problem, cfg):
-    """Part 3 on one seed: rounds of pairs drawn from the current π_θ, against offline DPO on as many pairs."""
+    """Part 3 on one seed: rounds of pairs drawn from the current π_θ, against offline DPO on as many pairs.
+
+    Keys: ``final_kl`` and ``final_suboptimality`` {offline, online}; ``kl_by_round`` {online: after
+    each round, offline: at the same step counts}; ``offline_best_kl``: the smallest along the offline run.
+    """
     n, rounds, steps = cfg["online_pairs"], cfg["online_rounds"], cfg["steps"]
     ref, r, beta = problem["ref"], problem["rewards"], cfg["beta"]
     star = rlhf.optimal_policy(ref, r, beta)
     per_round, steps_per_round = n // rounds, steps // rounds
     offline = run(problem, cfg, "gpt", "on_policy", n)
-    policy = new_policy(problem, "gpt")
+    policy, current = new_policy(problem, "gpt"), ref
     data = first_pairs(problem["pairs"]["on_policy"], per_round)       # round 1: the offline run's first pairs
     kl_by_round = []
     for k in range(rounds):
@@ -316,14 +333,16 @@ def part_length(problem, cfg):
     tilted, _ = ep.length_tilted_optimum(ref, r, beta, lengths)
 
     def against(lp):
-        return {"kl_to_pi_star": kl(star, lp), "kl_to_predicted": kl(tilted, lp), "mean_length": mean_length(lp, lengths)}
+        return {"kl_to_pi_star": kl(star, lp), "kl_to_predicted": kl(tilted, lp),
+                "mean_length": mean_length(lp, lengths)}
 
     n = max(cfg["coverage_pairs"])
     runs = {}
     for kind in ("gpt", "table"):
         lr = cfg["length_lr"] if kind == "gpt" else cfg["length_table_lr"]
         for name, average in (("averaged", True), ("summed", False)):
-            runs[kind, name] = run(problem, cfg, kind, "population", lr=lr, steps=cfg["length_steps"], average=average)
+            runs[kind, name] = run(problem, cfg, kind, "population", lr=lr, steps=cfg["length_steps"],
+                                   average=average)
     for name, average in (("averaged", True), ("summed", False)):
         runs["sampled", name] = run(problem, cfg, "gpt", "on_policy", n, average=average)
     res = {key: against(path["logprobs"][-1]) for key, path in runs.items()}
@@ -421,7 +440,10 @@ def run_exact_gpt(seeds=(0, 1, 2), quick=False, progress=False, **overrides):
     start = time.perf_counter()
     jobs = [(seed, part) for seed in seeds for part in ("problem",) + PARTS]
     per_seed, problem = {part: [] for part in PARTS}, None
-    for seed, part in (progress_bar(jobs, desc="exact-gpt", file=sys.stderr) if progress else jobs):
+    bar = progress_bar(jobs, desc="exact-gpt", file=sys.stderr) if progress else jobs
+    for seed, part in bar:
+        if progress:
+            bar.set_postfix(seed=seed, part=part)
         if part == "problem":
             problem = make_problem(seed, cfg)
         else:
@@ -473,7 +495,8 @@ def _coverage_lines(c):
 def _online_lines(o):
     return [f"3. online: {o['pairs']} pairs in {o['rounds']} rounds drawn from the current π_θ, against offline "
             f"(all from π_ref); {o['steps']} steps each",
-            _line("KL(π*‖π_θ), offline", o["final_kl"]["offline"]), _line("KL(π*‖π_θ), online", o["final_kl"]["online"]),
+            _line("KL(π*‖π_θ), offline", o["final_kl"]["offline"]),
+            _line("KL(π*‖π_θ), online", o["final_kl"]["online"]),
             _line("offline, best along its run", o["offline_best_kl"]),
             _line("J(π*) − J(π_θ), offline", o["final_suboptimality"]["offline"]),
             _line("J(π*) − J(π_θ), online", o["final_suboptimality"]["online"])]
@@ -486,7 +509,8 @@ def _length_lines(n):
                      ("table, summed", n["table"]["summed"]),
                      (f"GPT, averaged, {n['sampled']['pairs']} sampled pairs", n["sampled"]["averaged"]),
                      (f"GPT, summed, {n['sampled']['pairs']} sampled pairs", n["sampled"]["summed"])):
-        out += [_line(f"{label}: KL(π*‖π_θ)", m["kl_to_pi_star"]), _line(f"{label}: KL(π_tilted‖π_θ)", m["kl_to_predicted"])]
+        out += [_line(f"{label}: KL(π*‖π_θ)", m["kl_to_pi_star"]),
+                _line(f"{label}: KL(π_tilted‖π_θ)", m["kl_to_predicted"])]
     return out + [_line("E|y| under π_ref", n["mean_length_of"]["reference"]),
                   _line("E|y| under π*", n["mean_length_of"]["pi_star"]),
                   _line("E|y| under π_tilted", n["mean_length_of"]["predicted"]),
@@ -494,7 +518,8 @@ def _length_lines(n):
 
 
 def _beta_lines(b):
-    out = [f"5. β and the learning rate: J(π*_β) − J(π_θ) = β KL(π_θ‖π*_β) along runs on {b['pairs']} pairs"]
+    out = [f"5. β and the learning rate: J(π*_β) − J(π_θ) = β KL(π_θ‖π*_β) along runs on "
+           f"{b['pairs']} pairs"]
     for row in b["rows"]:
         tag = f"β {row['beta']:g}, lr {row['lr']:g}:"
         out += [_line(f"{tag} step where J is highest", row["best_step"], ".0f"),
@@ -585,7 +610,8 @@ def draw_panel(ax, result, name):
         ax.legend(fontsize="small")
     elif name == "online":
         steps = [o["steps"] * (k + 1) // o["rounds"] for k in range(o["rounds"])]
-        _band(ax, steps, o["kl_by_round"]["online"], f"online: {o['pairs'] // o['rounds']} new pairs a round", marker="o")
+        _band(ax, steps, o["kl_by_round"]["online"], f"online: {o['pairs'] // o['rounds']} new pairs a round",
+              marker="o")
         _band(ax, steps, o["kl_by_round"]["offline"], f"offline: all {o['pairs']} pairs from π_ref", marker="s")
         ax.set_xlabel("optimizer steps (rounds for online)")
         ax.set_ylabel("KL(π* ‖ π_θ) (nats)")

@@ -246,12 +246,13 @@ def pair_weights(pairs, n_responses):
 
 
 def population_pairs(proposal_logprobs, rewards):
-    """Every ordered pair (x, y₁, y₂), y₁ ≠ y₂, weighted by the chance that sampling draws it with y₁ winning.
+    """Every ordered pair (x, y₁, y₂), y₁ ≠ y₂, weighted by the chance that sampling draws it, y₁ winning.
 
-    weight = μ(y₁|x) μ(y₂|x) σ(r(x, y₁) − r(x, y₂)) / P: x uniform, y₁, y₂ ~ μ = exp(proposal_logprobs),
-    the label by Bradley–Terry under r (DPO paper eq. 1). A pair of one response with itself carries
-    no DPO gradient and is left out. The DPO loss with these weights (normalized, ``pair_weights``)
-    is the expected loss over sampled pairs: the limit of infinitely many pairs.
+    weight = μ(y₁|x) μ(y₂|x) σ(r(x, y₁) − r(x, y₂)) / P: x uniform, y₁ and y₂ drawn from
+    μ = exp(proposal_logprobs), the label by Bradley–Terry under r (DPO paper eq. 1). A pair of one
+    response with itself carries no DPO gradient and is left out. The DPO loss with these weights
+    (normalized, ``pair_weights``) is the expected loss over sampled pairs: the limit of infinitely
+    many pairs. Returns {"prompt", "chosen", "rejected", "weight"}, P·N·(N − 1) of each.
     """
     mu = np.exp(np.asarray(proposal_logprobs, dtype=np.float64))
     r = np.asarray(rewards, dtype=np.float64)
@@ -298,7 +299,7 @@ def train_dpo(policy, pairs, ref_logprobs, beta, steps, lr, average=False, log_e
     """
     beta, lr = checks.positive(beta, "beta"), checks.positive(lr, "lr")
     steps = checks.integer(steps, "steps", low=0)
-    log_every = checks.integer(steps or 1 if log_every is None else log_every, "log_every", low=1)
+    log_every = checks.integer((steps or 1) if log_every is None else log_every, "log_every", low=1)
     triples = pair_weights(pairs, np.shape(ref_logprobs)[1])
     adam = AdamW(policy.params, lr=lr, weight_decay=0.0)
     path = {"step": [], "loss": [], "logprobs": []}
@@ -359,6 +360,8 @@ def length_tilted_optimum(ref_logprobs, rewards, beta, lengths, iterations=200):
     """
     ref = np.asarray(ref_logprobs, dtype=np.float64)
     r = np.asarray(rewards, dtype=np.float64)
+    if ref.ndim != 2 or r.shape != ref.shape:
+        raise ValueError(f"ref_logprobs and rewards must both have shape (P, N), got {ref.shape} and {r.shape}")
     rlhf.check_logprobs(ref, "ref_logprobs")
     rlhf.check_rewards(r)
     beta = rlhf.check_beta(beta)
