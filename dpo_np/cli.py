@@ -288,6 +288,17 @@ def _rlhf(args):
     return 0
 
 
+def _exact_gpt(args):
+    from dpo_np.experiments.exact_gpt import plot_exact_gpt, print_report, run_exact_gpt
+    seeds = _seed_list(args.seeds)
+    _writable_dir("--output-dir", args.output_dir or ".")
+    result = run_exact_gpt(seeds=seeds, quick=args.quick, progress=not args.quiet)
+    print_report(result)
+    _json(args, result)
+    _figure(plot_exact_gpt, result, args.output_dir and os.path.join(args.output_dir, "exact_gpt.png"))
+    return 0
+
+
 def _figures(args):
     if importlib.util.find_spec("matplotlib") is None:
         raise CommandError('figures needs matplotlib: pip install "dpo-np[plot]"')
@@ -538,6 +549,20 @@ def build_parser():
     p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go ('' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_rlhf)
+
+    p = sub.add_parser("exact-gpt", help="DPO's failure modes measured exactly: the tiny GPT on an enumerated set",
+                       description="The project's GPT scores every response of a small set exactly (responses of up "
+                                   "to 3 tokens and an end token), so π_θ, π*, KL and J are exact. Five questions, "
+                                   "each over --seeds: likelihood displacement and where the probability goes; "
+                                   "on-policy, off-policy and low-coverage pairs; online rounds against offline "
+                                   "DPO; the per-token-averaged loss's length-tilted optimum; over-optimization "
+                                   "across β and learning rates. About a minute on 2 cores.")
+    p.add_argument("--seeds", default="0-2", help="seeds, a range (0-2) or a list (0,1,2) (default 0-2)")
+    p.add_argument("--quick", action="store_true", help="every measurement on a few steps: seconds, for a first look")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
+    p.add_argument("--output-dir", default="runs/exact_gpt", help="where the figure goes ('' for none)")
+    p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    p.set_defaults(func=_exact_gpt)
 
     p = sub.add_parser("figures", help="draw every figure the README shows into figures/, from seeds",
                        description="Run each command that makes a figure (closed-form, gridworld, rlhf, demo, "

@@ -1,7 +1,8 @@
 """Every figure the README shows, drawn again from seeds: ``python -m dpo_np figures``.
 
-Each figure comes from the command that measures it, with that command's defaults and seed 0, so
-a figure in ``figures/`` is what a reader gets by running that command. This is the only command
+Each figure comes from the command that measures it, with that command's defaults and seed 0 (for
+exact-gpt, whose figure shows a spread, seeds 0–2: its default ``--seeds``), so a figure in
+``figures/`` is what a reader gets by running that command. This is the only command
 that writes into ``figures/``; the others write under their own output directories. Training
 runs made on the way (the demo's and ppo-gpt's checkpoints) go to a temporary directory and are
 removed.
@@ -12,6 +13,7 @@ import tempfile
 
 from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
 from dpo_np.experiments.demo import run_demo
+from dpo_np.experiments.exact_gpt import plot_exact_gpt, run_exact_gpt
 from dpo_np.experiments.gridworld import plot_gridworld, run_gridworld
 from dpo_np.experiments.ppo_gpt import plot_ppo_gpt, run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
@@ -29,6 +31,10 @@ FIGURES = (
         run_rlhf(seed=seed, progress=False, **(RLHF_QUICK if quick else {})), out)),
     ("demo", lambda out, quick, seed: _demo_figures(out, quick, seed)),
     ("ppo-gpt", lambda out, quick, seed: _ppo_gpt_figures(out, quick, seed)),
+    # its numbers are over seeds: the README's are seed, seed + 1, seed + 2 (one seed when quick)
+    ("exact-gpt", lambda out, quick, seed: [plot_exact_gpt(
+        run_exact_gpt(seeds=[seed] if quick else [seed, seed + 1, seed + 2], quick=quick),
+        os.path.join(out, "exact_gpt.png"))]),
 )
 
 
