@@ -15,8 +15,9 @@ DPO never sees r or Z(x), only which response won, yet its minimizer over
 all policies is π*: the loss is Bradley–Terry's likelihood with the reward
 written as β log π_θ/π_ref (eq. 5), and Z(x) cancels in the difference. With
 finitely many pairs it converges to the maximum-likelihood fit of the data,
-whose distance to π* shrinks like 1/(number of pairs) (about 3e-4 nats of
-KL(π* ‖ π_θ) at the defaults, 2M pairs; about 5e-4 at 1M).
+whose distance to π* shrinks like 1/(number of pairs): at the defaults, 2M
+pairs, KL(π* ‖ π_θ) is 3.1e-4 on average over seeds 0–9 (1.7e-4 to 4.9e-4;
+``closed_form_seeds``, ``python -m dpo_np closed-form --seeds 0-9``).
 
 Two ways to miss π*, exposed for comparison: training with a β other than
 the one π* is defined for (``train_beta``) converges to π*_{train_beta}; and

@@ -68,9 +68,10 @@ which method wins on a language model.
    PPO and PPO on r_φ land for several β;
 4. KL(π*_β ‖ π_ref) over a grid of β (it falls as β grows:
    dKL/dβ = −Var_{π*_β}(r)/β³);
-5. deterministic preferences (the higher-reward response always wins). Every
-   response but each prompt's best then loses some comparison, so the mass DPO
-   leaves on rejected responses is 1 − π_θ(best y): its steady fall is π_θ
+5. deterministic preferences (the higher-reward response always wins). With
+   the default 200,000 pairs every response but each prompt's best loses some
+   comparison (``only_the_best_never_loses``, true on seeds 0–2), so the mass
+   DPO leaves on rejected responses is 1 − π_θ(best y): its steady fall is π_θ
    collapsing onto the best response, at every β. IPO settles, at its own
    optimum on these pairs (``ipo_optimal_policy``), not at π*_β. Conservative
    DPO has a finite optimum too (each margin where σ(βh) = 1 − ε), but at
@@ -780,8 +781,8 @@ def plot_rlhf(result, output_dir="runs/rlhf"):
     fig, (ax,) = _figure(1, 7.5, 5)
     c = result["curves"]
     for name, label, ls in (("reinforce", "REINFORCE (true r)", "-"), ("ppo", "PPO (true r)", "-"),
-                            ("reinforce_reward_model", "REINFORCE on r_φ (fit on DPO's pairs)", "--"),
-                            ("ppo_reward_model", "PPO on r_φ (fit on DPO's pairs)", "--")):
+                            ("reinforce_reward_model", f"REINFORCE on r_φ (fit on DPO's {cfg['pairs']:,} pairs)", "--"),
+                            ("ppo_reward_model", f"PPO on r_φ (fit on DPO's {cfg['pairs']:,} pairs)", "--")):
         q = np.asarray(c[name]["queries"])
         ax.loglog(q[q > 0], _floor(c[name]["kl"])[q > 0], linestyle=ls, label=label)
     ax.loglog(c["dpo"]["pairs"], _floor(c["dpo"]["kl"]), "o-", color="black",
@@ -857,11 +858,11 @@ def plot_rlhf(result, output_dir="runs/rlhf"):
             ax.semilogy(row["step"], _floor(row["rejected_mass"]), linestyle=ls, color=color, label=label)
         ax.axhline(rows[0]["optimal_rejected_mass"], color="black", linewidth=0.8, label="π*_β of the true r")
         if rows[0]["ipo_optimal_rejected_mass"] is not None:
-            ax.axhline(rows[0]["ipo_optimal_rejected_mass"], color="C1", linewidth=0.8, linestyle=(0, (1, 3)),
+            ax.axhline(rows[0]["ipo_optimal_rejected_mass"], color="C1", linewidth=6, alpha=0.25,
                        label="IPO's own optimum on these pairs")
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("probability on rejected responses = 1 − π_θ(best y)" if det.get("only_the_best_never_loses")
-                      else "probability on rejected responses (mean over prompts)")
+        ax.set_ylabel("mass on losers = 1 − π_θ(best y)" if det.get("only_the_best_never_loses")
+                      else "mass on rejected responses")
         ax.set_title(f"β = {b:g}", fontsize="medium")
         ax.legend(fontsize="small")
     fig.suptitle(f"deterministic preferences ({det['pairs']:,} pairs, the higher reward always wins): "
