@@ -194,7 +194,6 @@ def _seed_report(args, result):
     """Print a --seeds run's table, then write it all with --json."""
     print(result["table"])
     _json(args, result)
-    return 0
 
 
 def _sft(args):
@@ -237,7 +236,10 @@ def _closed_form(args):
                     pairs=args.pairs, steps=args.steps, lr=args.lr)
     seeds = _seeds_of(args)
     if seeds is not None:
-        return _seed_report(args, closed_form_seeds(seeds, compare=args.compare, print_fn=print, **settings))
+        result = closed_form_seeds(seeds, compare=args.compare, print_fn=print, **settings)
+        _seed_report(args, result)
+        _figure(plot_closed_form, result["runs"][0], args.figure)
+        return 0
     result = run_closed_form(seed=args.seed, progress=not args.quiet, **settings)
     print(f"final KL(π*‖π_θ) = {result['kl'][-1]:.3e}, J(π*) − J(π_θ) = β·KL(π_θ‖π*) = "
           f"{result['suboptimality'][-1]:.3e}  ({result['n_pairs']:,} pairs, "
@@ -279,7 +281,10 @@ def _gridworld(args):
                     lr=args.lr, variance_episodes=args.variance_episodes, variance_seeds=args.variance_seeds)
     seeds = _seeds_of(args)
     if seeds is not None:
-        return _seed_report(args, gridworld_seeds(seeds, print_fn=print, **settings))
+        result = gridworld_seeds(seeds, print_fn=print, **settings)
+        _seed_report(args, result)
+        _figure(plot_gridworld, result["runs"][0], args.output_dir and os.path.join(args.output_dir, "gridworld.png"))
+        return 0
     result = run_gridworld(seed=args.seed, progress=not args.quiet, **settings)
     print_report(result)
     print(f"({result['seconds']:.1f} s)")
@@ -514,7 +519,7 @@ def build_parser():
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                    help="also train with a wrong β and without the reference, to show they miss π*")
     p.add_argument("--figure", default="runs/closed_form/closed_form.png",
-                   help="where to write the figure ('' for none; needs matplotlib)")
+                   help="where to write the figure ('' for none; with --seeds, the first seed's; needs matplotlib)")
     p.add_argument("--json", metavar="PATH", help="write the numbers to PATH")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not the table as it trains")
     p.set_defaults(func=_closed_form)
@@ -537,7 +542,8 @@ def build_parser():
     p.add_argument("--seeds", default=None, help="run every seed of a range (0-4) or list (0,2,5) and print a "
                                                  "table of their results with the spread")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
-    p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes ('' for none)")
+    p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes ('' for none; with "
+                                                                 "--seeds, the first seed's)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_gridworld)
 

@@ -1,6 +1,7 @@
 """`closed-form`, `gridworld` and `rlhf` with --seeds: one row per seed, each the number a single-seed run
 gives, the spread computed from those rows, rlhf's `final_kl` the worst seed, and bad seed lists refused."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -27,7 +28,8 @@ def _check_spread(numbers, key):
 def test_closed_form_seeds_hold_each_seeds_run_and_the_suboptimality_identity(tmp_path, capsys):
     path = tmp_path / "cf.json"
     small = ["--pairs", "20000", "--steps", "60"]
-    assert main(["closed-form", "--seeds", "0-1", *small, "--figure", "", "--json", str(path)]) == 0
+    figure = tmp_path / "cf.png"
+    assert main(["closed-form", "--seeds", "0-1", *small, "--figure", str(figure), "--json", str(path)]) == 0
     numbers, out = _written(path), capsys.readouterr().out
     assert numbers["seeds"] == [0, 1] and [r["seed"] for r in numbers["per_seed"]] == [0, 1]
     one = run_closed_form(seed=1, pairs=20000, steps=60, progress=False)
@@ -41,6 +43,8 @@ def test_closed_form_seeds_hold_each_seeds_run_and_the_suboptimality_identity(tm
     for key in ("final_kl", "suboptimality", "reference_free_kl"):
         _check_spread(numbers, key)
     assert "| 1 |" in out and "min – max" in out
+    assert numbers["runs"][0]["kl"][-1] == numbers["per_seed"][0]["final_kl"]
+    assert figure.exists() == (importlib.util.find_spec("matplotlib") is not None)
 
 
 def test_closed_form_single_seed_reports_the_suboptimality_beside_the_kl(tmp_path, capsys):
@@ -57,7 +61,7 @@ def test_gridworld_seeds_hold_each_seeds_returns_and_variance_cuts(tmp_path, cap
     path = tmp_path / "gw.json"
     settings = dict(iterations=20, variance_episodes=20, variance_seeds=2)
     assert main(["gridworld", "--seeds", "0,2", "--iterations", "20", "--variance-episodes", "20",
-                 "--variance-seeds", "2", "--quiet", "--json", str(path)]) == 0
+                 "--variance-seeds", "2", "--quiet", "--json", str(path), "--output-dir", str(tmp_path / "figs")]) == 0
     numbers = _written(path)
     assert numbers["seeds"] == [0, 2] and len(numbers["runs"]) == 2
     one = gw.run_gridworld(seed=2, progress=False, **settings)
@@ -73,6 +77,8 @@ def test_gridworld_seeds_hold_each_seeds_returns_and_variance_cuts(tmp_path, cap
     for key in ("policy_return", "uniform_ratio", "learned_ratio"):
         _check_spread(numbers, key)
     assert "V*(start) = 47.1007 on every seed" in capsys.readouterr().out
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "figs" / "gridworld.png").exists()                # the first seed's figure
 
 
 def test_each_variance_estimate_of_a_run_is_its_own_sampling_seed():

@@ -230,7 +230,8 @@ def seed_row(result, compare=None):
 def closed_form_seeds(seeds, compare=True, print_fn=None, **settings):
     """``run_closed_form`` on every seed (each draws its own π_ref, r and pairs), with the ``COMPARE``
     runs when ``compare``; returns {seeds, per_seed (rows of ``seed_row``), spread (per column:
-    n, mean, sd, se, min, max), table (Markdown), config (the first seed's)}."""
+    n, mean, sd, se, min, max), table (Markdown), config (the first seed's), runs (each seed's
+    ``run_closed_form`` result at β)}."""
     def run(seed):
         main = run_closed_form(seed=seed, progress=False, **settings)
         beta = main["config"]["beta"]
@@ -242,7 +243,8 @@ def closed_form_seeds(seeds, compare=True, print_fn=None, **settings):
     columns = [c for c in SEED_COLUMNS if c[0] in rows[0]]
     return {"seeds": list(seeds), "per_seed": rows, "spread": spread.spreads(rows, [k for k in rows[0] if k != "seed"]),
             "table": spread.seed_table(rows, columns),
-            "config": {k: v for k, v in results[0][0]["config"].items() if k != "seed"}}
+            "config": {k: v for k, v in results[0][0]["config"].items() if k != "seed"},
+            "runs": [main for main, _ in results]}
 
 
 def _clear_bar(bar):
