@@ -660,7 +660,7 @@ def rlhf_seeds(seeds, print_fn=None, **settings):
 def print_rlhf_report(result, file=None):
     """The measured numbers of ``run_rlhf`` as tables."""
     out = sys.stdout if file is None else file
-    cfg, fk, q = result["config"], result["final_kl"], result["queries"]
+    cfg = result["config"]
     P = cfg["problem"]
     print(f"RLHF on the closed-form toy problem: V={P['vocab_size']}, L={P['length']} → "
           f"{P['vocab_size'] ** P['length']} responses × {P['n_prompts']} prompts, β = {cfg['beta']:g}, "
