@@ -10,7 +10,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import sys
 
 from dpo_np.bench.closed_form import bench_closed_form
@@ -21,14 +20,16 @@ from dpo_np.bench.model import bench_model
 from dpo_np.bench.report import run_all
 from dpo_np.checkpoint import STATE
 from dpo_np.experiments import runs
-from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
+from dpo_np.experiments.closed_form import COMPARE as CLOSED_FORM_COMPARE
+from dpo_np.experiments.closed_form import closed_form_seeds, plot_closed_form, run_closed_form
 from dpo_np.experiments.demo import run_demo
 from dpo_np.experiments.figures import FIGURES, make_figures
-from dpo_np.experiments.gridworld import plot_gridworld, print_report, run_gridworld
+from dpo_np.experiments.gridworld import gridworld_seeds, plot_gridworld, print_report, run_gridworld
 from dpo_np.experiments.plots import plot_diagnosis
 from dpo_np.experiments.ppo_gpt import run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
-from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, run_rlhf
+from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, rlhf_seeds, run_rlhf
+from dpo_np.experiments.spread import parse_seeds
 from dpo_np.files import write_json_atomic
 from dpo_np.generate import beam_search, generate
 from dpo_np.data import format_prompt
@@ -175,14 +176,26 @@ def _demo_seeds(args):
 
 
 def _seed_list(text):
-    m = re.fullmatch(r"(\d+)-(\d+)", text)
     try:
-        seeds = list(range(int(m[1]), int(m[2]) + 1)) if m else [int(s) for s in text.split(",")]
-    except ValueError:
-        raise CommandError(f"--seeds: must be a range like 0-4 or a list like 0,1,2, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise CommandError(f"--seeds: must name non-negative seeds, got {text!r}")
-    return seeds
+        return parse_seeds(text)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+
+
+def _seeds_of(args):
+    """--seeds as a list (None when absent); --seed beside it would be ignored, so it is refused."""
+    if args.seeds is None:
+        args.seed = 0 if args.seed is None else args.seed
+        return None
+    if args.seed is not None:
+        raise CommandError("--seed and --seeds: give one (--seeds runs every seed it names)")
+    return _seed_list(args.seeds)
+
+
+def _seed_report(args, result):
+    """Print a --seeds run's table, then write it all with --json."""
+    print(result["table"])
+    _json(args, result)
 
 
 def _sft(args):
@@ -221,29 +234,35 @@ def _evaluate(args):
 
 
 def _closed_form(args):
-    result = run_closed_form(vocab_size=args.vocab_size, length=args.length, n_prompts=args.prompts,
-                             beta=args.beta, pairs=args.pairs, steps=args.steps, lr=args.lr, seed=args.seed,
-                             progress=not args.quiet)
-    print(f"final KL(π*‖π_θ) = {result['kl'][-1]:.3e}, J(π*) − J(π_θ) = "
-          f"{result['optimal_objective'] - result['objective'][-1]:.3e}  ({result['n_pairs']:,} pairs, "
+    settings = dict(vocab_size=args.vocab_size, length=args.length, n_prompts=args.prompts, beta=args.beta,
+                    pairs=args.pairs, steps=args.steps, lr=args.lr)
+    seeds = _seeds_of(args)
+    if seeds is not None:
+        result = closed_form_seeds(seeds, compare=args.compare, print_fn=print, **settings)
+        _seed_report(args, result)
+        _figure(plot_closed_form, result["runs"][0], args.figure)
+        return 0
+    result = run_closed_form(seed=args.seed, progress=not args.quiet, **settings)
+    print(f"final KL(π*‖π_θ) = {result['kl'][-1]:.3e}, J(π*) − J(π_θ) = β·KL(π_θ‖π*) = "
+          f"{result['suboptimality'][-1]:.3e}  ({result['n_pairs']:,} pairs, "
           f"{result['config']['steps']} steps; data {result['seconds']['data']:.2f} s, "
           f"training {result['seconds']['train']:.2f} s)")
     compare = {}
     if args.compare:
-        for label, kwargs in (("β_train = 4β", dict(train_beta=4 * args.beta)),
-                              ("reference-free", dict(reference_free=True))):
-            compare[label] = run_closed_form(vocab_size=args.vocab_size, length=args.length, n_prompts=args.prompts,
-                                             beta=args.beta, pairs=args.pairs, steps=args.steps, lr=args.lr,
-                                             seed=args.seed, progress=False, **kwargs)
+        for label, _, extra in CLOSED_FORM_COMPARE:
+            compare[label] = run_closed_form(seed=args.seed, progress=False, **settings, **extra(args.beta))
         print("\nwhat breaks it (same data and steps):")
-        print(f"  {'variant':<16} {'KL(π*‖π_θ)':>12} {'J(π_θ)':>10} {'J(π*)':>10}")
+        print(f"  {'variant':<16} {'KL(π*‖π_θ)':>12} {'J(π*) − J(π_θ)':>15} {'J(π_θ)':>10} {'J(π*)':>10}")
         for label, res in [("DPO at β", result)] + list(compare.items()):
-            print(f"  {label:<16} {res['kl'][-1]:>12.3e} {res['objective'][-1]:>10.4f} {res['optimal_objective']:>10.4f}")
+            print(f"  {label:<16} {res['kl'][-1]:>12.3e} {res['suboptimality'][-1]:>15.3e} "
+                  f"{res['objective'][-1]:>10.4f} {res['optimal_objective']:>10.4f}")
     _figure(plot_closed_form, result, args.figure)
     _json(args, {"config": result["config"], "final_kl": result["kl"][-1],
                  "objective_gap": result["optimal_objective"] - result["objective"][-1],
-                 "curve": {k: result[k] for k in ("step", "loss", "kl", "objective")},
-                 "compare": {label: {"final_kl": r["kl"][-1], "objective": r["objective"][-1]}
+                 "suboptimality": result["suboptimality"][-1],
+                 "curve": {k: result[k] for k in ("step", "loss", "kl", "objective", "suboptimality")},
+                 "compare": {label: {"final_kl": r["kl"][-1], "objective": r["objective"][-1],
+                                     "suboptimality": r["suboptimality"][-1]}
                              for label, r in compare.items()}, "seconds": result["seconds"]})
     return 0
 
@@ -260,9 +279,15 @@ def _figure(plot, result, path):
 
 def _gridworld(args):
     _writable_dir("--output-dir", args.output_dir or ".")
-    result = run_gridworld(gamma=args.gamma, iterations=args.iterations, episodes=args.episodes,
-                           horizon=args.horizon, lr=args.lr, seed=args.seed,
-                           variance_episodes=args.variance_episodes, progress=not args.quiet)
+    settings = dict(gamma=args.gamma, iterations=args.iterations, episodes=args.episodes, horizon=args.horizon,
+                    lr=args.lr, variance_episodes=args.variance_episodes, variance_seeds=args.variance_seeds)
+    seeds = _seeds_of(args)
+    if seeds is not None:
+        result = gridworld_seeds(seeds, print_fn=print, **settings)
+        _seed_report(args, result)
+        _figure(plot_gridworld, result["runs"][0], args.output_dir and os.path.join(args.output_dir, "gridworld.png"))
+        return 0
+    result = run_gridworld(seed=args.seed, progress=not args.quiet, **settings)
     print_report(result)
     print(f"({result['seconds']:.1f} s)")
     _json(args, result)
@@ -275,17 +300,28 @@ def _rlhf(args):
     settings = dict(RLHF_QUICK) if args.quick else {}
     settings.update({k: v for k, v in (("beta", args.beta), ("steps", args.steps), ("samples", args.samples),
                                        ("pairs", args.pairs)) if v is not None})
+    seeds = _seeds_of(args)
+    if seeds is not None:
+        result = rlhf_seeds(seeds, print_fn=print, **settings)
+        print("final_kl (worst seed): " + ", ".join(f"{k} {v:.6e}" for k, v in result["final_kl"].items()))
+        _seed_report(args, result)
+        _rlhf_figures(args, result["runs"][0])
+        return 0
     result = run_rlhf(seed=args.seed, progress=not args.quiet, **settings)
     print_rlhf_report(result)
     print("final_kl: " + ", ".join(f"{k} {v:.6e}" for k, v in result["final_kl"].items())
           + f"  ({result['seconds']['total']:.1f} s)")
     _json(args, result)
+    _rlhf_figures(args, result)
+    return 0
+
+
+def _rlhf_figures(args, result):
     if args.output_dir and importlib.util.find_spec("matplotlib") is None:
         print('matplotlib is not installed, so no figures: pip install "dpo-np[plot]"')
     elif args.output_dir:
         for path in plot_rlhf(result, args.output_dir):
             print(f"figure written to {path}")
-    return 0
 
 
 def _exact_gpt(args):
@@ -503,11 +539,13 @@ def build_parser():
     p.add_argument("--pairs", type=positive_int, default=None, help="preference pairs sampled (default 2,000,000)")
     p.add_argument("--steps", type=positive_int, default=None, help="gradient steps (default 1000)")
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 0.05)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="random seed: π_ref, r and the pairs (default 0)")
+    p.add_argument("--seeds", default=None, help="run every seed of a range (0-4) or list (0,2,5) and print a "
+                                                 "table of their results with the spread")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                    help="also train with a wrong β and without the reference, to show they miss π*")
     p.add_argument("--figure", default="runs/closed_form/closed_form.png",
-                   help="where to write the figure ('' for none; needs matplotlib)")
+                   help="where to write the figure ('' for none; with --seeds, the first seed's; needs matplotlib)")
     p.add_argument("--json", metavar="PATH", help="write the numbers to PATH")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not the table as it trains")
     p.set_defaults(func=_closed_form)
@@ -524,9 +562,14 @@ def build_parser():
     p.add_argument("--lr", type=positive_float, default=0.05, help="Adam's peak learning rate (default 0.05)")
     p.add_argument("--variance-episodes", type=positive_int, default=2000,
                    help="episodes sampled to measure the gradient variance (default 2000)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--variance-seeds", type=positive_int, default=5,
+                   help="sampling seeds for each variance measurement, to show its spread (default 5)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="training seed (default 0)")
+    p.add_argument("--seeds", default=None, help="run every seed of a range (0-4) or list (0,2,5) and print a "
+                                                 "table of their results with the spread")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
-    p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes ('' for none)")
+    p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes ('' for none; with "
+                                                                 "--seeds, the first seed's)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_gridworld)
 
@@ -544,9 +587,13 @@ def build_parser():
     p.add_argument("--pairs", type=positive_int, default=None,
                    help="preference pairs for DPO and the reward model (default 2,000,000)")
     p.add_argument("--quick", action="store_true", help="everything on little data and few steps: seconds")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="random seed: the problem, pairs, samples "
+                                                                       "(default 0)")
+    p.add_argument("--seeds", default=None, help="run every seed of a range (0-4) or list (0,2,5) and print a "
+                                                 "table of their results with the spread")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
-    p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go ('' for none)")
+    p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go ('' for none; with --seeds, "
+                                                            "the first seed's)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_rlhf)
 

@@ -61,7 +61,8 @@ def get_batch_logps(logits, labels, average_log_prob=False, label_pad_token_id=-
 
     The notes' ``get_batch_logps`` (the log π_θ(y_w|x), log π_ref(y_l|x), ... of L_DPO,
     DPO paper eq. 7). Sum for DPO (the notes and the paper); ``average_log_prob=True``
-    for the per-token mean that IPO and length-normalised DPO use. Returns (B,): a Tensor
+    for the per-token mean that length-normalised DPO uses, and TRL's IPO (TRL's convention,
+    not the IPO paper's, which uses whole-response log-probs). Returns (B,): a Tensor
     when ``logits`` is a Tensor (built from the autograd's log_softmax and gather), else a
     plain array. An all-masked row gives 0.0 for both sum and mean.
     """

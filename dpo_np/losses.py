@@ -50,7 +50,9 @@ def ipo_loss(h, beta):
     """ℓ = (h − 1/(2β))² (IPO, Azar et al. 2023, arXiv 2310.12036, ΨPO with Ψ = identity, eq. 17).
 
     A square loss that pulls the margin to 1/(2β) instead of pushing it to infinity; β is the
-    paper's τ. IPO compares per-token *averaged* log-probabilities.
+    paper's τ. The paper writes h with log π(y|x) of whole responses; feeding it per-token
+    *averaged* log-probabilities is TRL's convention (huggingface/trl PR 1265, on the IPO
+    authors' advice), which ``DPOTrainer`` follows.
     """
     return (h - 0.5 / beta) ** 2
 
@@ -68,7 +70,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=
     label_smoothing: ε, only for ``SMOOTHED_LOSS_TYPES`` (an ε another loss would ignore is an
     error). The variants' own settings (``f_divergence_type``, ``f_alpha_divergence_coef``,
     ``bco_delta``, ``discopop_tau``, ``chosen_lengths``) are described in ``variants.py``.
-    "ipo" and "sigmoid_norm" expect per-token averaged log-probabilities, the others sums.
+    "ipo" and "sigmoid_norm" expect per-token averaged log-probabilities (for IPO, TRL's
+    convention, not the IPO paper's), the others sums.
 
     The rewards β(log π_θ − log π_ref) are plain arrays, detached (for logging; exactly 0 when
     π_θ = π_ref). For "aot"/"aot_unpaired" loss i belongs to the i-th smallest margin.

@@ -289,6 +289,17 @@ def rlhf_objective(logprobs, ref_logprobs, rewards, beta):
     return _finish(expected_reward - _kl(lp, ag.tensor(ref_logprobs)) * beta, logprobs, ref_logprobs, rewards)
 
 
+def suboptimality(logprobs, star_logprobs, beta):
+    """J(π*) − J(π) = β KL(π ‖ π*), one value per prompt: how much objective π leaves on the table.
+
+    The identity follows from J(π) = β log Z(x) − β KL(π ‖ π*) (substitute r = β log π*/π_ref +
+    β log Z into J; notebook 04). It is the error measure the toy experiments report beside
+    KL(π* ‖ π): in reward units, and exact wherever π* is known. ``star_logprobs`` is log π*_β
+    for the same β (``optimal_policy``).
+    """
+    return kl_divergence(logprobs, star_logprobs) * check_beta(beta)
+
+
 def implicit_reward(logprobs, ref_logprobs, beta):
     """r̂(x, y) = β log π(y|x)/π_ref(y|x): the reward a policy implies (DPO paper eq. 5, §5).
 

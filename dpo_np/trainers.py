@@ -13,7 +13,7 @@ One DPO step, across the seam between the hand-written model and the autograd:
     L.backward()  ->  dL/dlogps  ->  batch_logps_backward  ->  dL/dlogits  ->  π_θ.backward
 
 The variants (``variants.py``) plug in at two named places and nowhere else: how log π(y|x) is
-read off the logits (IPO's per-token mean, LD-DPO's length weighting) and what the loss needs
+read off the logits (the per-token mean TRL gives IPO, LD-DPO's length weighting) and what the loss needs
 beyond the four log-probabilities (BCO's reward shift, RPO's lengths, WPO's pair weights).
 TR-DPO's reference drift runs after each optimizer update.
 
@@ -107,7 +107,8 @@ class DPOConfig(TrainingConfig):
 
     @property
     def average_log_prob(self):
-        """IPO (Azar et al. 2023) and length-normalised DPO compare per-token mean log-probs."""
+        """Length-normalised DPO compares per-token mean log-probs, and so does IPO as TRL runs it
+        (TRL's convention; the IPO paper, Azar et al. 2023, writes whole-response log-probs)."""
         return any(k in AVERAGED_LOSSES for k in self.loss_kinds)
 
 

@@ -127,6 +127,8 @@ def test_objective_gap_equals_beta_kl_to_optimal_policy(problem, beta):
         scale = np.abs(r).max() + beta * (np.abs(ref).max() + np.abs(logprobs).max())
         np.testing.assert_allclose(gap, beta * rlhf.kl_divergence(logprobs, star), rtol=0,
                                    atol=100 * EPS64 * scale)
+        # the error measure the toy experiments report is this gap, by the same identity
+        np.testing.assert_allclose(rlhf.suboptimality(logprobs, star, beta), gap, rtol=0, atol=100 * EPS64 * scale)
         assert np.all(gap > 0)
 
 

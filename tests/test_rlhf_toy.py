@@ -231,3 +231,114 @@ def test_bad_arguments_are_named(capsys):
         toy.run_rlhf(beta=0.0, progress=False)
     assert main(["rlhf", "--quick", "--samples", "1", "--quiet", "--output-dir", ""]) == 2
     assert "samples" in capsys.readouterr().err
+
+
+# -- IPO's own optimum, the error measure, the same-information arm, costs ----------------------
+
+def pairs_of(triples, prompt=0):
+    """Pairs data from (y_w, y_l, count) triples on one prompt."""
+    w = np.concatenate([np.full(c, a) for a, _, c in triples])
+    l = np.concatenate([np.full(c, b) for _, b, c in triples])
+    return {"prompt": np.full(len(w), prompt), "chosen": w, "rejected": l}
+
+
+def ipo_margins(logp, ref, data):
+    x, w, l = data["prompt"], data["chosen"], data["rejected"]
+    return (logp[x, w] - ref[x, w]) - (logp[x, l] - ref[x, l])
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
+def test_ipo_optimum_on_three_responses_is_the_hand_derived_least_squares_fit(beta):
+    ref, _, _ = problem(length=1, n_prompts=1)                      # 3 responses
+    tau = 1 / (2 * beta)
+    # one pair: its margin is τ exactly
+    one = pairs_of([(0, 2, 1)])
+    chain = pairs_of([(0, 1, 1), (1, 2, 1), (0, 2, 1)])
+    with pytest.raises(ValueError, match="prompt 0 leave 1 of its 3 responses"):
+        toy.ipo_optimal_policy(ref, one, beta)                        # response 1 never compared
+    # a ≻ b ≻ c and a ≻ c, once each: minimize (u−τ)² + (v−τ)² + (u+v−τ)² over u = ρa−ρb, v = ρb−ρc,
+    # whose stationary point is u = v = 2τ/3, so the three margins are 2τ/3, 2τ/3 and 4τ/3
+    opt = toy.ipo_optimal_policy(ref, chain, beta)
+    np.testing.assert_allclose(np.exp(opt).sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(ipo_margins(opt, ref, chain), [2 * tau / 3, 2 * tau / 3, 4 * tau / 3], rtol=1e-10)
+    # counts weigh the fit: seen 3 times, a ≻ b pulls its own margin closer to τ
+    heavy = toy.ipo_optimal_policy(ref, pairs_of([(0, 1, 3), (1, 2, 1), (0, 2, 1)]), beta)
+    h = ipo_margins(heavy, ref, pairs_of([(0, 1, 1), (1, 2, 1), (0, 2, 1)]))
+    assert abs(h[0] - tau) < abs(2 * tau / 3 - tau)
+
+
+def test_ipo_optimum_has_zero_gradient_and_ipo_training_reaches_it():
+    ref, r, _ = problem()
+    det = toy.deterministic_pairs(ref, r, 20_000, seed=3)
+    beta = 0.5
+    opt = toy.ipo_optimal_policy(ref, det, beta)
+    th = ag.Tensor(opt.copy(), requires_grad=True)
+    lp = ag.log_softmax(th, axis=-1)
+    x, w, l = det["prompt"], det["chosen"], det["rejected"]
+    loss = (((lp[x, w] - ref[x, w]) - (lp[x, l] - ref[x, l]) - 1 / (2 * beta)) ** 2).mean()
+    loss.backward()
+    assert np.abs(th.grad).max() < 1e-10                                  # a stationary point of a convex loss
+    run = run_closed_form(beta=beta, data=det, loss_type="ipo", steps=1500, progress=False, log_every=1500)
+    assert rlhf.kl_divergence(opt, np.log(run["policy"])).mean() < 1e-8
+    # and it is not π*_β: deterministic labels carry the reward's order, not its size
+    assert rlhf.kl_divergence(rlhf.optimal_policy(ref, r, beta), opt).mean() > 1e-2
+
+
+def test_every_response_but_the_best_loses_so_dpo_rejected_mass_is_one_minus_the_best_response_mass():
+    ref, r, _ = problem()
+    det = toy.deterministic_pairs(ref, r, 200_000, seed=3)
+    rejected = np.zeros(r.shape, bool)
+    rejected[det["prompt"], det["rejected"]] = True
+    np.testing.assert_array_equal(~rejected, r == r.max(axis=1, keepdims=True))
+    policy = np.exp(ref)
+    assert toy.rejected_mass(policy, det) == pytest.approx(1 - toy.best_response_mass(policy, r), rel=1e-12)
+
+
+def test_the_suboptimality_an_arm_logs_is_the_objective_it_leaves_behind():
+    ref, r, star = problem()
+    run = toy.train_policy_gradient(ref, r, 0.5, "reinforce", steps=30, samples=8, seed=1)
+    logp = run["logprobs"]
+    gap = rlhf.rlhf_objective(star, ref, r, 0.5) - rlhf.rlhf_objective(logp, ref, r, 0.5)
+    assert run["suboptimality"][-1] == pytest.approx(gap.mean(), rel=1e-9)
+    assert run["suboptimality"][0] == pytest.approx((0.5 * rlhf.kl_divergence(ref, star)).mean(), rel=1e-12)
+
+
+def test_the_same_information_arm_fits_the_comparisons_and_reaches_their_optimum_not_the_true_one():
+    ref, r, star = problem()
+    pairs = toy_problem.sample_preference_pairs(ref, r, 200_000, seed=2)
+    x, w, l, counts = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"], r.shape[1])
+    r_phi = toy.fit_reward_model(x, w, l, counts, r.shape)
+    # the fit is the Bradley–Terry maximum-likelihood estimate: the likelihood's gradient vanishes there
+    phi = ag.Tensor(r_phi, requires_grad=True)
+    rlhf.bradley_terry_loss(phi[x, w], phi[x, l], weights=counts).backward()
+    assert np.abs(phi.grad).max() < 1e-6
+    arm = toy.train_policy_gradient(ref, r_phi, 0.5, "reinforce", seed=10, star_logprobs=star, true_rewards=r)
+    target = rlhf.optimal_policy(ref, r_phi, 0.5)
+    assert rlhf.kl_divergence(target, arm["logprobs"]).mean() < 1e-3       # it climbs r_φ, never r
+    limit = rlhf.kl_divergence(star, target).mean()
+    assert arm["kl"][-1] == pytest.approx(limit, rel=0.5) and arm["kl"][-1] > 1e-3
+
+
+def test_equal_query_comparison_counts_where_each_curve_is_lower_and_the_learning_rate_then():
+    q = [0, 100, 200, 300, 400, 500]
+    reinforce = {"kl": [1.0, 0.5, 0.2, 0.1, 0.05, 0.04], "queries": q}
+    ppo = {"kl": [1.0, 0.4, 0.3, 0.2, 0.04, 0.01], "queries": q}
+    e = toy.equal_query_comparison(reinforce, ppo, queries_per_step=100, passes=16)
+    assert e["reinforce_ahead_fraction"] == pytest.approx(2 / 5)
+    assert e["ppo_ahead_from_queries"] == 400 and e["ppo_ahead_from_fraction_of_run"] == pytest.approx(0.8)
+    assert e["ppo_lr_fraction_then"] == pytest.approx(0.5 * (1 + np.cos(np.pi * 4 * 16 / (5 * 16))))
+    never = toy.equal_query_comparison(ppo, reinforce, 100, 16)
+    assert never["ppo_ahead_from_queries"] is None and never["reinforce_ahead_fraction"] == pytest.approx(3 / 5)
+
+
+def test_the_run_reports_costs_in_shared_units_and_every_arm_beside_the_headline(quick_run):
+    c = quick_run["costs"]
+    cfg = quick_run["config"]
+    per_batch = 4 * cfg["samples"] * cfg["steps"]
+    assert c["reinforce"]["reward_queries"] == c["ppo"]["reward_queries"] == per_batch
+    assert c["ppo"]["updates"] == 16 * c["reinforce"]["updates"] == 16 * cfg["steps"]
+    assert c["ppo_reward_model"]["reward_queries"] == 0 and c["ppo_reward_model"]["comparisons"] == cfg["pairs"]
+    assert c["dpo"]["comparisons"] == cfg["pairs"] and c["dpo"]["updates"] == cfg["dpo_steps"]
+    assert set(quick_run["final_kl_all"]) == set(quick_run["final_suboptimality"]) == set(toy.RL_ARMS) | {"dpo"}
+    for row in quick_run["deterministic"]["rows"]:
+        assert 0 < row["ipo_optimal_rejected_mass"] < 1

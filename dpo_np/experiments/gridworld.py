@@ -6,9 +6,14 @@ The RL set-up of the notes, with their names:
   (up, right, down, left); a move off the grid leaves the cat where it is;
 - reward r(s, a), paid for the cell the move enters: an empty cell 0, the
   broom −1, the bathtub −10 (the cat faints: the episode is over, and the next
-  one starts from the cat's start again), the meat +100 (the cat eats: the
-  episode is over too). A move that leaves the cat in place enters no cell: 0;
+  one starts from the cat's start again), the meat +100. A move that leaves
+  the cat in place enters no cell: 0;
 - policy π(a|s): here a table of logits θ[s, a], π_θ(·|s) = softmax(θ[s]).
+
+One rule is ours, not the notes': the meat ends the episode too (the cat eats).
+The notes end an episode only at the bathtub and say of the meat just that it
+pays +100; on a grid that went on, a cat could step off the meat and back on to
+collect it again and again.
 
 The notes' figure is not in their text, so the layout is ours (``LAYOUT``):
 
@@ -46,6 +51,7 @@ import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend, checks, rl
+from dpo_np.experiments import spread
 from dpo_np.experiments.plots import save_figure
 from dpo_np.optim import AdamW, cosine_schedule
 from dpo_np.progress import progress as progress_bar
@@ -67,6 +73,7 @@ DEFAULT_ITERATIONS = 800
 DEFAULT_EPISODES = 32
 DEFAULT_HORIZON = 40
 DEFAULT_LR = 0.05
+DEFAULT_VARIANCE_SEEDS = 5          # sampling seeds per variance measurement: its spread, not one draw
 
 
 @dataclass(frozen=True)
@@ -355,7 +362,7 @@ def train_reinforce(world, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, e
 
 def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, episodes=DEFAULT_EPISODES,
                   horizon=DEFAULT_HORIZON, lr=DEFAULT_LR, seed=0, variance_episodes=2000, tiny_horizon=4,
-                  progress=True):
+                  progress=True, variance_seeds=DEFAULT_VARIANCE_SEEDS):
     """Solve the grid by value iteration, learn it with REINFORCE (with and without a baseline), measure.
 
     Returns a dict of plain numbers and lists (JSON-ready):
@@ -366,9 +373,12 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
           theta (S, A), learned_value V^{π_θ} (S,)};
       variance: E‖ĝ − E ĝ‖² of the one-episode gradient estimate, without and with b = V^π (exact):
           {uniform,learned}_{no_baseline,baseline} on this grid at the uniform policy and at the
-          learned one (``variance_episodes`` sampled episodes each), and tiny_{no_baseline,baseline}
-          on ``TINY_LAYOUT`` at the uniform policy, exactly (every episode of ``tiny_horizon``
-          moves listed, b_t = V_t^π);
+          learned one, each the mean of ``variance_seeds`` estimates from ``variance_episodes``
+          sampled episodes (estimate k samples with the generator seeded by [seed, k], the same
+          episodes with and without b); ratio {uniform, learned}: no-baseline / baseline variance
+          of each estimate, one per sampling seed (a ratio of sampled variances is heavy-tailed:
+          read its range, not one draw); and tiny_{no_baseline,baseline} on ``TINY_LAYOUT`` at
+          the uniform policy, exactly (every episode of ``tiny_horizon`` moves listed, b_t = V_t^π);
       seconds.
     """
     gamma = checks.number(gamma, "gamma", low=0.0, high=1.0, high_open=True)
@@ -378,6 +388,7 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
     lr = checks.positive(lr, "lr")
     seed = checks.integer(seed, "seed")
     variance_episodes = checks.integer(variance_episodes, "variance_episodes", low=2)
+    variance_seeds = checks.integer(variance_seeds, "variance_seeds", low=1)
     tiny_horizon = checks.integer(tiny_horizon, "tiny_horizon", low=1, high=8)
     checks.flag(progress, "progress")
     world = make_world(layout)
@@ -403,13 +414,14 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
     # the variance of ĝ with and without b = V^π, at the uniform policy (where training starts) and at
     # the policy REINFORCE with a baseline ended with (where every return is near V* and, without a
     # baseline, each one pushes up whatever moves were taken)
-    variance = {}
+    variance = {"ratio": {}, "sampling_seeds": variance_seeds}
     for where, theta in (("uniform", np.zeros((world.n_states, len(MOVES)))),
                          ("learned", np.asarray(runs["reinforce_baseline"]["theta"]))):
         v_pi = policy_evaluation(world, np.exp(ag.log_softmax(theta, axis=-1).data), gamma)
-        for name, b in (("no_baseline", None), ("baseline", v_pi)):
-            variance[f"{where}_{name}"] = gradient_variance(world, theta, gamma, horizon, variance_episodes,
-                                                            backend.rng(seed + 1), baseline=b)
+        pairs = np.array([[gradient_variance(world, theta, gamma, horizon, variance_episodes, backend.rng([seed, k]),
+                                             baseline=b) for b in (None, v_pi)] for k in range(variance_seeds)])
+        variance[f"{where}_no_baseline"], variance[f"{where}_baseline"] = pairs.mean(axis=0).tolist()
+        variance["ratio"][where] = (pairs[:, 0] / pairs[:, 1]).tolist()
     tiny = make_world(TINY_LAYOUT)
     tiny_theta = np.zeros((tiny.n_states, len(MOVES)))
     values = np.stack([v.data for v in finite_horizon_values(tiny, np.full(tiny_theta.shape, 1.0 / len(MOVES)),
@@ -422,7 +434,8 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
     result = {
         "layout": list(world.layout),
         "config": {"gamma": gamma, "iterations": iterations, "episodes": episodes, "horizon": horizon, "lr": lr,
-                   "seed": seed, "variance_episodes": variance_episodes, "tiny_horizon": tiny_horizon},
+                   "seed": seed, "variance_episodes": variance_episodes, "variance_seeds": variance_seeds,
+                   "tiny_horizon": tiny_horizon},
         "optimal_return": float(V[world.start]),
         "optimal_path": [int(c) for c in path],
         "optimal_path_undiscounted_return": undiscounted,
@@ -435,6 +448,47 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
         "seconds": seconds,
     }
     return result
+
+
+#: the per-seed table of ``gridworld_seeds``: (row key, title, format)
+SEED_COLUMNS = (("policy_return", "V^π_θ(start), no baseline", ".3f"),
+                ("policy_return_baseline", "V^π_θ(start), baseline", ".3f"),
+                ("uniform_ratio", "variance cut at uniform π", ".2f"),
+                ("learned_ratio", "variance cut at learned π", ".1f"),
+                ("learned_ratio_min", "(lowest sampling seed)", ".1f"),
+                ("learned_ratio_max", "(highest sampling seed)", ".1f"))
+
+
+def gridworld_seeds(seeds, print_fn=None, **settings):
+    """``run_gridworld`` once per training seed; returns {seeds, per_seed, spread, variance_ratio, table, runs}.
+
+    A row holds the exact returns V^{π_θ}(start) of both REINFORCE runs and the baseline's
+    variance cut at the uniform and the learned policy (the mean over the run's sampling seeds,
+    and at the learned policy their lowest and highest). ``variance_ratio`` {uniform, learned}
+    is the spread of every estimate, over training and sampling seeds together; ``runs`` the
+    per-seed results. V*(start) is the same on every seed: value iteration draws nothing.
+    """
+    def row(r):
+        learned = r["variance"]["ratio"]["learned"]
+        return {"policy_return": r["reinforce"]["policy_return"],
+                "policy_return_baseline": r["reinforce_baseline"]["policy_return"],
+                "uniform_ratio": float(np.mean(r["variance"]["ratio"]["uniform"])),
+                "learned_ratio": float(np.mean(learned)), "learned_ratio_min": min(learned),
+                "learned_ratio_max": max(learned)}
+
+    rows, results = spread.over_seeds(seeds, lambda seed: run_gridworld(seed=seed, progress=False, **settings),
+                                      row, print_fn)
+    pooled = {where: spread.spread([x for r in results for x in r["variance"]["ratio"][where]])
+              for where in ("uniform", "learned")}
+    table = f"V*(start) = {results[0]['optimal_return']:.4f} on every seed (value iteration draws nothing)\n" + \
+        spread.seed_table(rows, SEED_COLUMNS) + "".join(
+        f"\nvariance cut at the {where} policy, every estimate ({pooled[where]['n']} = training × sampling "
+        f"seeds): {pooled[where]['min']:.2f}–{pooled[where]['max']:.2f}×, mean {pooled[where]['mean']:.2f}×"
+        for where in ("uniform", "learned"))
+    return {"seeds": list(seeds), "optimal_return": results[0]["optimal_return"], "per_seed": rows,
+            "spread": spread.spreads(rows, [k for k in rows[0] if k != "seed"]), "variance_ratio": pooled,
+            "table": table, "config": {k: v for k, v in results[0]["config"].items() if k != "seed"},
+            "runs": results}
 
 
 # -- printing and plotting --------------------------------------------------------
@@ -488,8 +542,10 @@ def print_report(result, file=None):
     print("variance E‖ĝ − E ĝ‖² of the one-episode gradient estimate, without / with the baseline b = V^π:",
           file=out)
     for where, label in (("uniform", "uniform policy (start)"), ("learned", "learned policy (end)")):
-        a, b = v[f"{where}_no_baseline"], v[f"{where}_baseline"]
-        print(f"  {label:<24} {a:>10.4g} / {b:<10.4g} ({a / b:.1f}× less), sampled", file=out)
+        a, b, ratio = v[f"{where}_no_baseline"], v[f"{where}_baseline"], v["ratio"][where]
+        print(f"  {label:<24} {a:>10.4g} / {b:<10.4g} ({min(ratio):.1f}–{max(ratio):.1f}× less over "
+              f"{len(ratio)} sampling seed{'s' if len(ratio) > 1 else ''}, mean {np.mean(ratio):.1f}×), sampled",
+              file=out)
     a, b = v["tiny_no_baseline"], v["tiny_baseline"]
     print(f"  {'tiny grid, uniform':<24} {a:>10.4g} / {b:<10.4g} ({a / b:.2f}× less), exact over all "
           f"{v['tiny_episodes']} episodes", file=out)

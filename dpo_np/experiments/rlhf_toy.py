@@ -35,22 +35,50 @@ PPO's sixteen updates per batch left θ jittering around π* (KL(π* ‖ π_θ) 
 every response, so Â and the estimator's variance vanish there: the noise dies
 out as the policy converges.
 
-Counting the cost the same way for every method: a response scored by r (or by
-a reward model r_φ) is one reward query; a DPO preference pair is one
-comparison. KL(π* ‖ π_θ) is reported against that count.
+What each arm learns from, and what it costs. The arms that query the true r
+("reinforce", "ppo") get the exact, noise-free reward of every response they
+sample; DPO gets only which response of a pair won. The fair RL arms learn from
+DPO's information: a tabular Bradley–Terry reward model r_φ is fit to the very
+pairs DPO trains on (``fit_reward_model``), and REINFORCE and PPO climb r_φ
+("reinforce_reward_model", "ppo_reward_model"). Costs are counted in units the
+arms share (``costs``): reward queries (a sampled response scored by r), queries
+to r_φ, comparisons (preference pairs) and Adam updates. PPO takes epochs ×
+minibatches = 16 updates per batch of samples, so 16 times REINFORCE's; DPO and
+r_φ take one full-batch step over every pair per update. ``equal_query_comparison``
+sets REINFORCE against PPO at equal reward queries along their runs.
 
-``run_rlhf`` measures, on one seed's problem:
+What this toy can and cannot test. The DPO paper's Figure 2 compares DPO and PPO
+on a language model, where PPO climbs a learned reward through a network and the
+loss surfaces are not convex. Here the policy is a table and DPO's loss is convex
+in it, so DPO converges to the maximum-likelihood fit of its pairs, π* of that
+fit's reward; PPO with the exact reward converges towards π* itself. The gap
+between those two measures information (a reward on every sample against a
+verdict on pairs), not the algorithms. Given the same information, PPO on r_φ
+lands where DPO does. The toy tests the derivations and the estimators, not
+which method wins on a language model.
 
-1. KL(π* ‖ π_θ) of REINFORCE, PPO and DPO (DPO at several numbers of pairs);
-2. the two-stage pipeline: a tabular Bradley–Terry reward model r_φ fit on the
-   same pairs DPO sees, then PPO against r_φ;
+``run_rlhf`` measures, on one seed's problem (``rlhf_seeds`` on several):
+
+1. KL(π* ‖ π_θ) and J(π*) − J(π_θ) = β KL(π_θ ‖ π*) of every arm, REINFORCE and
+   PPO on r and on r_φ, and DPO (DPO also at several numbers of pairs), with
+   each arm's costs, and REINFORCE against PPO at equal reward queries;
+2. the two-stage pipeline: r_φ fit on the pairs DPO sees, its optimum π*_r_φ
+   (the limit those pairs set for DPO and for RL on r_φ alike), PPO against r_φ;
 3. the reward–KL frontier E_{π*_β}[r] against KL(π*_β ‖ π_ref), and where DPO,
    PPO and PPO on r_φ land for several β;
 4. KL(π*_β ‖ π_ref) over a grid of β (it falls as β grows:
    dKL/dβ = −Var_{π*_β}(r)/β³);
-5. deterministic preferences (the higher-reward response always wins): DPO's
-   probability on rejected responses keeps falling at every β; IPO's and
-   conservative DPO's settle;
+5. deterministic preferences (the higher-reward response always wins). With
+   the default 200,000 pairs every response but each prompt's best loses some
+   comparison (``only_the_best_never_loses``, true on seeds 0–2), so the mass
+   DPO leaves on rejected responses is 1 − π_θ(best y): its steady fall is π_θ
+   collapsing onto the best response, at every β. IPO settles, at its own
+   optimum on these pairs (``ipo_optimal_policy``), not at π*_β. Conservative
+   DPO has a finite optimum too (each margin where σ(βh) = 1 − ε), but at
+   β = 0.1 that margin is log 9 / 0.1 ≈ 22 nats and 2,000 steps do not reach it:
+   its mass on rejected responses is still falling at the end on seeds 0–2
+   (from 0.44–0.51 at step 500 to 0.06–0.10 at step 2,000); at β = 0.5 and 2 it
+   has settled by step 500;
 6. a known fraction of flipped labels: DPO, conservative DPO (label smoothing
    ε) and robust DPO (ε = the flip rate), by KL(π* ‖ π_θ).
 """
@@ -64,7 +92,7 @@ import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend, checks, rl, rlhf
-from dpo_np.experiments import toy_problem
+from dpo_np.experiments import spread, toy_problem
 from dpo_np.experiments.closed_form import aggregate_pairs, make_problem, run_closed_form
 from dpo_np.experiments.plots import save_figure
 from dpo_np.optim import AdamW, cosine_schedule
@@ -88,6 +116,9 @@ DEFAULT_FLIP_PAIRS = (5_000, 2_000_000)
 DEFAULT_FLIPS = (0.0, 0.1, 0.2, 0.3)
 DEFAULT_SMOOTHINGS = (0.0, 0.1, 0.2)
 CDPO_SMOOTHING = 0.1                # conservative DPO's ε in the deterministic-preference comparison
+DEFAULT_REWARD_MODEL_STEPS = 1000   # full-batch Adam steps fitting the tabular r_φ
+#: the RL arms at the headline β: the true reward, or r_φ fit to DPO's own pairs (the same information as DPO)
+RL_ARMS = ("reinforce", "ppo", "reinforce_reward_model", "ppo_reward_model")
 
 #: seconds instead of a minute: every measurement, on far less data and far fewer steps (a first look, and tests)
 QUICK = dict(steps=60, samples=8, pairs=20_000, pair_grid=(2_000,), dpo_steps=100, frontier_betas=(0.5, 2.0),
@@ -138,6 +169,7 @@ def train_policy_gradient(ref_logprobs, rewards, beta, method="ppo", steps=DEFAU
     ``rewards`` (P, N) is what each query returns: the true r, or a reward model r_φ.
     ``star_logprobs`` and ``true_rewards`` (default: π*_β of ``rewards``, and ``rewards``)
     are only used to measure. Returns a dict: ``queries``, ``kl`` (mean_x KL(π* ‖ π_θ)),
+    ``suboptimality`` (mean_x β KL(π_θ ‖ π*) = J(π*) − J(π_θ), J of the true reward),
     ``reward`` (mean_x E_{π_θ}[true r]), ``kl_ref`` (mean_x KL(π_θ ‖ π_ref)), lists over the
     logged steps; ``logprobs`` (P, N) of the final π_θ; ``updates`` (Adam steps taken).
     """
@@ -162,12 +194,13 @@ def train_policy_gradient(ref_logprobs, rewards, beta, method="ppo", steps=DEFAU
     gen = backend.rng(seed)
     theta = ref.copy()                                            # π_θ starts at π_ref exactly
     adam = AdamW({"theta": theta}, lr=lr, weight_decay=0.0)
-    history = {"queries": [], "kl": [], "reward": [], "kl_ref": []}
+    history = {"queries": [], "kl": [], "suboptimality": [], "reward": [], "kl_ref": []}
 
     def measure(queries):
         logp = ag.log_softmax(theta, axis=-1).data
         history["queries"].append(queries)
         history["kl"].append(float(rlhf.kl_divergence(star, logp).mean()))
+        history["suboptimality"].append(float(rlhf.suboptimality(logp, star, beta).mean()))
         history["reward"].append(float((np.exp(logp) * truth).sum(axis=-1).mean()))
         history["kl_ref"].append(float(rlhf.kl_divergence(logp, ref).mean()))
 
@@ -189,7 +222,7 @@ def train_policy_gradient(ref_logprobs, rewards, beta, method="ppo", steps=DEFAU
     return {**history, "logprobs": ag.log_softmax(theta, axis=-1).data, "updates": update}
 
 
-def fit_reward_model(prompt, chosen, rejected, counts, shape, steps=1000, lr=DEFAULT_LR):
+def fit_reward_model(prompt, chosen, rejected, counts, shape, steps=DEFAULT_REWARD_MODEL_STEPS, lr=DEFAULT_LR):
     """A tabular reward model r_φ(x, y) fit by maximum likelihood on preference triples (DPO paper eq. 2).
 
     ``prompt``, ``chosen``, ``rejected``, ``counts``: the distinct triples and how often each
@@ -280,6 +313,81 @@ def rejected_mass(policy, data):
     return float((policy * ever).sum(axis=1).mean())
 
 
+def best_response_mass(policy, rewards):
+    """mean_x π(argmax_y r(x, y) | x): the probability on each prompt's best response."""
+    return float(policy[np.arange(policy.shape[0]), np.asarray(rewards).argmax(axis=1)].mean())
+
+
+def ipo_optimal_policy(ref_logprobs, data, beta):
+    """log π (P, N) of the tabular policy that minimizes IPO's loss on the pairs ``data``.
+
+    IPO (Azar et al. 2023, arXiv 2310.12036, eq. 17) minimizes the mean over pairs of (h − τ)²,
+    τ = 1/(2β), h = ρ(y_w) − ρ(y_l) with ρ = log π_θ − log π_ref (the softmax's normalizer cancels
+    inside a prompt). Setting ∂/∂ρ(y) = 0 gives, per prompt, a graph-Laplacian system
+
+        L ρ = τ d,   L = Σ_pairs c (e_w − e_l)(e_w − e_l)ᵀ,   d = Σ_pairs c (e_w − e_l),
+
+    c counting how often each (y_w, y_l) occurs: a least-squares fit of every margin to τ. When
+    the pairs connect all of a prompt's responses, ρ is unique up to one constant, which the
+    normalization removes: log π = log_softmax(log π_ref + ρ). Unlike π*_β, this optimum depends
+    on which pairs were drawn and how often, not on the reward's size. A prompt whose responses
+    the pairs do not all connect has no unique optimum (the mass between the pieces is free, as
+    notebook 05 shows for DPO): ValueError naming it.
+    """
+    ref = np.asarray(backend.to_numpy(ref_logprobs), dtype=np.float64)
+    beta = checks.positive(beta, "beta")
+    P, N = ref.shape
+    x, w, l, c = (np.asarray(backend.to_numpy(a)) for a in aggregate_pairs(data["prompt"], data["chosen"],
+                                                                            data["rejected"], N))
+    c = c.astype(np.float64)
+    L, d = np.zeros((P, N, N)), np.zeros((P, N))
+    for i, j, sign in ((w, w, 1.0), (l, l, 1.0), (w, l, -1.0), (l, w, -1.0)):
+        np.add.at(L, (x, i, j), sign * c)
+    np.add.at(d, (x, w), c)
+    np.add.at(d, (x, l), -c)
+    rho = np.zeros((P, N))
+    for p in range(P):
+        reached = _connected_to_first(L[p] != 0)
+        if not reached.all():
+            raise ValueError(f"ipo_optimal_policy: the pairs of prompt {p} leave {int((~reached).sum())} of its "
+                             f"{N} responses unconnected to the rest, so no unique optimum exists")
+        rho[p, 1:] = np.linalg.solve(L[p, 1:, 1:], (0.5 / beta) * d[p, 1:])   # ρ(y_0) = 0 fixes the constant
+    logits = ref + rho
+    return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+
+def _connected_to_first(adjacent):
+    """Which nodes of an undirected graph (N, N) bool adjacency a walk from node 0 reaches."""
+    reached = np.zeros(adjacent.shape[0], dtype=bool)
+    reached[0] = True
+    while True:
+        grown = reached | adjacent[reached].any(axis=0)
+        if (grown == reached).all():
+            return reached
+        reached = grown
+
+
+def equal_query_comparison(reinforce, ppo, queries_per_step, passes):
+    """REINFORCE against PPO at the same number of reward queries, along their logged curves.
+
+    Returns the fraction of logged points (after the start) where REINFORCE's KL(π* ‖ π_θ) is
+    the lower; the first query count from which PPO's stays lower to the end (None if it never
+    does); and PPO's learning rate there, as a fraction of its peak (cosine decay over its
+    ``passes`` updates per step).
+    """
+    q = np.asarray(ppo["queries"])
+    a, b = np.asarray(reinforce["kl"])[q > 0], np.asarray(ppo["kl"])[q > 0]
+    q = q[q > 0]
+    not_ahead = np.nonzero(~(b < a))[0]
+    first = int(not_ahead[-1]) + 1 if len(not_ahead) else 0
+    total = int(q[-1]) // queries_per_step * passes
+    ahead_from = int(q[first]) if first < len(q) else None
+    return {"reinforce_ahead_fraction": float(np.mean(a < b)), "ppo_ahead_from_queries": ahead_from,
+            "ppo_ahead_from_fraction_of_run": None if ahead_from is None else ahead_from / float(q[-1]),
+            "ppo_lr_fraction_then": None if ahead_from is None else
+            cosine_schedule(ahead_from // queries_per_step * passes, 1.0, 0, total)}
+
+
 # -- the experiment -----------------------------------------------------------------------
 
 def _kl(p_logprobs, q_logprobs):
@@ -295,12 +403,18 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
     """Every measurement of the module docstring on the problem of ``seed``; returns a JSON-ready dict.
 
     Keys: config; final_kl {reinforce, ppo, dpo}: mean_x KL(π*_β ‖ π_θ) at the end; queries {reinforce,
-    ppo: reward queries, dpo: comparisons}; curves {reinforce, ppo, ppo_reward_model: {queries, kl,
-    reward, kl_ref}, dpo: {pairs, kl}}; two_stage {...}; frontier {curve: {beta, kl, reward}, points:
+    ppo: reward queries, dpo: comparisons}; final_kl_all and final_suboptimality (mean_x β KL(π_θ ‖ π*_β)
+    = J(π*) − J(π_θ)) for every arm of ``RL_ARMS`` and dpo; costs {arm: {information, reward_queries,
+    reward_model_queries, comparisons, updates}}; equal_queries (``equal_query_comparison``);
+    curves {each arm of ``RL_ARMS``: {queries, kl, suboptimality, reward, kl_ref}, dpo: {pairs, kl}};
+    two_stage {...}; frontier {curve: {beta, kl, reward}, points:
     [{method, beta, kl_ref, reward, gap, kl_star}], trajectories}; beta_direction {beta, kl,
     decreasing, strictly, large_beta_variance, small_beta_limit};
-    deterministic {pairs, steps, rows: [{loss, beta, label_smoothing, step, rejected_mass (per logged
-    step), optimal_rejected_mass}]}; label_flips {rows: [{pairs, flip, loss, label_smoothing, kl}]};
+    deterministic {pairs, steps, never_rejected (responses per prompt that lose no pair),
+    only_the_best_never_loses, rows: [{loss, beta, label_smoothing, step, rejected_mass and
+    best_response_mass (per logged step), optimal_rejected_mass (π*_β's), ipo_optimal_rejected_mass
+    (IPO's own optimum's; None when the pairs leave it undetermined), kl_to_ipo_optimum}]};
+    label_flips {rows: [{pairs, flip, loss, label_smoothing, kl}]};
     seconds (per kind of run, and the total). The pairs are drawn with seeds ``seed`` + 2 (as
     ``run_closed_form`` draws them, so DPO and the reward model see the same ones), + 3
     (deterministic), + 4 and + 5 (flips); the RL samples with ``seed`` + 10.
@@ -352,6 +466,9 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
         for method in ("reinforce", "ppo") if b == beta else ("ppo",):
             jobs.append(timed(f"{method}:{b}", policy_gradient(method, b, lambda: r)))
         jobs.append(timed(f"ppo_reward_model:{b}", policy_gradient("ppo", b, lambda: results["reward_model"])))
+        if b == beta:
+            jobs.append(timed(f"reinforce_reward_model:{b}",
+                              policy_gradient("reinforce", b, lambda: results["reward_model"])))
     jobs += [timed(f"dpo_pairs:{n}", lambda n=n: run_closed_form(beta=beta, pairs=n, **dpo_kwargs)) for n in pair_grid]
     for b in deterministic_betas:
         for loss, eps in (("sigmoid", 0.0), ("ipo", 0.0), ("sigmoid", CDPO_SMOOTHING)):
@@ -375,12 +492,26 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
 
     # 1. the three methods at β, against what each consumed
     dpo = results[f"dpo:{beta}"]
-    curves = {m: {k: results[f"{m}:{beta}"][k] for k in ("queries", "kl", "reward", "kl_ref")}
-              for m in ("reinforce", "ppo", "ppo_reward_model")}
+    curves = {m: {k: results[f"{m}:{beta}"][k] for k in ("queries", "kl", "suboptimality", "reward", "kl_ref")}
+              for m in RL_ARMS}
     grid = sorted([(n, results[f"dpo_pairs:{n}"]["kl"][-1]) for n in pair_grid] + [(pairs, dpo["kl"][-1])])
     curves["dpo"] = {"pairs": [n for n, _ in grid], "kl": [k for _, k in grid]}
     final_kl = {"reinforce": curves["reinforce"]["kl"][-1], "ppo": curves["ppo"]["kl"][-1], "dpo": dpo["kl"][-1]}
     queries = {"reinforce": curves["reinforce"]["queries"][-1], "ppo": curves["ppo"]["queries"][-1], "dpo": pairs}
+    # the same error for every arm, and what each consumed, in the units they share
+    final_kl_all = {**{m: curves[m]["kl"][-1] for m in RL_ARMS}, "dpo": dpo["kl"][-1]}
+    final_suboptimality = {**{m: curves[m]["suboptimality"][-1] for m in RL_ARMS}, "dpo": dpo["suboptimality"][-1]}
+    rm_steps = DEFAULT_REWARD_MODEL_STEPS
+    costs = {m: {"information": "true reward" if m in ("reinforce", "ppo") else "comparisons, through r_φ",
+                 "reward_queries": results[f"{m}:{beta}"]["queries"][-1] if m in ("reinforce", "ppo") else 0,
+                 "reward_model_queries": results[f"{m}:{beta}"]["queries"][-1] if m.endswith("reward_model") else 0,
+                 "comparisons": pairs if m.endswith("reward_model") else 0,
+                 "updates": results[f"{m}:{beta}"]["updates"] + (rm_steps if m.endswith("reward_model") else 0)}
+             for m in RL_ARMS}
+    costs["dpo"] = {"information": "comparisons", "reward_queries": 0, "reward_model_queries": 0,
+                    "comparisons": pairs, "updates": dpo_steps}
+    equal_queries = equal_query_comparison(curves["reinforce"], curves["ppo"], PROBLEM["n_prompts"] * samples,
+                                           epochs * minibatches)
 
     # 2. two stages against one: both aim at π* of the fitted reward, π*_{r_φ} = π_ref e^{r_φ/β}/Z
     r_phi = results["reward_model"]
@@ -429,13 +560,27 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
     det_rows = []
     for b in deterministic_betas:
         optimal = rejected_mass(np.exp(rlhf.optimal_policy(ref, r, b)), det_data)
+        try:
+            ipo_optimum = np.exp(ipo_optimal_policy(ref, det_data, b))
+        except ValueError:                      # too few pairs to connect every response: no unique optimum
+            ipo_optimum = None
         for loss, eps in (("sigmoid", 0.0), ("ipo", 0.0), ("sigmoid", CDPO_SMOOTHING)):
             run = results[f"deterministic:{loss}:{eps}:{b}"]
             name = {"sigmoid": "dpo" if eps == 0 else "cdpo", "ipo": "ipo"}[loss]
             det_rows.append({"loss": name, "beta": b, "label_smoothing": eps, "step": run["step"],
                              "rejected_mass": [rejected_mass(p, det_data) for p in run["policies"]],
-                             "optimal_rejected_mass": optimal})
-    deterministic = {"pairs": int(len(det_data["prompt"])), "steps": deterministic_steps, "rows": det_rows}
+                             "best_response_mass": [best_response_mass(p, r) for p in run["policies"]],
+                             "optimal_rejected_mass": optimal,
+                             "ipo_optimal_rejected_mass": None if ipo_optimum is None else
+                             rejected_mass(ipo_optimum, det_data),
+                             "kl_to_ipo_optimum": None if ipo_optimum is None else
+                             _kl(np.log(ipo_optimum), np.log(run["policy"]))})
+    rejected = np.zeros(r.shape, dtype=bool)
+    rejected[det_data["prompt"], det_data["rejected"]] = True
+    # when only the best response never loses, the mass left on losers is 1 − π(best): its fall is a collapse
+    deterministic = {"pairs": int(len(det_data["prompt"])), "steps": deterministic_steps, "rows": det_rows,
+                     "never_rejected": (~rejected).sum(axis=1).tolist(),
+                     "only_the_best_never_loses": bool(np.all(~rejected == (r == r.max(axis=1, keepdims=True))))}
 
     # 6. flipped labels
     flip_rows = []
@@ -457,6 +602,10 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
                    "smoothings": smoothings, "kl_penalty": "per sequence", "baseline": "leave-one-out group mean"},
         "final_kl": final_kl,
         "queries": queries,
+        "final_kl_all": final_kl_all,
+        "final_suboptimality": final_suboptimality,
+        "costs": costs,
+        "equal_queries": equal_queries,
         "curves": curves,
         "two_stage": two_stage,
         "frontier": frontier,
@@ -467,12 +616,51 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
     }
 
 
+#: the per-seed table of ``rlhf_seeds``: (row key, title, format)
+SEED_COLUMNS = (("kl_reinforce", "REINFORCE", ".2e"), ("kl_ppo", "PPO", ".2e"), ("kl_dpo", "DPO", ".3e"),
+                ("kl_ppo_reward_model", "PPO on r_φ", ".3e"), ("kl_reinforce_reward_model", "REINFORCE on r_φ", ".3e"),
+                ("kl_pairs_limit", "KL(π*‖π*_r_φ)", ".3e"), ("reinforce_ahead_fraction", "REINFORCE ahead", ".2f"))
+
+
+def seed_row(result):
+    """One seed's numbers as a flat dict: every arm's KL(π* ‖ π_θ) and J(π*) − J(π_θ), the limit the pairs
+    set, the equal-query comparison, and each deterministic run's rejected mass at a quarter of its steps
+    and at the end (does it still fall?)."""
+    row = {f"kl_{m}": v for m, v in result["final_kl_all"].items()}
+    row.update({f"suboptimality_{m}": v for m, v in result["final_suboptimality"].items()})
+    row["kl_pairs_limit"] = result["two_stage"]["kl_star_to_reward_model_optimum"]
+    row["reinforce_ahead_fraction"] = result["equal_queries"]["reinforce_ahead_fraction"]
+    for d in result["deterministic"]["rows"]:
+        name = f"{d['loss']}_beta{d['beta']:g}"
+        row[f"{name}_rejected_mass_quarter"] = d["rejected_mass"][(len(d["rejected_mass"]) - 1) // 4]
+        row[f"{name}_rejected_mass_end"] = d["rejected_mass"][-1]
+    return row
+
+
+def rlhf_seeds(seeds, print_fn=None, **settings):
+    """``run_rlhf`` on every seed (each its own problem, pairs and samples).
+
+    Returns {seeds, final_kl: {reinforce, ppo, dpo}, each method's *worst* (largest) final
+    KL(π* ‖ π_θ) over the seeds; final_kl_per_seed: {method: [one per seed]}; per_seed (rows of
+    ``seed_row``); spread (per column: n, mean, sd, se, min, max); table (Markdown); runs (every
+    seed's full result)}.
+    """
+    rows, results = spread.over_seeds(seeds, lambda seed: run_rlhf(seed=seed, progress=False, **settings),
+                                      seed_row, print_fn)
+    per_seed = {m: [r["final_kl"][m] for r in results] for m in ("reinforce", "ppo", "dpo")}
+    return {"seeds": list(seeds), "final_kl": {m: max(v) for m, v in per_seed.items()}, "final_kl_per_seed": per_seed,
+            "per_seed": rows, "spread": spread.spreads(rows, [k for k in rows[0] if k != "seed"]),
+            "table": "final KL(π*‖π_θ) per seed, and the fraction of logged points where REINFORCE's is below PPO's "
+                     "at equal reward queries\n" + spread.seed_table(rows, SEED_COLUMNS),
+            "runs": results}
+
+
 # -- printing ---------------------------------------------------------------------------------
 
 def print_rlhf_report(result, file=None):
     """The measured numbers of ``run_rlhf`` as tables."""
     out = sys.stdout if file is None else file
-    cfg, fk, q = result["config"], result["final_kl"], result["queries"]
+    cfg = result["config"]
     P = cfg["problem"]
     print(f"RLHF on the closed-form toy problem: V={P['vocab_size']}, L={P['length']} → "
           f"{P['vocab_size'] ** P['length']} responses × {P['n_prompts']} prompts, β = {cfg['beta']:g}, "
@@ -480,26 +668,37 @@ def print_rlhf_report(result, file=None):
     print(f"KL penalty {cfg['kl_penalty']}; baseline: {cfg['baseline']}; {cfg['samples']} samples per prompt "
           f"per step, {cfg['steps']} steps; PPO: {cfg['epochs']} epochs × {cfg['minibatches']} minibatches, "
           f"clip {cfg['clip_eps']:g}", file=out)
-    print(f"\n{'method':<22} {'cost':>28} {'KL(π*‖π_θ)':>12} {'seconds':>8}", file=out)
-    sec = result["seconds"]
-    n_beta = len(cfg["frontier_betas"])
-    for name, label, cost in (("reinforce", "REINFORCE", f"{q['reinforce']:,} reward queries"),
-                              ("ppo", "PPO", f"{q['ppo']:,} reward queries"),
-                              ("dpo", "DPO", f"{q['dpo']:,} comparisons")):
-        per_run = sec.get(name, 0.0) / (1 if name == "reinforce" else n_beta)
-        print(f"{label:<22} {cost:>28} {fk[name]:>12.3e} {per_run:>8.2f}", file=out)
+    print(f"\n{'method':<20} {'learns from':<26} {'true-r queries':>14} {'r_φ queries':>11} {'comparisons':>11} "
+          f"{'updates':>7} {'KL(π*‖π_θ)':>11} {'J(π*) − J(π_θ)':>14}", file=out)
+    labels = {"reinforce": "REINFORCE", "ppo": "PPO", "reinforce_reward_model": "REINFORCE on r_φ",
+              "ppo_reward_model": "PPO on r_φ", "dpo": "DPO"}
+    for name, label in labels.items():
+        c = result["costs"][name]
+        print(f"{label:<20} {c['information']:<26} {c['reward_queries']:>14,} {c['reward_model_queries']:>11,} "
+              f"{c['comparisons']:>11,} {c['updates']:>7,} {result['final_kl_all'][name]:>11.3e} "
+              f"{result['final_suboptimality'][name]:>14.3e}", file=out)
+    print("(updates: Adam steps; PPO takes epochs × minibatches of them per batch of samples, DPO and r_φ one "
+          "full-batch step over every pair; the arms on r_φ add r_φ's own fit)", file=out)
+    e = result["equal_queries"]
+    print(f"at equal reward queries, REINFORCE's KL is the lower at {e['reinforce_ahead_fraction']:.0%} of the logged "
+          f"points; " + (f"PPO's stays lower from {e['ppo_ahead_from_queries']:,} queries on "
+                         f"({e['ppo_ahead_from_fraction_of_run']:.0%} of the run), when its learning rate has "
+                         f"decayed to {e['ppo_lr_fraction_then']:.1%} of its peak" if e["ppo_ahead_from_queries"]
+                         else "PPO's is never the lower to the end"), file=out)
 
     c = result["curves"]
     print("\nKL(π*‖π_θ) against what was consumed: DPO one run per number of comparisons; RL along its run, "
           "at the last logged point within that many reward queries", file=out)
-    print(f"{'queries or pairs':>16} {'DPO':>10} {'REINFORCE':>10} {'PPO':>10} {'PPO on r_φ':>11}", file=out)
+    print(f"{'queries or pairs':>16} {'DPO':>10} {'REINFORCE':>10} {'PPO':>10} {'REINFORCE on r_φ':>17} "
+          f"{'PPO on r_φ':>11}", file=out)
     rl_queries = np.asarray(c["ppo"]["queries"])
     dpo_kl = dict(zip(c["dpo"]["pairs"], c["dpo"]["kl"]))
     for n in sorted(set(dpo_kl) | {int(rl_queries[-1])}):
         i = int(np.searchsorted(rl_queries, n, side="right")) - 1
         cells = [f"{dpo_kl[n]:>10.3e}" if n in dpo_kl else f"{'—':>10}"]
         cells += [f"{c[m]['kl'][i]:>{w}.3e}" if n <= rl_queries[-1] else f"{'—':>{w}}"
-                  for m, w in (("reinforce", 10), ("ppo", 10), ("ppo_reward_model", 11))]
+                  for m, w in (("reinforce", 10), ("ppo", 10), ("reinforce_reward_model", 17),
+                               ("ppo_reward_model", 11))]
         print(f"{n:>16,} " + " ".join(cells), file=out)
 
     t = result["two_stage"]
@@ -531,11 +730,15 @@ def print_rlhf_report(result, file=None):
           f"rejected responses, mean over prompts", file=out)
     steps = det["rows"][0]["step"]
     cols = sorted(set(np.linspace(0, len(steps) - 1, 5).astype(int)))
-    print(f"{'β':>6} {'loss':<6} " + " ".join(f"{'step ' + str(steps[i]):>11}" for i in cols) + f" {'π*_β':>8}",
-          file=out)
+    print(f"{'β':>6} {'loss':<6} " + " ".join(f"{'step ' + str(steps[i]):>11}" for i in cols)
+          + f" {'π*_β':>8} {'IPO opt.':>8} {'π_θ(best y)':>11}", file=out)
     for row in det["rows"]:
         print(f"{row['beta']:>6g} {row['loss']:<6} " + " ".join(f"{row['rejected_mass'][i]:>11.3e}" for i in cols)
-              + f" {row['optimal_rejected_mass']:>8.3f}", file=out)
+              + f" {row['optimal_rejected_mass']:>8.3f} {_maybe(row['ipo_optimal_rejected_mass']):>8}"
+              f" {row['best_response_mass'][-1]:>11.3f}", file=out)
+    if det["only_the_best_never_loses"]:
+        print("  every response but each prompt's best loses at least once, so the mass left on losers is "
+              "1 − π_θ(best y): DPO's fall is a collapse onto the best response", file=out)
 
     print("\nflipped labels: KL(π* ‖ π_θ) after DPO (ε = 0), conservative DPO (label smoothing ε) and robust DPO "
           "(ε = flip rate)", file=out)
@@ -546,6 +749,10 @@ def print_rlhf_report(result, file=None):
             cells = [f"{r['loss']} ε={r['label_smoothing']:g}: {r['kl']:.3e}" for r in rows
                      if r["pairs"] == n and r["flip"] == f]
             print(f"    flip {f:<4g} " + "   ".join(cells), file=out)
+
+
+def _maybe(value, fmt=".3f"):
+    return "—" if value is None else f"{value:{fmt}}"
 
 
 # -- figures ----------------------------------------------------------------------------------
@@ -573,18 +780,21 @@ def plot_rlhf(result, output_dir="runs/rlhf"):
     # 1. convergence against cost
     fig, (ax,) = _figure(1, 7.5, 5)
     c = result["curves"]
-    for name, label in (("reinforce", "REINFORCE (true r)"), ("ppo", "PPO (true r)"),
-                        ("ppo_reward_model", "PPO on r_φ (fit on DPO's pairs)")):
+    for name, label, ls in (("reinforce", "REINFORCE (true r)", "-"), ("ppo", "PPO (true r)", "-"),
+                            ("reinforce_reward_model", f"REINFORCE on r_φ (fit on DPO's {cfg['pairs']:,} pairs)", "--"),
+                            ("ppo_reward_model", f"PPO on r_φ (fit on DPO's {cfg['pairs']:,} pairs)", "--")):
         q = np.asarray(c[name]["queries"])
-        ax.loglog(q[q > 0], _floor(c[name]["kl"])[q > 0], label=label)
+        ax.loglog(q[q > 0], _floor(c[name]["kl"])[q > 0], linestyle=ls, label=label)
     ax.loglog(c["dpo"]["pairs"], _floor(c["dpo"]["kl"]), "o-", color="black",
               label="DPO (one run per number of comparisons)")
     ax.axhline(result["two_stage"]["kl_star_to_reward_model_optimum"], color="grey", linestyle=":",
                label=f"KL(π* ‖ π*_r_φ): the limit of {cfg['pairs']:,} pairs")
     ax.axhline(c["reinforce"]["kl"][0], color="grey", linewidth=0.8, label="π_ref, where every method starts")
-    ax.set_xlabel("reward queries (RL) or comparisons (DPO), count")
+    ax.set_xlabel("reward queries (RL, to r or to r_φ) or comparisons (DPO), count")
     ax.set_ylabel("mean over prompts of KL(π*_β ‖ π_θ) (nats)")
-    ax.set_title(f"RLHF by sampling vs DPO, β = {cfg['beta']:g}, seed {cfg['seed']}")
+    ax.set_title(f"RLHF by sampling vs DPO, β = {cfg['beta']:g}, seed {cfg['seed']}\n"
+                 f"(dashed: the same information as DPO; solid: the exact reward, which DPO never sees)",
+                 fontsize="medium")
     ax.legend(fontsize="small")
     fig.tight_layout()
     paths.append(save_figure(fig, os.path.join(output_dir, "rlhf_convergence.png")))
@@ -647,11 +857,16 @@ def plot_rlhf(result, output_dir="runs/rlhf"):
             ls, color, label = styles[row["loss"]]
             ax.semilogy(row["step"], _floor(row["rejected_mass"]), linestyle=ls, color=color, label=label)
         ax.axhline(rows[0]["optimal_rejected_mass"], color="black", linewidth=0.8, label="π*_β of the true r")
+        if rows[0]["ipo_optimal_rejected_mass"] is not None:
+            ax.axhline(rows[0]["ipo_optimal_rejected_mass"], color="C1", linewidth=6, alpha=0.25,
+                       label="IPO's own optimum on these pairs")
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("probability on rejected responses (mean over prompts)")
+        ax.set_ylabel("mass on losers = 1 − π_θ(best y)" if det.get("only_the_best_never_loses")
+                      else "mass on rejected responses")
         ax.set_title(f"β = {b:g}", fontsize="medium")
         ax.legend(fontsize="small")
-    fig.suptitle(f"deterministic preferences ({det['pairs']:,} pairs, the higher reward always wins)")
+    fig.suptitle(f"deterministic preferences ({det['pairs']:,} pairs, the higher reward always wins): "
+                 f"DPO's mass collapses onto the best response; IPO reaches its own optimum, not π*_β")
     fig.tight_layout()
     paths.append(save_figure(fig, os.path.join(output_dir, "deterministic_preferences.png")))
 
