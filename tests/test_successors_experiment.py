@@ -127,6 +127,25 @@ def test_training_on_the_population_of_pairs_lands_on_the_derived_optimum(method
     assert landed < 1e-6 and landed < 1e-4 * nearest_other
 
 
+def test_orpo_without_its_odds_ratio_term_lands_on_the_length_discounted_chosen_distribution():
+    problem = small(13)
+    policy = S.TabularPolicy(problem, 0.05)
+    x, w, l, p = S.population_triples(problem)
+    for _ in range(1500):                         # λ = 0 directly (the trainers' β, ORPO's λ there, must be > 0)
+        seq = ag.Tensor(policy.sequence_logprobs(), requires_grad=True)
+        a = seq * (1.0 / problem["lengths"])
+        (successors.orpo_loss(a[x, w], a[x, l], 0.0) * p).sum().backward()
+        policy.update(d_sequence=seq.grad)
+    own = optima.orpo_nll_optimum(problem["ref"], problem["rewards"], problem["lengths"])
+    assert kl(own, policy.sequence_logprobs()) < 1e-9
+    chosen = optima.pair_population(problem["ref"], problem["rewards"]).sum(axis=2)
+    np.testing.assert_allclose(np.exp(own), chosen / problem["lengths"] / (chosen / problem["lengths"]).sum(1,
+                               keepdims=True), rtol=1e-12)
+    moved = S.TabularPolicy(problem, 0.05)                                   # λ > 0 leaves that point
+    S.train_pairs(moved, problem, S.population_triples(problem), "orpo", 1500, dict(SETTINGS, orpo_lambda=0.5))
+    assert kl(own, moved.sequence_logprobs()) > 1e-4
+
+
 def test_simpo_without_a_margin_ignores_the_reference_and_fits_the_reward_per_token():
     """γ = 0: (β/|y|) log π(y) − r(y) is one number per prompt, and the same policy zeroes the population
     gradient whatever distribution the pairs were drawn from; γ > 0 depends on it."""

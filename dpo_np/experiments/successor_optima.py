@@ -16,6 +16,9 @@ probability W(a, b) = 2 μ(a) μ(b) σ(r_a − r_b) for a ≠ b and μ(a)² for 
   margin γ > 0 the per-pair targets s_a − s_b no longer agree (to first order in γ each pair wants
   logit p + γ(2p − 1)), and the optimum is the unique minimizer of a convex function of s:
   ``simpo_optimum``.
+- **ORPO** without its odds-ratio term (λ = 0) is a cross-entropy on the chosen responses' per-token
+  averages: π(y) ∝ C(y)/|y|, C(y) the probability that y is chosen (``orpo_nll_optimum``); with
+  λ > 0 the stationarity condition mixes odds of averaged likelihoods and has no closed form.
 - **A forward KL**: maximizing E_π[r] − β KL(π_ref ‖ π) gives π(y) = β π_ref(y)/(λ − r(y)), λ > max r
   fixed by Σ π = 1 (``forward_kl_optimum``). Applied per token, with each context held where the
   policy puts it — what GRPO's k3 term does in expectation — the stationary point is the same
@@ -185,6 +188,19 @@ def _simpo_newton_step(s, W, gamma):
     step = np.zeros_like(s)
     step[:, 1:] = np.linalg.solve(H[:, 1:, 1:], g[:, 1:, None])[..., 0]
     return step
+
+
+def orpo_nll_optimum(ref_logprobs, rewards, lengths):
+    """log π minimizing ORPO's supervised term alone (λ = 0): π(y) ∝ C(y)/|y|, (P, N).
+
+    −Σ_y C(y) log π(y)/|y|, with C(y) = Σ_b W(y, b) how often y is the chosen response, is a
+    cross-entropy against the weights C(y)/|y|, so its minimizer is those weights normalized: the
+    chosen responses' distribution, tilted toward short ones by the per-token average. ORPO's λ > 0
+    moves the optimum from here toward the odds-ratio term's; that mix has no closed form.
+    """
+    chosen = pair_population(ref_logprobs, rewards).sum(axis=2)                # C(y)
+    out = np.log(chosen) - np.log(np.asarray(lengths, dtype=np.float64))
+    return out - ag.logsumexp_array(out, axis=-1, keepdims=True)
 
 
 def _solve_forward_kl(weights, values):
