@@ -58,12 +58,13 @@ OPTIMA = {"dpo": "π*_β (DPO paper eq. 4)", "ipo": "IPO's optimum on per-token 
 
 # -- the problem and the policy --------------------------------------------------------------
 
-def make_problem(seed, beta=DEFAULTS["beta"], **sizes):
+def make_problem(seed, beta=DEFAULTS["beta"], eos=True, **sizes):
     """The enumerated problem of ``seed``: a dict of responses (N, T), lengths (N,), the prefix
-    structure, log π_ref (P, N) and per token (P, N, T), r (P, N), β and log π*_β (P, N)."""
+    structure, log π_ref (P, N) and per token (P, N, T), r (P, N), β and log π*_β (P, N).
+    ``sizes`` override ``PROBLEM``; ``eos=False``: every response has exactly ``length`` tokens."""
     p = {**PROBLEM, **sizes}
-    responses = toy_problem.enumerate_responses(p["vocab_size"], p["length"], eos=True)
-    table = toy_problem.random_reference_table(p["n_prompts"], p["vocab_size"], p["length"], seed=seed, eos=True,
+    responses = toy_problem.enumerate_responses(p["vocab_size"], p["length"], eos=eos)
+    table = toy_problem.random_reference_table(p["n_prompts"], p["vocab_size"], p["length"], seed=seed, eos=eos,
                                                scale=p["reference_scale"])
     ref = np.asarray(toy_problem.sequence_logprobs(table, responses), dtype=np.float64)
     rewards = np.asarray(toy_problem.random_rewards(responses, p["n_prompts"], p["vocab_size"], seed=seed + 1,
