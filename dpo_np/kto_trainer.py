@@ -30,8 +30,7 @@ from dpo_np import autograd as ag
 from dpo_np import backend, checks, logprobs
 from dpo_np.data import collate_unpaired
 from dpo_np.successors import kto_loss, kto_reference_point
-from dpo_np.training import Trainer, TrainingConfig, check_model_fits, check_separate, fingerprint, frozen_copy, \
-    resolve_config
+from dpo_np.training import Trainer, TrainingConfig, check_model_fits, fingerprint, reference_model, resolve_config
 
 
 @dataclass
@@ -72,12 +71,7 @@ class KTOTrainer(Trainer):
         args = resolve_config(KTOConfig, args, overrides)
         check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
-        if ref_model is None:
-            self.ref_model = frozen_copy(model)
-        else:
-            check_separate(model, ref_model)
-            check_model_fits(ref_model, "ref_model", args, tokenizer)
-            self.ref_model = ref_model
+        self.ref_model = reference_model(model, ref_model, args, tokenizer)
         self.train_features = self.tokenize(train_dataset)
         self.eval_features = self.tokenize(eval_dataset)
 

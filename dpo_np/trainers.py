@@ -32,8 +32,8 @@ from dpo_np import autograd as ag
 from dpo_np import backend, checks, logprobs, variants
 from dpo_np.data import collate_preferences
 from dpo_np.losses import REFERENCE_FREE_LOSS_TYPES, dpo_loss, implicit_rewards
-from dpo_np.training import (Trainer, TrainingConfig, check_model_fits, check_separate, fingerprint, frozen_copy,
-                             pair_metrics, resolve_config)
+from dpo_np.training import (Trainer, TrainingConfig, check_model_fits, fingerprint, pair_metrics, reference_model,
+                             resolve_config)
 
 AVERAGED_LOSSES = ("ipo", "sigmoid_norm", "simpo", "orpo")   # these read per-token mean log-probs
 
@@ -143,14 +143,7 @@ class DPOTrainer(Trainer):
         args = resolve_config(DPOConfig, args, overrides)
         check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
-        if args.reference_free:
-            self.ref_model = None
-        elif ref_model is None:
-            self.ref_model = frozen_copy(model)
-        else:
-            check_separate(model, ref_model)
-            check_model_fits(ref_model, "ref_model", args, tokenizer)
-            self.ref_model = ref_model
+        self.ref_model = None if args.reference_free else reference_model(model, ref_model, args, tokenizer)
         self.train_features = self.tokenize(train_dataset)
         self.eval_features = self.tokenize(eval_dataset)
         self._ref_table = {}        # precomputed log π_ref per split: (chosen (n,), rejected (n,))

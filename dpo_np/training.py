@@ -248,6 +248,16 @@ def check_separate(model, ref_model, name="ref_model"):
                                  f"would move with the policy; give it copies (e.g. training.frozen_copy(model))")
 
 
+def reference_model(model, ref_model, args, tokenizer):
+    """π_ref for a trainer: a frozen copy of ``model`` when ``ref_model`` is None, else ``ref_model``,
+    checked to share no parameter with the policy and to read what the trainer will feed it."""
+    if ref_model is None:
+        return frozen_copy(model)
+    check_separate(model, ref_model)
+    check_model_fits(ref_model, "ref_model", args, tokenizer)
+    return ref_model
+
+
 def fingerprint(obj):
     """A short SHA-256 of ``obj``: arrays by their bytes, everything else by its JSON."""
     h = hashlib.sha256()
