@@ -560,7 +560,8 @@ def build_parser():
 
     p = sub.add_parser("figures", help="draw every figure the README shows into figures/, from seeds",
                        description="Run each command that makes a figure (closed-form, gridworld, rlhf, demo, "
-                                   "ppo-gpt) with its defaults and seed 0, and draw its figures into --output-dir. "
+                                   "ppo-gpt, successors) with its defaults and seed 0 (successors: seeds 0-2), and "
+                                   "draw its figures into --output-dir. "
                                    "The only command that writes into figures/. A few minutes on 2 cores.")
     p.add_argument("--output-dir", default="figures", help="where the figures go (default figures)")
     p.add_argument("--only", nargs="+", choices=[name for name, _ in FIGURES], help="draw only these groups")

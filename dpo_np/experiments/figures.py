@@ -1,6 +1,7 @@
 """Every figure the README shows, drawn again from seeds: ``python -m dpo_np figures``.
 
-Each figure comes from the command that measures it, with that command's defaults and seed 0, so
+Each figure comes from the command that measures it, with that command's defaults and seed 0 (seeds
+0 to 2 for ``successors``, whose figure spreads over its seeds), so
 a figure in ``figures/`` is what a reader gets by running that command. This is the only command
 that writes into ``figures/``; the others write under their own output directories. Training
 runs made on the way (the demo's and ppo-gpt's checkpoints) go to a temporary directory and are
@@ -16,6 +17,7 @@ from dpo_np.experiments.gridworld import plot_gridworld, run_gridworld
 from dpo_np.experiments.ppo_gpt import plot_ppo_gpt, run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, run_rlhf
+from dpo_np.experiments.successors import plot_successors, run_successors
 
 #: what draws which figures: (name, function of (output_dir, quick, seed) -> list of paths)
 FIGURES = (
@@ -29,6 +31,8 @@ FIGURES = (
         run_rlhf(seed=seed, progress=False, **(RLHF_QUICK if quick else {})), out)),
     ("demo", lambda out, quick, seed: _demo_figures(out, quick, seed)),
     ("ppo-gpt", lambda out, quick, seed: _ppo_gpt_figures(out, quick, seed)),
+    ("successors", lambda out, quick, seed: [plot_successors(
+        run_successors(seeds=range(seed, seed + 3), quick=quick, progress=False), os.path.join(out, "successors.png"))]),
 )
 
 
