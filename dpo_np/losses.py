@@ -10,7 +10,8 @@ h = ρ_w − ρ_l, the loss of one pair is −log σ(βh). β·ρ is the implici
 ``dpo_loss`` is the one entry point for every ``loss_type``. The paper's losses are right here:
 ``sigmoid_loss`` (with label smoothing ε, the conservative DPO) and ``ipo_loss``; the rest of the
 family (robust, hinge, BCO, NCA, SPPO, EXO, APO, AOT, DiscoPOP, SFT terms, f-divergences, weighted
-lists) is in ``variants.py``.
+lists) is in ``variants.py``; SimPO and ORPO, which need no reference, are loss types too, their
+formulas in ``successors.py``.
 
 Policy log-probabilities may be plain arrays (plain arrays come back) or autograd Tensors (Tensors
 come back, and gradients flow into the policy only: the reference is a constant). Log-sigmoids are

@@ -247,7 +247,7 @@ def grpo_advantages(rewards, scale_rewards=True, eps=1e-4):
 
 def k3_kl(logprobs, ref_logprobs):
     """k3 = π_ref/π_θ − log(π_ref/π_θ) − 1 per token: GRPO's KL term as written (Shao et al. 2024,
-    eq. 4; the "k3" estimator of Schulman 2020, "Approximating KL divergence").
+    §4.1.1; the "k3" estimator of Schulman 2020, "Approximating KL divergence").
 
     k3 ≥ 0, = 0 where π_θ = π_ref, and E_{a∼π_θ}[k3] = KL(π_θ ‖ π_ref) at each context. Its *gradient*
     is another matter: E_{a∼π_θ}[∇ k3] = Σ_a (π_θ − π_ref) ∇log π_θ = ∇ KL(π_ref ‖ π_θ), the forward KL,
@@ -262,7 +262,7 @@ def k3_kl(logprobs, ref_logprobs):
 
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask=None, beta=0.04, clip_eps=0.2,
               loss_type="grpo", max_completion_length=None):
-    """GRPO's surrogate (Shao et al. 2024, arXiv 2402.03300, eq. 3), per token and then aggregated:
+    """GRPO's surrogate (Shao et al. 2024, arXiv 2402.03300, §4.1.1), per token and then aggregated:
 
         ℓ_it = −min(ρ_it Â_i, clip(ρ_it, 1 − ε, 1 + ε) Â_i) + β k3_it,   ρ_it = π_θ(o_it|·)/π_old(o_it|·)
 

@@ -373,6 +373,24 @@ def test_the_command_prints_and_writes_the_same_numbers(tmp_path, capsys):
         assert f"{saved[m]['final_kl']['mean']:.3e}" in out
 
 
+def test_another_problem_and_another_policy_plug_into_the_same_run():
+    """The run reads a problem through ``problem_factory`` and trains through ``policy_factory``'s three
+    methods only: a policy that counts its updates sees every step of every method."""
+    class Counting(S.TabularPolicy):
+        updates = 0
+
+        def update(self, d_sequence=None, d_token=None, lr=None):
+            Counting.updates += 1
+            super().update(d_sequence, d_token, lr)
+
+    out = S.run_successors(seeds=[4], quick=True, progress=False, methods=("simpo", "dr_grpo"),
+                           problem_factory=lambda seed, beta: small(seed, beta=beta), policy_factory=Counting)
+    cfg = out["config"]
+    assert cfg["problem"]["responses"] == 7 and cfg["problem"]["n_prompts"] == 2
+    assert Counting.updates == cfg["steps"] + cfg["rl_steps"]
+    assert out["simpo"]["kl_to_own_optimum"]["per_seed"][0] < out["simpo"]["final_kl"]["per_seed"][0]
+
+
 def test_bad_options_are_named(capsys):
     assert main(["successors", "--seeds", "a-b"]) == 2
     assert "--seeds" in capsys.readouterr().err

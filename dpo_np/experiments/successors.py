@@ -72,7 +72,8 @@ def make_problem(seed, beta=DEFAULTS["beta"], eos=True, **sizes):
     structure = optima.prefix_structure(responses)
     return {"responses": responses, "lengths": optima.response_lengths(responses), "structure": structure,
             "ref": ref, "ref_tokens": optima.token_logprobs(ref, structure), "rewards": rewards,
-            "beta": rlhf.check_beta(beta), "star": rlhf.optimal_policy(ref, rewards, beta)}
+            "beta": rlhf.check_beta(beta), "star": rlhf.optimal_policy(ref, rewards, beta),
+            "description": f"tabular toy, {dict(p, eos=eos)}"}
 
 
 class TabularPolicy:
@@ -248,8 +249,13 @@ def run_method(method, problem, data, settings, seed, policy_factory=TabularPoli
     return logprobs, measure(logprobs, problem, own_optimum(method, problem, settings))
 
 
-def run_successors(seeds=(0, 1, 2), quick=False, progress=True, methods=METHODS, **overrides):
+def run_successors(seeds=(0, 1, 2), quick=False, progress=True, methods=METHODS, problem_factory=make_problem,
+                   policy_factory=TabularPolicy, **overrides):
     """Every method of ``methods`` on the problem of each seed; returns a JSON-ready dict.
+
+    ``problem_factory(seed, beta)`` builds each seed's problem (``make_problem``'s keys) and
+    ``policy_factory(problem, lr)`` each policy (``TabularPolicy``'s three methods): another
+    enumerated problem or a shared-parameter policy plugs in there.
 
     Keys: one per method (``dpo`` … ``dr_grpo``), each {final_kl, suboptimality, kl_to_own_optimum,
     kl_ref, reward, frontier_gap: {mean, min, max, per_seed}, optimum (what its own optimum is, or
@@ -272,7 +278,7 @@ def run_successors(seeds=(0, 1, 2), quick=False, progress=True, methods=METHODS,
     per_seed, seconds, problems = {m: [] for m in methods}, {m: 0.0 for m in methods}, {}
     for seed, method in bar:
         if seed not in problems:
-            problems[seed] = make_problem(seed, settings["beta"])
+            problems[seed] = problem_factory(seed, settings["beta"])
             pairs = toy_problem.sample_preference_pairs(problems[seed]["ref"], problems[seed]["rewards"],
                                                         settings["pairs"], seed=seed + 2)
             triples = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"],
@@ -281,14 +287,18 @@ def run_successors(seeds=(0, 1, 2), quick=False, progress=True, methods=METHODS,
         if progress:
             bar.set_postfix(run=f"{method}:{seed}")
         t = time.perf_counter()
-        logprobs, measured = run_method(method, problems[seed], problems[seed]["triples"], settings, seed)
+        logprobs, measured = run_method(method, problems[seed], problems[seed]["triples"], settings, seed,
+                                        policy_factory)
         seconds[method] += time.perf_counter() - t
         per_seed[method].append({"seed": seed, **measured, "logprobs": logprobs})
     out = {m: _summary(per_seed[m], m, settings, problems[seeds[0]]) for m in methods}
     out["frontier"] = _frontier(problems[seeds[0]], {m: per_seed[m][0] for m in methods}, settings)
-    out["config"] = {"problem": {**PROBLEM, "eos": True, "responses": int(problems[seeds[0]]["ref"].shape[1])},
+    first = problems[seeds[0]]
+    P, N = first["ref"].shape
+    out["config"] = {"problem": {"description": first.get("description"), "n_prompts": P, "responses": N,
+                                 "max_tokens": int(first["lengths"].max())},
                      "seeds": seeds, "methods": methods, "quick": bool(quick), **settings,
-                     "rl_steps": max(1, 2 * settings["pairs"] // (PROBLEM["n_prompts"] * settings["samples"]))}
+                     "rl_steps": max(1, 2 * settings["pairs"] // (P * settings["samples"]))}
     out["seconds"] = {**seconds, "total": time.perf_counter() - start}
     return out
 
@@ -354,7 +364,7 @@ def print_successors_report(result, file=None):
     out = sys.stdout if file is None else file
     cfg = result["config"]
     print(f"after DPO on the enumerated problem: {cfg['problem']['responses']} responses (1 to "
-          f"{cfg['problem']['length']} tokens) × {cfg['problem']['n_prompts']} prompts, β = {cfg['beta']:g}, "
+          f"{cfg['problem']['max_tokens']} tokens) × {cfg['problem']['n_prompts']} prompts, β = {cfg['beta']:g}, "
           f"seeds {', '.join(map(str, cfg['seeds']))}", file=out)
     print(f"SimPO β = {cfg['simpo_beta']:g}, γ = {cfg['simpo_gamma']:g}; ORPO λ = {cfg['orpo_lambda']:g}; "
           f"pairs and KTO: {cfg['steps']} full-batch steps; RL: {cfg['samples']} samples per prompt per step",
