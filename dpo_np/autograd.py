@@ -358,6 +358,18 @@ def softplus(x):
     return _make(backend.xp().logaddexp(0, z), (x,), lambda g: (g * _sigmoid(z),))
 
 
+def log1mexp(x):
+    """log(1 − e^x) for x < 0, without cancellation (Mächler 2012, "Accurately computing log(1 − exp(−|a|))"):
+    log(−expm1(x)) above −log 2, log1p(−e^x) below it; d/dx = e^x/expm1(x). At x ≥ 0 it is −inf or NaN:
+    a caller checks its input first (ORPO's odds of an average log-probability)."""
+    x = tensor(x)
+    xp = backend.xp()
+    z = _as_floating(x.data)
+    with np.errstate(divide="ignore", invalid="ignore"):      # the branch ``where`` discards may warn
+        out = xp.where(z > -np.log(2.0), xp.log(-xp.expm1(z)), xp.log1p(-xp.exp(z)))
+    return _make(out, (x,), lambda g: (g * xp.exp(z) / xp.expm1(z),))
+
+
 def maximum(a, b):
     """Elementwise max; at a tie the gradient is split evenly (a valid subgradient)."""
     a, b = _binary(a, b)

@@ -30,6 +30,7 @@ from dpo_np.experiments.ppo_gpt import run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, rlhf_seeds, run_rlhf
 from dpo_np.experiments.spread import parse_seeds
+from dpo_np.experiments.successors import plot_successors, print_successors_report, run_successors
 from dpo_np.files import write_json_atomic
 from dpo_np.generate import beam_search, generate
 from dpo_np.data import format_prompt
@@ -335,6 +336,18 @@ def _exact_gpt(args):
     return 0
 
 
+def _successors(args):
+    _writable_dir("--output-dir", args.output_dir or ".")
+    overrides = {k: v for k, v in (("beta", args.beta), ("pairs", args.pairs), ("steps", args.steps),
+                                   ("samples", args.samples)) if v is not None}
+    result = run_successors(seeds=_seed_list(args.seeds), quick=args.quick, progress=not args.quiet, **overrides)
+    print_successors_report(result)
+    print(f"({result['seconds']['total']:.1f} s)")
+    _json(args, result)
+    _figure(plot_successors, result, args.output_dir and os.path.join(args.output_dir, "successors.png"))
+    return 0
+
+
 def _figures(args):
     if importlib.util.find_spec("matplotlib") is None:
         raise CommandError('figures needs matplotlib: pip install "dpo-np[plot]"')
@@ -610,10 +623,31 @@ def build_parser():
     p.add_argument("--output-dir", default="runs/exact_gpt", help="where the figure goes ('' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_exact_gpt)
+    p = sub.add_parser("successors", help="SimPO, ORPO, KTO, RLOO, GRPO and Dr. GRPO beside DPO and IPO, against π*",
+                       description="On an enumerated problem (responses of 1 to 4 tokens) every method trains from "
+                                   "π_ref on the same budget: preference pairs (DPO, IPO, SimPO, ORPO), the same pairs "
+                                   "split into desirable and undesirable examples (KTO), or as many responses scored "
+                                   "by the true reward (RLOO, GRPO, Dr. GRPO). Prints, per method, KL(π*_β‖π_θ), "
+                                   "J(π*_β) − J(π_θ) and the distance to its own derived optimum, over the seeds. "
+                                   "About a minute and a half on 2 cores.")
+    p.add_argument("--seeds", default="0-2", help="a range (0-2, the default) or a list (0,3,5) of seeds")
+    p.add_argument("--beta", type=positive_float, default=None, help="β of the RLHF objective (default 0.5)")
+    p.add_argument("--pairs", type=positive_int, default=None,
+                   help="preference pairs; KTO gets twice as many examples, RL as many reward queries (default 100,000)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="full-batch steps of the pair and KTO losses (default 1000)")
+    p.add_argument("--samples", type=_number(int, 2), default=None,
+                   help="responses sampled per prompt per RL step (default 16)")
+    p.add_argument("--quick", action="store_true", help="every method on little data and few steps: seconds")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
+    p.add_argument("--output-dir", default="runs/successors", help="where the figure goes ('' for none)")
+    p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    p.set_defaults(func=_successors)
 
     p = sub.add_parser("figures", help="draw every figure the README shows into figures/, from seeds",
                        description="Run each command that makes a figure (closed-form, gridworld, rlhf, demo, "
-                                   "ppo-gpt) with its defaults and seed 0, and draw its figures into --output-dir. "
+                                   "ppo-gpt, successors) with its defaults and seed 0 (successors: seeds 0-2), and "
+                                   "draw its figures into --output-dir. "
                                    "The only command that writes into figures/. A few minutes on 2 cores.")
     p.add_argument("--output-dir", default="figures", help="where the figures go (default figures)")
     p.add_argument("--only", nargs="+", choices=[name for name, _ in FIGURES], help="draw only these groups")

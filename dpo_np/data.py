@@ -5,7 +5,8 @@ scores: for a prompt x, a chosen answer y_w and a rejected answer y_l, as
 ``{"prompt": x, "chosen": y_w, "rejected": y_l}`` — the layout of the public
 preference datasets. Supervised fine-tuning (SFT) data is
 ``{"prompt": x, "response": y}``, or ``{"text": t}`` for plain text with no prompt (every token of
-t is trained on, after a start token).
+t is trained on, after a start token). Unpaired data (KTO's thumbs up or down) is
+``{"prompt": x, "completion": y, "label": true/false}``, a JSON boolean.
 
 The path from records to the arrays of one DPO step:
 
@@ -62,12 +63,13 @@ from dpo_np import backend, checks
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 SFT_KEYS = ("prompt", "response")
 TEXT_KEYS = ("text",)
+UNPAIRED_KEYS = ("prompt", "completion", "label")
 LABEL_PAD_TOKEN_ID = -100
 
 # The chat template, in one place: every prompt the model ever sees goes through it.
 PROMPT_TEMPLATE = "Q: {prompt}\nA: "
 
-REASONS = ("invalid_json", "not_an_object", "missing_key", "not_a_string", "empty", "duplicate",
+REASONS = ("invalid_json", "not_an_object", "missing_key", "not_a_string", "not_a_boolean", "empty", "duplicate",
            "chosen_equals_rejected")
 SHOWN_EXAMPLES = 5        # how many places a data warning names
 
@@ -103,6 +105,9 @@ def _problem(record, keys):
         if key not in record:
             need = f"{list(SFT_KEYS)} or {list(TEXT_KEYS)}" if keys == SFT_KEYS else f"{list(keys)}"
             return "missing_key", f"missing key {key!r} (a record needs {need})"
+    if "label" in keys and not isinstance(record["label"], bool):
+        return "not_a_boolean", f"'label' must be true or false, got {type(record['label']).__name__}"
+    keys = [key for key in keys if key != "label"]
     for key in keys:
         if not isinstance(record[key], str):
             return "not_a_string", f"{key!r} must be a string, got {type(record[key]).__name__}"
@@ -229,11 +234,18 @@ def load_sft(source, skip_invalid=False):
     return _load(source, _sft_keys, skip_invalid)
 
 
+def load_unpaired(source, skip_invalid=False):
+    """Unpaired records ``{"prompt": x, "completion": y, "label": true/false}`` (KTO's data: a response
+    marked desirable or undesirable), with the same rules and return values as ``load_preferences``."""
+    return _load(source, UNPAIRED_KEYS, skip_invalid)
+
+
 def load_located(source, kind):
-    """``(records, wheres, name)``: the records of ``load_preferences`` (``kind`` "preference") or
-    ``load_sft`` (``kind`` "sft"), where each was read (``data.jsonl:7``, ``records[6]``), and the
-    source's name, so that a problem found later (in tokenizing) can name its line."""
-    return _load(source, PREFERENCE_KEYS if kind == "preference" else _sft_keys, False, locations=True)
+    """``(records, wheres, name)``: the records of ``load_preferences`` (``kind`` "preference"),
+    ``load_sft`` ("sft") or ``load_unpaired`` ("unpaired"), where each was read (``data.jsonl:7``,
+    ``records[6]``), and the source's name, so that a problem found later (in tokenizing) can name its line."""
+    keys = {"preference": PREFERENCE_KEYS, "unpaired": UNPAIRED_KEYS}.get(kind, _sft_keys)
+    return _load(source, keys, False, locations=True)
 
 
 # ---- tokenization ------------------------------------------------------------------
@@ -329,6 +341,17 @@ def tokenize_sft(tokenizer, record, max_length, max_prompt_length, where="record
     return {"prompt_ids": prompt_ids,
             "response_ids": _response_ids(tokenizer, record["response"], max_length - len(prompt_ids),
                                           "response", where)}
+
+
+def tokenize_unpaired(tokenizer, record, max_length, max_prompt_length, where="record"):
+    """``{"prompt_ids", "completion_ids", "label"}`` for an unpaired record, with the same boundary,
+    truncation and error rules as ``tokenize_preference``."""
+    _check_lengths(max_length, max_prompt_length)
+    _check_record(record, UNPAIRED_KEYS, where)
+    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where)
+    return {"prompt_ids": prompt_ids, "label": record["label"],
+            "completion_ids": _response_ids(tokenizer, record["completion"], max_length - len(prompt_ids),
+                                            "completion", where)}
 
 
 # ---- damage that tokenizing does -------------------------------------------------------
@@ -450,6 +473,17 @@ def collate_preferences(features, pad_token_id, label_pad_token_id=LABEL_PAD_TOK
     chosen = [_ids(features, i, "chosen_ids") for i in range(n)]
     rejected = [_ids(features, i, "rejected_ids") for i in range(n)]
     return _pad(prompts + prompts, chosen + rejected, pad_token_id, label_pad_token_id)
+
+
+def collate_unpaired(features, pad_token_id, label_pad_token_id=LABEL_PAD_TOKEN_ID, completions=None):
+    """(B, T) ``input_ids``, ``attention_mask``, ``labels`` of x_i ⊕ y_i for unpaired features, with the
+    layout rules of ``collate_preferences``; ``completions``: an order of the features whose completions
+    to put after the prompts instead (KTO's mismatched rows x_i ⊕ y_{order[i]})."""
+    _check_features(features)
+    n = len(features)
+    prompts = [_ids(features, i, "prompt_ids") for i in range(n)]
+    order = range(n) if completions is None else completions
+    return _pad(prompts, [_ids(features, int(j), "completion_ids") for j in order], pad_token_id, label_pad_token_id)
 
 
 def collate_sft(features, pad_token_id, label_pad_token_id=LABEL_PAD_TOKEN_ID):

@@ -10,7 +10,8 @@ h = ρ_w − ρ_l, the loss of one pair is −log σ(βh). β·ρ is the implici
 ``dpo_loss`` is the one entry point for every ``loss_type``. The paper's losses are right here:
 ``sigmoid_loss`` (with label smoothing ε, the conservative DPO) and ``ipo_loss``; the rest of the
 family (robust, hinge, BCO, NCA, SPPO, EXO, APO, AOT, DiscoPOP, SFT terms, f-divergences, weighted
-lists) is in ``variants.py``.
+lists) is in ``variants.py``; SimPO and ORPO, which need no reference, are loss types too, their
+formulas in ``successors.py``.
 
 Policy log-probabilities may be plain arrays (plain arrays come back) or autograd Tensors (Tensors
 come back, and gradients flow into the policy only: the reference is a constant). Log-sigmoids are
@@ -24,11 +25,13 @@ from dpo_np import backend, checks, rlhf, variants
 from dpo_np.variants import update_running_mean  # noqa: F401  (BCO's δ, kept importable from here)
 
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "bco_pair", "nca_pair", "sppo_hard", "exo_pair",
-              "apo_zero", "apo_down", "aot", "aot_unpaired", "discopop", "sigmoid_norm", "sft")
+              "apo_zero", "apo_down", "aot", "aot_unpaired", "discopop", "sigmoid_norm", "sft", "simpo", "orpo")
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 # the losses whose formula contains ε; every other loss would ignore a label smoothing silently
-SMOOTHED_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "robust", "exo_pair", "aot", "aot_unpaired")
+SMOOTHED_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "robust", "exo_pair", "aot", "aot_unpaired", "simpo")
+# SimPO and ORPO (``successors.py``) never read log π_ref: with only these (and "sft") a trainer keeps no reference
+REFERENCE_FREE_LOSS_TYPES = ("simpo", "orpo")
 assert set(variants.LOSSES) == set(LOSS_TYPES) and set(SMOOTHED_LOSS_TYPES) <= set(LOSS_TYPES)
 
 
@@ -60,7 +63,7 @@ def ipo_loss(h, beta):
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
              reference_rejected_logps=None, beta=0.1, loss_type="sigmoid", label_smoothing=0.0,
              reference_free=False, loss_weights=None, f_divergence_type="reverse_kl",
-             f_alpha_divergence_coef=1.0, bco_delta=0.0, discopop_tau=0.05, chosen_lengths=None):
+             f_alpha_divergence_coef=1.0, bco_delta=0.0, discopop_tau=0.05, chosen_lengths=None, simpo_gamma=0.5):
     """Per-pair losses and implicit rewards: (losses (B,), chosen_rewards (B,), rejected_rewards (B,)).
 
     policy_*_logps: log π_θ(y_w|x), log π_θ(y_l|x); reference_*_logps: log π_ref(y_w|x),
@@ -69,9 +72,10 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=
     ``LOSS_TYPES`` or a list of them summed with ``loss_weights`` (["sigmoid", "sft"] is RPO).
     label_smoothing: ε, only for ``SMOOTHED_LOSS_TYPES`` (an ε another loss would ignore is an
     error). The variants' own settings (``f_divergence_type``, ``f_alpha_divergence_coef``,
-    ``bco_delta``, ``discopop_tau``, ``chosen_lengths``) are described in ``variants.py``.
-    "ipo" and "sigmoid_norm" expect per-token averaged log-probabilities (for IPO, TRL's
-    convention, not the IPO paper's), the others sums.
+    ``bco_delta``, ``discopop_tau``, ``chosen_lengths``) are described in ``variants.py``;
+    ``simpo_gamma`` is SimPO's target margin γ ≥ 0 and "orpo" reads β as ORPO's λ (``successors.py``).
+    "ipo", "sigmoid_norm", "simpo" and "orpo" expect per-token averaged log-probabilities (for IPO,
+    TRL's convention, not the IPO paper's), the others sums.
 
     The rewards β(log π_θ − log π_ref) are plain arrays, detached (for logging; exactly 0 when
     π_θ = π_ref). For "aot"/"aot_unpaired" loss i belongs to the i-th smallest margin.
@@ -80,6 +84,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=
     beta = checks.positive(beta, "beta")
     eps = _check_label_smoothing(label_smoothing, kinds)
     options = _check_variant_options(f_divergence_type, f_alpha_divergence_coef, bco_delta, discopop_tau)
+    options["simpo_gamma"] = checks.number(simpo_gamma, "simpo_gamma", low=0.0)
     ignoring = [kind for kind in kinds if kind not in variants.F_DIVERGENCE_LOSS_TYPES]
     if options["f_divergence_type"] != "reverse_kl" and ignoring:
         raise ValueError(f"f_divergence_type={f_divergence_type!r} would be ignored by loss_type "

@@ -29,6 +29,11 @@ PPO (Schulman et al. 2017) reuses each batch for several epochs. Its samples
 come from π_old, so it weighs each by the ratio ρ = π_θ/π_old and clips ρ to
 [1 − ε, 1 + ε] so that a step cannot move far from where the samples came from.
 
+The group-relative methods that followed sample K responses per prompt and let the group be its
+own baseline, with no value function: RLOO (the leave-one-out mean, KL in the reward), GRPO (the
+group's mean and standard deviation, KL as a separate per-token k3 term), Dr. GRPO (GRPO without
+the division by the standard deviation or by the response length).
+
 Each loss takes log-probabilities as plain arrays or autograd Tensors and
 returns the same kind: the first axis runs over episodes (or samples), any
 further axes over time steps, which are summed. Returns, advantages and
@@ -122,17 +127,20 @@ def ppo_clip_loss(logprobs, old_logprobs, advantages, clip_eps=0.2, mask=None):
     the same actions when they were sampled (constants); advantages: Â, same shape; mask as in
     ``reinforce_loss``.
     """
-    eps = checks.number(clip_eps, "clip_eps", low=0.0, low_open=True)
     old, A = _array(old_logprobs, "old_logprobs"), _array(advantages, "advantages")
     _check_shape("logprobs", logprobs, old_logprobs=old, advantages=A, mask=mask)
-    xp = backend.xp()
-    ratio = ag.exp(ag.tensor(logprobs) - old)                               # ρ
-    clipped = xp.clip(ratio.data, 1.0 - eps, 1.0 + eps) * A                 # a constant where it binds
-    # min(ρÂ, clip(ρ)Â): take the clipped value only where it is strictly smaller; where ρ is
-    # inside the clip range the two are equal and the unclipped term keeps the gradient
-    terms = ag.where(clipped < ratio.data * A, clipped, ratio * A)
-    out = -_episode_mean(terms, mask)
+    out = -_episode_mean(_clipped_terms(logprobs, old, A, clip_eps), mask)
     return out if isinstance(logprobs, ag.Tensor) else out.data
+
+
+def _clipped_terms(logprobs, old, A, clip_eps):
+    """min(ρÂ, clip(ρ, 1 − ε, 1 + ε)Â) elementwise, ρ = exp(log π_θ − log π_old): a Tensor."""
+    eps = checks.number(clip_eps, "clip_eps", low=0.0, low_open=True)
+    ratio = ag.exp(ag.tensor(logprobs) - old)                               # ρ
+    clipped = backend.xp().clip(ratio.data, 1.0 - eps, 1.0 + eps) * A      # a constant where it binds
+    # take the clipped value only where it is strictly smaller; where ρ is inside the clip range
+    # the two are equal and the unclipped term keeps the gradient
+    return ag.where(clipped < ratio.data * A, clipped, ratio * A)
 
 
 def kl_penalized_reward(rewards, logprobs, ref_logprobs, beta):
@@ -198,3 +206,97 @@ def group_baseline(rewards, leave_one_out=True):
     if K < 2:
         raise ValueError(f"a leave-one-out baseline needs groups of at least 2 samples, got {K}")
     return (total - r) / (K - 1)
+
+
+# -- group-relative policy gradients: RLOO, GRPO, Dr. GRPO ---------------------------------
+
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+
+
+def rloo_advantages(rewards):
+    """Â_i = r_i − (1/(K − 1)) Σ_{j≠i} r_j over each group of K samples (the last axis): RLOO's advantage
+    (Ahmadian et al. 2024, arXiv 2402.14740), REINFORCE with the leave-one-out ``group_baseline``.
+
+    With ``rewards`` the KL-penalized r̃ of ``kl_penalized_reward`` (as RLOO uses them), E[Â ∇log π_θ]
+    is exactly ∇J_RLHF: the baseline does not depend on the sample it is subtracted from.
+    """
+    r = _array(rewards, "rewards")
+    return r - group_baseline(r)
+
+
+def grpo_advantages(rewards, scale_rewards=True, eps=1e-4):
+    """Â_i = (r_i − mean_j r_j) / (std_j r_j + ε) over each group (the last axis): GRPO's outcome
+    advantage (Shao et al. 2024, arXiv 2402.03300, §4.1.2), every token of o_i getting Â_i.
+
+    std is the sample standard deviation (divisor K − 1) and ε = 1e-4, as the standard GRPO trainer
+    computes them. ``scale_rewards=False`` keeps Â_i = r_i − mean_j r_j: Dr. GRPO (Liu et al. 2025,
+    arXiv 2503.20783), which shows the division favours prompts whose samples agree. The mean
+    includes r_i itself, so E[Â ∇log π_θ] is (1 − 1/K) times the policy gradient (``group_baseline``).
+    """
+    checks.flag(scale_rewards, "scale_rewards")
+    eps = checks.number(eps, "eps", low=0.0)
+    r = _array(rewards, "rewards")
+    centred = r - group_baseline(r, leave_one_out=False)
+    if not scale_rewards:
+        return centred
+    if r.shape[-1] < 2:
+        raise ValueError(f"a group standard deviation needs groups of at least 2 samples, got {r.shape[-1]}")
+    std = backend.xp().sqrt((centred ** 2).sum(axis=-1, keepdims=True) / (r.shape[-1] - 1))
+    return centred / (std + eps)
+
+
+def k3_kl(logprobs, ref_logprobs):
+    """k3 = π_ref/π_θ − log(π_ref/π_θ) − 1 per token: GRPO's KL term as written (Shao et al. 2024,
+    §4.1.1; the "k3" estimator of Schulman 2020, "Approximating KL divergence").
+
+    k3 ≥ 0, = 0 where π_θ = π_ref, and E_{a∼π_θ}[k3] = KL(π_θ ‖ π_ref) at each context. Its *gradient*
+    is another matter: E_{a∼π_θ}[∇ k3] = Σ_a (π_θ − π_ref) ∇log π_θ = ∇ KL(π_ref ‖ π_θ), the forward KL,
+    at each context held fixed (see notebook 10). A Tensor ``logprobs`` gives a Tensor.
+    """
+    ref = _array(ref_logprobs, "ref_logprobs")
+    _check_shape("logprobs", logprobs, ref_logprobs=ref)
+    d = ref - ag.tensor(logprobs)                                        # log π_ref/π_θ
+    out = ag.exp(d) - d - 1.0
+    return out if isinstance(logprobs, ag.Tensor) else out.data
+
+
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask=None, beta=0.04, clip_eps=0.2,
+              loss_type="grpo", max_completion_length=None):
+    """GRPO's surrogate (Shao et al. 2024, arXiv 2402.03300, §4.1.1), per token and then aggregated:
+
+        ℓ_it = −min(ρ_it Â_i, clip(ρ_it, 1 − ε, 1 + ε) Â_i) + β k3_it,   ρ_it = π_θ(o_it|·)/π_old(o_it|·)
+
+        "grpo":    (1/G) Σ_i (1/|o_i|) Σ_t ℓ_it                   the paper's: each response's token mean
+        "bnpo":    Σ_i Σ_t ℓ_it / Σ_i |o_i|                       one mean over every token of the batch
+        "dr_grpo": Σ_i Σ_t ℓ_it / (G · max_completion_length)    Dr. GRPO (Liu et al. 2025): a constant
+
+    logprobs: log π_θ of each sampled token (G, T), array or Tensor; old_logprobs, ref_logprobs:
+    log π_old and log π_ref of the same tokens, constants (ref_logprobs may be None when β = 0);
+    advantages: Â_i, one per response (G,) (``grpo_advantages``); mask: True at real tokens (None:
+    all); max_completion_length: Dr. GRPO's constant (default T).
+    """
+    loss_type = checks.choice(loss_type, "loss_type", GRPO_LOSS_TYPES)
+    beta = checks.number(beta, "beta", low=0.0)
+    old = _array(old_logprobs, "old_logprobs")
+    A = _array(advantages, "advantages")
+    _check_shape("logprobs", logprobs, old_logprobs=old, mask=mask)
+    if old.ndim != 2 or A.shape != old.shape[:1]:
+        raise ValueError(f"logprobs must be per token (G, T) and advantages one per response (G,), got "
+                         f"{tuple(old.shape)} and {tuple(A.shape)}")
+    xp = backend.xp()
+    m = xp.ones(old.shape, dtype=bool) if mask is None else xp.asarray(mask, dtype=bool)
+    terms = -_clipped_terms(logprobs, old, xp.broadcast_to(A[:, None], old.shape), clip_eps)
+    if beta:
+        if ref_logprobs is None:
+            raise ValueError("ref_logprobs are required when beta > 0 (the KL term compares with π_ref)")
+        terms = terms + k3_kl(ag.tensor(logprobs), ref_logprobs) * beta
+    per_response = ag.where(m, terms, 0.0).sum(axis=-1)                   # (G,)
+    if loss_type == "grpo":
+        out = (per_response / xp.maximum(m.sum(axis=-1), 1)).mean()
+    elif loss_type == "bnpo":
+        out = per_response.sum() / max(int(m.sum()), 1)
+    else:
+        length = old.shape[-1] if max_completion_length is None else \
+            checks.integer(max_completion_length, "max_completion_length", low=1)
+        out = per_response.sum() / (old.shape[0] * length)
+    return out if isinstance(logprobs, ag.Tensor) else out.data

@@ -31,11 +31,11 @@ import numpy as np
 from dpo_np import autograd as ag
 from dpo_np import backend, checks, logprobs, variants
 from dpo_np.data import collate_preferences
-from dpo_np.losses import dpo_loss, implicit_rewards
-from dpo_np.training import (Trainer, TrainingConfig, check_model_fits, check_separate, fingerprint, frozen_copy,
-                             pair_metrics, resolve_config)
+from dpo_np.losses import REFERENCE_FREE_LOSS_TYPES, dpo_loss, implicit_rewards
+from dpo_np.training import (Trainer, TrainingConfig, check_model_fits, fingerprint, pair_metrics, reference_model,
+                             resolve_config)
 
-AVERAGED_LOSSES = ("ipo", "sigmoid_norm")   # these read per-token mean log-probs
+AVERAGED_LOSSES = ("ipo", "sigmoid_norm", "simpo", "orpo")   # these read per-token mean log-probs
 
 
 # ---- configuration ------------------------------------------------------------------------
@@ -46,8 +46,14 @@ class DPOConfig(TrainingConfig):
 
     beta: β of L_DPO (the notes: "typically something in the range of 0.1 to 0.5").
     loss_type: a name of ``losses.LOSS_TYPES`` or a list of them (weighted by ``loss_weights``).
-    label_smoothing, reference_free, f_divergence_type, f_alpha_divergence_coef, discopop_tau:
+    label_smoothing, reference_free, f_divergence_type, f_alpha_divergence_coef, discopop_tau, simpo_gamma:
         passed to ``losses.dpo_loss``.
+    SimPO is ``loss_type="simpo"`` (β and γ = ``simpo_gamma`` as in the standard CPOConfig; CPO-SimPO,
+        that config's ``cpo_alpha`` > 0, is ``loss_type=["simpo", "sft"], loss_weights=[1, cpo_alpha]``);
+        ORPO is ``loss_type="orpo"`` with β as ORPO's λ (the standard ORPOConfig's ``beta``). Neither
+        reads a reference model, so a config of only these (and "sft") is ``reference_free``: no π_ref is
+        kept or run, and the logged rewards are β log π_θ of the averaged log-probabilities, as those
+        trainers log them.
     precompute_ref_log_probs: log π_ref of every train and eval pair computed once, before training.
     ld_alpha: LD-DPO's α in [0, 1] (None: off).
     use_weighting: WPO's per-pair weights.
@@ -64,6 +70,7 @@ class DPOConfig(TrainingConfig):
     f_divergence_type: str = "reverse_kl"
     f_alpha_divergence_coef: float = 1.0
     discopop_tau: float = 0.05
+    simpo_gamma: float = 0.5
     precompute_ref_log_probs: bool = False
     ld_alpha: float = None
     use_weighting: bool = False
@@ -80,13 +87,17 @@ class DPOConfig(TrainingConfig):
                 self.loss_type = list(self.loss_type)
             except TypeError:
                 raise TypeError(f"loss_type must be a name or a list of names, got {self.loss_type!r}") from None
+        kinds = set(self.loss_kinds) if all(isinstance(k, str) for k in self.loss_kinds) else set()
+        if kinds & set(REFERENCE_FREE_LOSS_TYPES) and kinds <= {*REFERENCE_FREE_LOSS_TYPES, "sft"}:
+            self.reference_free = True                 # SimPO and ORPO have no reference model
         # the loss function is the authority on its own arguments: one dry call validates them all
-        one = np.zeros(1)
+        one = np.full(1, -1.0)           # a valid log-probability for every loss (ORPO needs < 0)
         try:
             dpo_loss(one, one, one, one, beta=self.beta, loss_type=self.loss_type,
                      label_smoothing=self.label_smoothing, loss_weights=self.loss_weights,
                      f_divergence_type=self.f_divergence_type,
-                     f_alpha_divergence_coef=self.f_alpha_divergence_coef, discopop_tau=self.discopop_tau)
+                     f_alpha_divergence_coef=self.f_alpha_divergence_coef, discopop_tau=self.discopop_tau,
+                     simpo_gamma=self.simpo_gamma)
         except (TypeError, ValueError) as err:
             raise type(err)(f"DPOConfig: {err}") from None
         self.beta = float(self.beta)
@@ -133,14 +144,7 @@ class DPOTrainer(Trainer):
         args = resolve_config(DPOConfig, args, overrides)
         check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
-        if args.reference_free:
-            self.ref_model = None
-        elif ref_model is None:
-            self.ref_model = frozen_copy(model)
-        else:
-            check_separate(model, ref_model)
-            check_model_fits(ref_model, "ref_model", args, tokenizer)
-            self.ref_model = ref_model
+        self.ref_model = None if args.reference_free else reference_model(model, ref_model, args, tokenizer)
         self.train_features = self.tokenize(train_dataset)
         self.eval_features = self.tokenize(eval_dataset)
         self._ref_table = {}        # precomputed log π_ref per split: (chosen (n,), rejected (n,))
@@ -214,7 +218,7 @@ class DPOTrainer(Trainer):
         options = dict(beta=a.beta, loss_type=a.loss_type, label_smoothing=a.label_smoothing,
                        reference_free=a.reference_free, loss_weights=a.loss_weights,
                        f_divergence_type=a.f_divergence_type, f_alpha_divergence_coef=a.f_alpha_divergence_coef,
-                       discopop_tau=a.discopop_tau)
+                       discopop_tau=a.discopop_tau, simpo_gamma=a.simpo_gamma)
         if "bco_pair" in a.loss_kinds:
             c = self.state["counters"]
             if training:       # BCO's δ includes this batch's rewards before its loss is computed

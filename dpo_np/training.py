@@ -41,7 +41,8 @@ import numpy as np
 
 from dpo_np import backend, checks
 from dpo_np.checkpoint import check_replaceable, load_checkpoint, save_checkpoint
-from dpo_np.data import batch_indices, find_damage, load_located, tokenize_preference, tokenize_sft, warn_damage
+from dpo_np.data import (batch_indices, find_damage, load_located, tokenize_preference, tokenize_sft,
+                         tokenize_unpaired, warn_damage)
 from dpo_np.files import atomic_write, process_alive
 from dpo_np.model import GPT
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule, global_grad_norm
@@ -247,6 +248,16 @@ def check_separate(model, ref_model, name="ref_model"):
                                  f"would move with the policy; give it copies (e.g. training.frozen_copy(model))")
 
 
+def reference_model(model, ref_model, args, tokenizer):
+    """π_ref for a trainer: a frozen copy of ``model`` when ``ref_model`` is None, else ``ref_model``,
+    checked to share no parameter with the policy and to read what the trainer will feed it."""
+    if ref_model is None:
+        return frozen_copy(model)
+    check_separate(model, ref_model)
+    check_model_fits(ref_model, "ref_model", args, tokenizer)
+    return ref_model
+
+
 def fingerprint(obj):
     """A short SHA-256 of ``obj``: arrays by their bytes, everything else by its JSON."""
     h = hashlib.sha256()
@@ -396,7 +407,7 @@ class Trainer:
     """
 
     name = "train"
-    data_kind = "sft"              # "sft": {"prompt", "response"} records; "preference": pairs
+    data_kind = "sft"              # "sft": {"prompt", "response"} records; "preference": pairs; "unpaired": KTO's
     cumulative_metrics = ()        # running totals: logged as their last value, not a window mean
 
     def __init__(self, model, args, tokenizer=None):
@@ -424,7 +435,7 @@ class Trainer:
         if dataset is None:
             return []
         a = self.args
-        encode = tokenize_preference if self.data_kind == "preference" else tokenize_sft
+        encode = {"preference": tokenize_preference, "unpaired": tokenize_unpaired}.get(self.data_kind, tokenize_sft)
         records, wheres, name = load_located(dataset, self.data_kind)
         features = [encode(self.tokenizer, r, a.max_length, a.max_prompt_length, where=w)
                     for r, w in zip(records, wheres)]

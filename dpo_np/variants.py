@@ -24,7 +24,7 @@ import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend
-from dpo_np import logprobs
+from dpo_np import logprobs, successors
 from dpo_np.data import LABEL_PAD_TOKEN_ID
 
 _EXO_DEFAULT_SMOOTHING = 1e-3
@@ -44,15 +44,16 @@ class Quantities(NamedTuple):
     bco_delta: float     # BCO's reward shift δ
     tau: float           # DiscoPOP's temperature
     lengths: object      # |y_w| (B,) Tensor or None
+    simpo_gamma: float = 0.0   # SimPO's target margin γ
 
 
 def family_loss(kinds, weights, pw, pl, rw, rl, beta, eps, f_divergence_type="reverse_kl", alpha=1.0,
-                bco_delta=0.0, tau=0.05, lengths=None):
+                bco_delta=0.0, tau=0.05, lengths=None, simpo_gamma=0.0):
     """Σ_k w_k ℓ_k over the loss types ``kinds`` (checked by ``losses.dpo_loss``), per pair: (B,)."""
     rho_w, rho_l = pw - rw, pl - rl                                        # the log-ratios, (B,)
     q = Quantities(pw=pw, pl=pl, rw=rw, rl=rl, rho_w=rho_w, rho_l=rho_l,
                    h=f_divergence_score(rho_w, rho_l, f_divergence_type, alpha),
-                   beta=beta, eps=eps, bco_delta=bco_delta, tau=tau, lengths=lengths)
+                   beta=beta, eps=eps, bco_delta=bco_delta, tau=tau, lengths=lengths, simpo_gamma=simpo_gamma)
     losses = None
     for kind, weight in zip(kinds, weights):
         term = LOSSES[kind](q)
@@ -206,6 +207,16 @@ def _sft(q):
     return nll if q.lengths is None else nll / q.lengths
 
 
+def _simpo(q):
+    """SimPO (``successors.simpo_loss``): no reference; pw, pl are per-token averages, β scales them."""
+    return successors.simpo_loss(q.pw, q.pl, q.beta, q.simpo_gamma, q.eps)
+
+
+def _orpo(q):
+    """ORPO (``successors.orpo_loss``): no reference; pw, pl are per-token averages, β is ORPO's λ."""
+    return successors.orpo_loss(q.pw, q.pl, q.beta)
+
+
 #: the losses built on the score h, which an f-divergence replaces; the others read ρ_w, ρ_l alone
 F_DIVERGENCE_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "discopop", "sigmoid_norm")
 
@@ -213,7 +224,7 @@ LOSSES = {"sigmoid": _sigmoid, "robust": _robust, "hinge": _hinge, "ipo": _ipo,
           "bco_pair": _bco_pair, "nca_pair": _nca_pair, "sppo_hard": _sppo_hard,
           "exo_pair": _exo_pair, "apo_zero": _apo_zero, "apo_down": _apo_down, "aot": _aot,
           "aot_unpaired": _aot_unpaired, "discopop": _discopop, "sigmoid_norm": _sigmoid,
-          "sft": _sft}
+          "sft": _sft, "simpo": _simpo, "orpo": _orpo}
 
 
 # -- BCO: the running mean of the rewards ---------------------------------------------

@@ -37,7 +37,7 @@ def reference_score(rho_w, rho_l, f_div, alpha):
 
 
 def reference_loss(kind, pw, pl, rw, rl, beta, eps=0.0, f_div="reverse_kl", alpha=1.0,
-                   delta=0.0, tau=0.05, lengths=None):
+                   delta=0.0, tau=0.05, lengths=None, gamma=0.5):
     rho_w, rho_l = pw - rw, pl - rl
     h = reference_score(rho_w, rho_l, f_div, alpha)
     z = beta * h
@@ -72,6 +72,12 @@ def reference_loss(kind, pw, pl, rw, rl, beta, eps=0.0, f_div="reverse_kl", alph
         return (1 - m) * -logsig(zz) + m * np.exp(-zz)
     if kind == "sft":
         return -pw if lengths is None else -pw / lengths
+    if kind == "simpo":                              # Meng et al. 2024: pw, pl are per-token averages
+        zs = beta * pw - beta * pl - gamma
+        return -(1 - eps) * logsig(zs) - eps * logsig(-zs)
+    if kind == "orpo":                               # Hong et al. 2024: odds of the average likelihood
+        odds_w, odds_l = np.exp(pw) / (1 - np.exp(pw)), np.exp(pl) / (1 - np.exp(pl))
+        return -pw - beta * logsig(np.log(odds_w / odds_l))
     raise AssertionError(kind)
 
 
@@ -100,12 +106,12 @@ def test_each_loss_type_matches_its_formula(kind, seed, beta):
     rng = np.random.default_rng(seed)
     pw, pl, rw, rl = random_logps(rng)
     eps = valid_smoothing(kind, rng)
-    delta = float(rng.normal())
+    delta, gamma = float(rng.normal()), float(rng.uniform(0, 2))
     lengths = rng.integers(1, 20, size=pw.shape).astype(np.float64)
     losses, chosen_rewards, rejected_rewards = dpo_loss(
         pw, pl, rw, rl, beta=beta, loss_type=kind, label_smoothing=eps, bco_delta=delta,
-        chosen_lengths=lengths)
-    expected = reference_loss(kind, pw, pl, rw, rl, beta, eps, delta=delta, lengths=lengths)
+        chosen_lengths=lengths, simpo_gamma=gamma)
+    expected = reference_loss(kind, pw, pl, rw, rl, beta, eps, delta=delta, lengths=lengths, gamma=gamma)
     np.testing.assert_allclose(losses, expected, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(chosen_rewards, beta * (pw - rw), rtol=1e-12)
     np.testing.assert_allclose(rejected_rewards, beta * (pl - rl), rtol=1e-12)
@@ -305,6 +311,8 @@ def test_large_margins_stay_finite_in_values_and_gradients(kind, dtype):
     big = dtype(5e3)
     pw = np.array([big, -big, 0.0], dtype=dtype)
     pl = np.array([-big, big, 0.0], dtype=dtype)
+    if kind == "orpo":           # odds of an average likelihood need ū < 0: P̄ near 1 against P̄ near 0
+        pw, pl = np.array([-1e-6, -big, -1.0], dtype=dtype), np.array([-big, -1e-6, -1.0], dtype=dtype)
     zeros = np.zeros(3, dtype=dtype)
     tw, tl = Tensor(pw, requires_grad=True), Tensor(pl, requires_grad=True)
     losses, _, _ = dpo_loss(tw, tl, zeros, zeros, beta=1.0, loss_type=kind,

@@ -20,7 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOKS = os.path.join(os.path.dirname(HERE), "notebooks")
 PATHS = sorted(os.path.join(NOTEBOOKS, n) for n in os.listdir(NOTEBOOKS) if n.endswith(".ipynb"))
 EXPECTED = ["01_language_models", "02_rl_the_cat", "03_reward_models", "04_rlhf_objective", "05_dpo",
-            "06_log_probabilities", "07_dpo_end_to_end", "08_dpo_vs_rlhf", "09_dpo_beyond_the_table"]
+            "06_log_probabilities", "07_dpo_end_to_end", "08_dpo_vs_rlhf", "09_dpo_beyond_the_table",
+            "10_after_dpo"]
 RTOL, ATOL = 1e-3, 1e-6
 
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|nan|inf")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dpo_np.data import format_prompt
-from dpo_np.losses import LOSS_TYPES
+from dpo_np.losses import LOSS_TYPES, REFERENCE_FREE_LOSS_TYPES
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.tokenizer import CharTokenizer
 from dpo_np.trainers import DPOTrainer
@@ -114,7 +114,7 @@ def f_score(rho_w, rho_l, kind, alpha):
 
 def paper_loss(kind, q, a, delta):
     """ℓ per pair for one loss type; β, ε, τ from the config ``a``; δ BCO's shift."""
-    beta, eps, tau = a.beta, a.label_smoothing, a.discopop_tau
+    beta, eps, tau, gamma = a.beta, a.label_smoothing, a.discopop_tau, a.simpo_gamma
     rho_w, rho_l = q["pw"] - q["rw"], q["pl"] - q["rl"]
     h = f_score(rho_w, rho_l, a.f_divergence_type, a.f_alpha_divergence_coef)
     z, half = beta * h, 1 / (2 * beta)
@@ -149,6 +149,11 @@ def paper_loss(kind, q, a, delta):
         return (1 - m) * -logsig(z) + m * np.exp(-z)
     if kind == "sft":                                                       # RPO's NLL term
         return -q["pw"] if a.average_log_prob else -q["pw"] / q["len_w"]
+    if kind == "simpo":                       # Meng et al. 2024: β·(mean log π(y_w) − mean log π(y_l)) − γ
+        return smoothed(beta * q["pw"] - beta * q["pl"] - gamma)
+    if kind == "orpo":                        # Hong et al. 2024: NLL + λ·odds ratio, odds of e^{mean log π}
+        p_w, p_l = np.exp(q["pw"]), np.exp(q["pl"])
+        return -q["pw"] - beta * logsig(np.log(p_w / (1 - p_w)) - np.log(p_l / (1 - p_l)))
     raise AssertionError(kind)
 
 
@@ -186,7 +191,7 @@ def step0_loss(kind, beta, eps, sft_nll):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("kind", LOSS_TYPES)
+@pytest.mark.parametrize("kind", [k for k in LOSS_TYPES if k not in REFERENCE_FREE_LOSS_TYPES])
 def test_at_step0_every_loss_type_has_zero_rewards_and_its_closed_form_value(tmp_path, kind, dtype):
     trainer = _trainer(tmp_path, dtype=dtype, loss_type=kind, max_steps=1)     # ref_model=None: a frozen copy
     out = trainer.batch_outputs(np.arange(len(PAIRS)))
@@ -239,6 +244,24 @@ def test_reference_free_at_step0_scores_the_policy_itself(tmp_path):
     np.testing.assert_allclose(out["chosen_rewards"], BETA * q["pw"], rtol=1e-12)
     np.testing.assert_allclose(out["rejected_rewards"], BETA * q["pl"], rtol=1e-12)
     np.testing.assert_allclose(out["losses"], -logsig(BETA * (q["pw"] - q["pl"])), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", REFERENCE_FREE_LOSS_TYPES)
+def test_simpo_and_orpo_keep_no_reference_and_score_the_averaged_policy_at_step0(tmp_path, kind):
+    """SimPO and ORPO never read π_ref: the trainer keeps none, the rewards are β·mean_t log π_θ (as the
+    standard CPO and ORPO trainers log them), and the loss is the paper's on those averages."""
+    trainer = _trainer(tmp_path, loss_type=kind, simpo_gamma=0.7)
+    assert trainer.ref_model is None and trainer.args.reference_free and trainer.args.average_log_prob
+    out = trainer.batch_outputs(np.arange(len(PAIRS)))
+    q = independent_quantities(trainer, trainer.train_features, trainer.model, None)
+    assert np.all(q["rw"] == 0)
+    np.testing.assert_allclose(out["chosen_rewards"], BETA * q["pw"], rtol=1e-12)
+    np.testing.assert_allclose(out["rejected_rewards"], BETA * q["pl"], rtol=1e-12)
+    np.testing.assert_allclose(out["losses"], paper_loss(kind, q, trainer.args, 0.0), rtol=1e-12)
+    lengths = np.array([len(f["chosen_ids"]) for f in trainer.train_features])
+    summed = independent_quantities(_trainer(tmp_path / "sum", reference_free=True), trainer.train_features,
+                                    trainer.model, None)["pw"]
+    np.testing.assert_allclose(q["pw"], summed / lengths, rtol=1e-12)            # the per-token mean
 
 
 # ---- a moved policy: every logged value of every step, and the evaluation -------------------------
@@ -306,6 +329,8 @@ VARIANTS = {**{kind: dict(loss_type=kind) for kind in LOSS_TYPES},
             "wpo": dict(use_weighting=True),
             "wpo-ipo": dict(use_weighting=True, loss_type="ipo"),
             "rpo": dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]),
+            "simpo-gamma-eps": dict(loss_type="simpo", simpo_gamma=1.2, label_smoothing=0.1),
+            "cpo_simpo": dict(loss_type=["simpo", "sft"], loss_weights=[1.0, 0.5]),
             "mixed": dict(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0]),
             "trdpo": dict(sync_ref_model=True, ref_model_mixup_alpha=0.4, ref_model_sync_steps=2),
             "trdpo-hard": dict(sync_ref_model=True, ref_model_mixup_alpha=1.0, ref_model_sync_steps=1)}

@@ -1,8 +1,8 @@
 """Every figure the README shows, drawn again from seeds: ``python -m dpo_np figures``.
 
-Each figure comes from the command that measures it, with that command's defaults and seed 0 (for
-exact-gpt, whose figure shows a spread, seeds 0–2: its default ``--seeds``), so a figure in
-``figures/`` is what a reader gets by running that command. This is the only command
+Each figure comes from the command that measures it, with that command's defaults and seed 0 (seeds
+0 to 2 for ``exact-gpt`` and ``successors``, whose figures show a spread over their default ``--seeds``), so
+a figure in ``figures/`` is what a reader gets by running that command. This is the only command
 that writes into ``figures/``; the others write under their own output directories. Training
 runs made on the way (the demo's and ppo-gpt's checkpoints) go to a temporary directory and are
 removed.
@@ -18,6 +18,7 @@ from dpo_np.experiments.gridworld import plot_gridworld, run_gridworld
 from dpo_np.experiments.ppo_gpt import plot_ppo_gpt, run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, run_rlhf
+from dpo_np.experiments.successors import plot_successors, run_successors
 
 #: what draws which figures: (name, function of (output_dir, quick, seed) -> list of paths)
 FIGURES = (
@@ -35,6 +36,8 @@ FIGURES = (
     ("exact-gpt", lambda out, quick, seed: [plot_exact_gpt(
         run_exact_gpt(seeds=[seed] if quick else [seed, seed + 1, seed + 2], quick=quick),
         os.path.join(out, "exact_gpt.png"))]),
+    ("successors", lambda out, quick, seed: [plot_successors(
+        run_successors(seeds=range(seed, seed + 3), quick=quick, progress=False), os.path.join(out, "successors.png"))]),
 )
 
 
