@@ -11,8 +11,8 @@ import pytest
 
 from dpo_np.experiments import toy_preferences
 from dpo_np.data import format_prompt
-from dpo_np.experiments.demo import QUICK, TABLE_ROWS, run_demo
-from dpo_np.experiments.evaluation import classify_answer, estimate_kl, per_token_kl, sample_responses
+from dpo_np.experiments.demo import QUICK, TABLE_ROWS, notes_verdict, run_demo
+from dpo_np.experiments.evaluation import estimate_kl, per_token_kl, sample_responses
 from dpo_np.logprobs import get_batch_logps
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.tokenizer import CharTokenizer
@@ -39,14 +39,18 @@ def test_quick_demo_prints_every_row_of_the_table_and_every_notes_prompt(quick):
     for prompt in toy_preferences.NOTES_PROMPTS:
         assert f"Q: {prompt}" in printed
         a = result["answers"][prompt]
-        assert a["before_is"] in ("chosen", "rejected", "other") and a["after_is"] in ("chosen", "rejected", "other")
+        for when in ("before", "after"):
+            assert a[when + "_is"] == notes_verdict(prompt, a[when])
+            assert a[when + "_is"] in ("chosen", "preferred", "rejected", "neither")
 
 
 def test_quick_demo_reports_only_finite_numbers(quick):
     result, _, _ = quick
     for side in ("before", "after"):
         for key, _ in TABLE_ROWS:
-            assert math.isfinite(result[side][key]), (side, key, result[side][key])
+            values = ([result[side][key][j] for j in toy_preferences.JUDGEMENTS] if key.startswith("judge")
+                      else [result[side][key]])
+            assert all(math.isfinite(v) for v in values), (side, key, result[side][key])
         assert math.isfinite(result[side]["kl_stderr"])
         assert result[side]["pairs"] == len(toy_preferences.preference_dataset(0)["eval"])
     assert all(math.isfinite(s) and s >= 0 for s in result["seconds"].values())
@@ -116,13 +120,22 @@ def test_figures_go_under_the_runs_output_dir_unless_asked_otherwise():
     assert _figures_dir("", "runs/demo") is None and _figures_dir("elsewhere", "runs/demo") == "elsewhere"
 
 
-def test_classify_answer_tells_chosen_from_rejected_from_new_text():
-    records = [{"prompt": "x", "chosen": "good", "rejected": "bad"},
-               {"prompt": "x", "chosen": "good", "rejected": "worse"},
-               {"prompt": "z", "chosen": "other", "rejected": "good"}]
-    assert classify_answer("good", "x", records) == "chosen"
-    assert classify_answer("worse", "x", records) == "rejected"
-    assert classify_answer("other", "x", records) == "other"      # z's answer, not x's
+def test_the_judge_rows_are_the_judges_verdicts_on_the_models_own_answers(quick):
+    # recomputed from the stored models: the same seeded samples, decoded and judged one by one
+    result = quick[0]
+    models, cfg = result["models"], result["config"]
+    tok = models["tokenizer"]
+    prompts = list(dict.fromkeys(r["prompt"] for r in toy_preferences.preference_dataset(0)["eval"]))
+    for side, model in (("before", models["reference"]), ("after", models["policy"])):
+        samples = sample_responses(model, tok, prompts, cfg["kl_samples"], 0, cfg["max_new_tokens"])
+        verdicts = [toy_preferences.judge(prompts[i // cfg["kl_samples"]], tok.decode(r))
+                    if r and r[-1] == tok.eos_token_id else "neither" for i, (_, r) in enumerate(samples)]
+        for j in toy_preferences.JUDGEMENTS:
+            assert result[side]["judge"][j] == verdicts.count(j) / len(verdicts)
+        greedy = result[side]["greedy_answers"]
+        assert list(greedy) == prompts
+        counted = [toy_preferences.judge(p, a) if a is not None else "neither" for p, a in greedy.items()]
+        assert result[side]["judge_greedy"]["preferred"] == counted.count("preferred") / len(prompts)
 
 
 # ---- KL(π_θ ‖ π_ref) against the exact value -------------------------------------------------

@@ -201,7 +201,8 @@ def test_ppo_raises_a_known_reward_on_a_tiny_problem_while_the_kl_stays_finite()
                beta=0.05, max_new_tokens=4, ppo_eval_every=15)
 
     def measure(model):
-        m = pg.measure_policy(model, reference, scorer, TOK, ["ab", "c", "ba"], [], 16, seed=9, max_new_tokens=4)
+        m = pg.measure_policy(model, reference, scorer, TOK, ["ab", "c", "ba"], 16, seed=9, max_new_tokens=4,
+                              judge=False)
         return {"reward": m["reward"], "kl": m["kl"]}
 
     history = pg.train_ppo(policy, reference, scorer, TOK, ["ab", "c", "ba", "cab"], cfg, seed=0, measure=measure)
@@ -247,7 +248,7 @@ def test_quick_run_measures_both_methods_from_the_same_reference(quick):
     assert result["held_out"]["sampled"]["sft"]["kl"] == 0.0
     for prompt, a in result["answers"].items():
         assert f"Q: {prompt}" in printed
-        assert {a[m + "_is"] for m in ("sft", "ppo", "dpo")} <= {"chosen", "rejected", "other"}
+        assert {a[m + "_is"] for m in ("sft", "ppo", "dpo")} <= {"chosen", "preferred", "rejected", "neither"}
     assert all(math.isfinite(s) and s >= 0 for s in result["seconds"].values())
 
 

@@ -33,8 +33,8 @@ import os
 import numpy as np
 
 from dpo_np.experiments import plots, toy_preferences
-from dpo_np.experiments.evaluation import (accuracy_by_family, classify_answer, estimate_kl,
-                                           implicit_reward_metrics, reward_model_scores)
+from dpo_np.experiments.evaluation import (accuracy_by_family, estimate_kl, implicit_reward_metrics,
+                                           judged_answers, reward_model_scores)
 from dpo_np.data import format_prompt
 from dpo_np.generate import greedy_answer
 from dpo_np.model import GPT, GPTConfig
@@ -47,6 +47,8 @@ from dpo_np.training import check_output_dir, frozen_copy, read_metrics
 
 #: rows of the printed table, in order (the keys of ``result["before"]`` / ``result["after"]``)
 TABLE_ROWS = (
+    ("judge", "sampled answers, by the rule: y_w's / y_l's / neither"),
+    ("judge_greedy", "greedy answers, by the rule: y_w's / y_l's / neither"),
     ("implicit_reward_accuracy", "implicit-reward accuracy  r̂(y_w) > r̂(y_l), learnable rules"),
     ("implicit_reward_accuracy_facts", "  the same, pairs that need an unseen fact"),
     ("implicit_reward_ties", "  pairs with r̂(y_w) = r̂(y_l) exactly"),
@@ -121,7 +123,7 @@ def run_demo(output_dir="runs/demo", figures_dir=None, quick=False, seed=0, show
     for p in toy_preferences.NOTES_PROMPTS:
         answers[p]["after"] = greedy_answer(model, tokenizer, p, cfg["max_new_tokens"])
         for when in ("before", "after"):
-            answers[p][when + "_is"] = classify_answer(answers[p][when], p, data["train"])
+            answers[p][when + "_is"] = notes_verdict(p, answers[p][when])
     clock.lap("after")
     rm = _reward_stage(reference, tokenizer, data, cfg, common, runs["reward"], seed, before, after)
     clock.lap("reward_model")
@@ -191,7 +193,10 @@ def _measure(dpo, held_out, reference, tokenizer, cfg, seed):
     out["implicit_reward_accuracy_facts"] = float(wins[~learnable].mean())
     prompts = list(dict.fromkeys(r["prompt"] for r in held_out))
     estimate = estimate_kl(dpo.model, reference, tokenizer, prompts, cfg["kl_samples"], seed, cfg["max_new_tokens"])
-    out.update(kl=estimate["kl"], kl_stderr=estimate["stderr"], kl_estimate=estimate)
+    judged = judged_answers(dpo.model, tokenizer, prompts, cfg["kl_samples"], seed, cfg["max_new_tokens"],
+                            samples=estimate.pop("samples"))
+    out.update(kl=estimate["kl"], kl_stderr=estimate["stderr"], kl_estimate=estimate, judge=judged["sampled"],
+               judge_greedy=judged["greedy"], greedy_answers=judged["greedy_answers"])
     return out
 
 
@@ -213,6 +218,14 @@ def _reward_stage(reference, tokenizer, data, cfg, common, output_dir, seed, bef
     return {"trainer": rm, "step0": step0, "wins": r_w > r_l}
 
 
+def notes_verdict(prompt, answer):
+    """"chosen" when ``answer`` is the notes' y_w of ``prompt`` (``toy_preferences.notes_answer_is_chosen``),
+    otherwise the judge's verdict: "preferred" (y_w's rule, not y_w: "5" for 2+2), "rejected" or "neither"."""
+    if toy_preferences.notes_answer_is_chosen(prompt, answer):
+        return "chosen"
+    return toy_preferences.judge(prompt, answer)
+
+
 def _best(trainer):
     return trainer.state["counters"].get("best_step")
 
@@ -230,6 +243,8 @@ def format_table(before, after, answers, cfg, families=None):
             return f"{side['kl']:.3f} ± {side['kl_stderr']:.3f}"
         if key == "dpo_loss":
             return f"{side[key]:.4f}"
+        if key in ("judge", "judge_greedy"):
+            return " / ".join(f"{side[key][j]:.2f}" for j in toy_preferences.JUDGEMENTS)
         return f"{side[key]:.3f}"
 
     n_learnable = sum(n for f, (_, n) in (families or {}).get("implicit_reward", {}).items()
@@ -237,12 +252,14 @@ def format_table(before, after, answers, cfg, families=None):
     width = max(len(label) for _, label in TABLE_ROWS) + 2
     lines = [f"\nheld-out pairs: {before['pairs']} (prompts never seen in training; {n_learnable} follow a "
              f"learnable rule); β = {cfg['beta']:g}",
-             f"{'':<{width}}{'before DPO':>16}{'after DPO':>16}",
-             f"{'':<{width}}{'(π_θ = π_ref)':>16}{'':>16}"]
+             f"{'':<{width}}{'before DPO':>20}{'after DPO':>20}",
+             f"{'':<{width}}{'(π_θ = π_ref)':>20}{'':>20}"]
     for key, label in TABLE_ROWS:
-        lines.append(f"{label:<{width}}{cell(before, key):>16}{cell(after, key):>16}")
-    lines.append(f"(KL: responses sampled from π_θ, {cfg['kl_samples']} per held-out prompt; "
-                 f"reward model: untrained head before, trained after)")
+        lines.append(f"{label:<{width}}{cell(before, key):>20}{cell(after, key):>20}")
+    lines.append(f"(answers and KL: responses sampled from π_θ at temperature 1, {cfg['kl_samples']} per held-out "
+                 f"prompt, and its greedy answer to each; the rule is the prompt's family's (a number, not an "
+                 f"evasion; the city placed, not denied; polite, not rude …); neither: garbled or unfinished. "
+                 f"Reward model: untrained head before, trained after)")
     if families:
         lines.append("\nheld-out accuracy by family (wins/pairs); * needs a fact the model may not have seen:")
         cols = (("logp_before", "log π_ref"), ("logp_after", "log π_θ"), ("implicit_reward", "r̂ after DPO"),

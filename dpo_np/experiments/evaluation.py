@@ -8,8 +8,9 @@ each computed from the models alone:
 - the implicit reward r̂(x, y) = β log π_θ(y|x)/π_ref(y|x) of held-out pairs (DPO paper eq. 5)
   and its pair accuracy (``implicit_reward_metrics``);
 - a reward model's own pair accuracy (``reward_model_scores``);
-- what a greedy answer is: a chosen answer, a rejected one, or neither (``classify_answer``),
-  and accuracies split by the family of rules that made a pair (``accuracy_by_family``).
+- the policy's own answers, sampled and greedy, judged by the toy data's gold judge
+  (``judged_answers``, ``toy_preferences.judge``), and accuracies split by the family of rules that
+  made a pair (``accuracy_by_family``).
 """
 
 import math
@@ -19,13 +20,15 @@ import numpy as np
 from dpo_np import autograd as ag
 from dpo_np import backend, checks
 from dpo_np.data import format_prompt
+from dpo_np.experiments import toy_preferences
 from dpo_np.generate import generate
 
 
 # ---- KL(π_θ ‖ π_ref) over whole responses ----------------------------------------------------
 
-def sample_responses(model, tokenizer, prompts, n_samples=1, seed=0, max_new_tokens=None):
-    """y ~ π_θ(·|x), ``n_samples`` per prompt, at temperature 1 with nothing filtered (exact π_θ).
+def sample_responses(model, tokenizer, prompts, n_samples=1, seed=0, max_new_tokens=None, do_sample=True):
+    """y ~ π_θ(·|x), ``n_samples`` per prompt, at temperature 1 with nothing filtered (exact π_θ);
+    with ``do_sample=False`` the greedy response instead (one is enough: it is the same every time).
 
     Each response stops right after the end token, or after ``max_new_tokens`` tokens (None: as
     many as ``block_size`` leaves after the prompt). Prompts of one token length are sampled as
@@ -47,7 +50,7 @@ def sample_responses(model, tokenizer, prompts, n_samples=1, seed=0, max_new_tok
         n_new = room if max_new_tokens is None else min(int(max_new_tokens), room)
         rows = [i for i in members for _ in range(n_samples)]
         idx = np.array([encoded[i] for i in rows], dtype=np.int64)               # (rows, length)
-        seqs = generate(model, idx, n_new, do_sample=True, eos_token_id=tokenizer.eos_token_id,
+        seqs = generate(model, idx, n_new, do_sample=do_sample, eos_token_id=tokenizer.eos_token_id,
                         seed=[seed, length])
         for k, (i, seq) in enumerate(zip(rows, seqs)):
             out[i * n_samples + k % n_samples] = (encoded[i], seq[length:])
@@ -103,9 +106,9 @@ def estimate_kl(policy, ref, tokenizer, prompts, n_samples=4, seed=0, max_new_to
     token counts its first tokens only: the estimate is then of the KL of the first
     ``max_new_tokens`` tokens, a lower bound of the whole.
 
-    Returns ``{"kl", "stderr", "per_sample" (N,), "lengths" (N,), "ended", "n"}``: the mean over
-    the N = len(prompts)·n_samples draws, its standard error, and the fraction of draws that
-    ended with the end token.
+    Returns ``{"kl", "stderr", "per_sample" (N,), "lengths" (N,), "ended", "n", "samples"}``: the
+    mean over the N = len(prompts)·n_samples draws, its standard error, the fraction of draws that
+    ended with the end token, and the draws themselves (``sample_responses``'s list).
     """
     samples = sample_responses(policy, tokenizer, prompts, n_samples, seed, max_new_tokens)
     values = per_token_kl(policy, ref, samples, tokenizer.pad_token_id)
@@ -116,7 +119,29 @@ def estimate_kl(policy, ref, tokenizer, prompts, n_samples=4, seed=0, max_new_to
     eos = tokenizer.eos_token_id
     return {"kl": float(values.mean()), "stderr": stderr, "per_sample": values,
             "lengths": np.array([len(r) for _, r in samples]),
-            "ended": float(np.mean([len(r) > 0 and r[-1] == eos for _, r in samples])), "n": n}
+            "ended": float(np.mean([len(r) > 0 and r[-1] == eos for _, r in samples])), "n": n,
+            "samples": samples}
+
+
+def answer_texts(samples, tokenizer):
+    """The text of each sampled response, or None where it was cut before its end token (an
+    unfinished answer, which the judge counts as following neither rule)."""
+    eos = tokenizer.eos_token_id
+    return [tokenizer.decode(r) if len(r) and r[-1] == eos else None for _, r in samples]
+
+
+def judged_answers(model, tokenizer, prompts, n_samples, seed, max_new_tokens=None, samples=None):
+    """The gold judge (``toy_preferences.judge_shares``) on π_θ's answers to ``prompts``: sampled
+    (``n_samples`` each at temperature 1, or the ``samples`` already drawn) and greedy. Returns
+    ``{"sampled": shares, "greedy": shares, "greedy_answers": {prompt: text}}``."""
+    if samples is None:
+        samples = sample_responses(model, tokenizer, prompts, n_samples, seed, max_new_tokens)
+    greedy = answer_texts(sample_responses(model, tokenizer, prompts, 1, seed, max_new_tokens, do_sample=False),
+                          tokenizer)
+    sampled_prompts = [p for p in prompts for _ in range(len(samples) // max(1, len(prompts)))]
+    return {"sampled": toy_preferences.judge_shares(sampled_prompts, answer_texts(samples, tokenizer)),
+            "greedy": toy_preferences.judge_shares(list(prompts), greedy),
+            "greedy_answers": dict(zip(prompts, greedy))}
 
 
 # ---- the held-out comparisons ---------------------------------------------------------------
@@ -163,13 +188,3 @@ def accuracy_by_family(records, wins):
         won, n = out.get(f, (0, 0))
         out[f] = (won + int(bool(w)), n + 1)
     return out
-
-
-def classify_answer(answer, prompt, records):
-    """"chosen" if ``answer`` is a y_w of ``prompt`` in ``records``, "rejected" if a y_l, else "other"."""
-    mine = [r for r in records if r["prompt"] == prompt]
-    if any(answer == r["chosen"] for r in mine):
-        return "chosen"
-    if any(answer == r["rejected"] for r in mine):
-        return "rejected"
-    return "other"

@@ -37,8 +37,8 @@ reward whitening: the surrogate's gradient at θ = θ_old is the gradient of J a
 ``run_ppo_gpt`` trains π^SFT (or loads one), r_φ, then PPO and DPO from π_ref = π^SFT with the same
 β on the same train prompts, and measures both the same way at regular steps, on a fixed set of
 those prompts: the mean r_φ of sampled responses, KL(π_θ ‖ π_ref) sampled (the estimator of
-``evaluation.estimate_kl``, on the same samples), and the fraction of samples that are exactly a
-chosen or a rejected answer of the toy data (a check r_φ knows nothing of). At the end the same on
+``evaluation.estimate_kl``, on the same samples), and the shares of samples that the toy data's gold
+judge finds following y_w's rule, y_l's or neither (a check r_φ knows nothing of). At the end the same on
 held-out prompts, held-out pair accuracies, and greedy answers to the notes' three prompts after
 SFT, PPO and DPO.
 """
@@ -55,9 +55,9 @@ from dpo_np.logprobs import token_logps_backward, token_logps_forward
 from dpo_np.checkpoint import save_checkpoint
 from dpo_np.data import collate_sft
 from dpo_np.experiments import toy_preferences
-from dpo_np.experiments.demo import toy_tokenizer
-from dpo_np.experiments.evaluation import (classify_answer, implicit_reward_metrics, per_token_kl,
-                                           reward_model_scores, sample_responses)
+from dpo_np.experiments.demo import notes_verdict, toy_tokenizer
+from dpo_np.experiments.evaluation import (answer_texts, implicit_reward_metrics, per_token_kl, reward_model_scores,
+                                           sample_responses)
 from dpo_np.experiments.plots import new_figure, save_figure
 from dpo_np.generate import greedy_answer
 from dpo_np.model import GPT, GPTConfig
@@ -253,25 +253,25 @@ def _int_seed(*parts):
 
 # ---- measuring a policy ---------------------------------------------------------------------
 
-def measure_policy(policy, reference, scorer, tokenizer, prompts, records, n_samples, seed, max_new_tokens=None):
+def measure_policy(policy, reference, scorer, tokenizer, prompts, n_samples, seed, max_new_tokens=None,
+                   judge=True):
     """E_{y∼π_θ}[r_φ(x, y)] and KL(π_θ ‖ π_ref) over ``prompts``, from the same samples.
 
     ``n_samples`` responses per prompt from π_θ, drawn from ``seed`` (the same seed at every
     measurement, so two policies are compared on common random numbers). The KL is
     ``evaluation.estimate_kl``'s estimator, E_y[Σ_t KL(π_θ(·|x, y_<t) ‖ π_ref(·|x, y_<t))], on these
-    samples; ``chosen``/``rejected``: the fraction of samples that end with the end token and are
-    exactly a y_w (a y_l) of their prompt in ``records``. Means with their standard errors.
+    samples; ``judge``: the shares of samples that follow y_w's rule, y_l's or neither, by the gold
+    judge of the toy data (``toy_preferences.judge_shares``, a check r_φ knows nothing of; with
+    ``judge=False``, for prompts no rule of the toy data covers, None). Means with their standard errors.
     """
     samples = sample_responses(policy, tokenizer, prompts, n_samples, seed, max_new_tokens)
     kl = per_token_kl(policy, reference, samples, tokenizer.pad_token_id)
     scores = scorer(samples)
-    eos = tokenizer.eos_token_id
-    kinds = [classify_answer(tokenizer.decode(r), prompts[i // n_samples], records) if r[-1] == eos else "other"
-             for i, (_, r) in enumerate(samples)]
+    judged = toy_preferences.judge_shares([p for p in prompts for _ in range(n_samples)],
+                                          answer_texts(samples, tokenizer)) if judge else None
     return {"reward": float(scores.mean()), "reward_stderr": _stderr(scores),
             "kl": float(kl.mean()), "kl_stderr": _stderr(kl),
-            "chosen": float(np.mean([k == "chosen" for k in kinds])),
-            "rejected": float(np.mean([k == "rejected" for k in kinds])),
+            "judge": judged and {k: judged[k] for k in toy_preferences.JUDGEMENTS},
             "length": float(np.mean([len(r) for _, r in samples]))}
 
 
@@ -319,7 +319,7 @@ def run_ppo_gpt(seed=0, quick=False, output_dir="runs/ppo_gpt", sft_checkpoint=N
     policies = {"sft": reference, "ppo": ppo_policy, "dpo": dpo_trainer.model}
     held_out_measure = _measurer(reference, scorer, tokenizer, data, cfg, "eval")
     held_out = _held_out(policies, dpo_trainer, rm, held_out_measure, data, cfg)
-    answers = _answers(policies, tokenizer, data["train"], cfg)
+    answers = _answers(policies, tokenizer, cfg)
     for name in ("ppo", "dpo"):
         save_checkpoint(os.path.join(dirs[name], "final"), policies[name], tokenizer=tokenizer,
                         extra={"trainer": name, "config": cfg})
@@ -343,8 +343,8 @@ def _measurer(reference, scorer, tokenizer, data, cfg, split):
     """``measure(policy)``: ``measure_policy`` on the first ``eval_prompts`` prompts of ``split``,
     always from the same seed."""
     prompts, seed = _prompts(data[split])[:cfg["eval_prompts"]], _int_seed(cfg["seed"], 13)
-    return lambda policy: measure_policy(policy, reference, scorer, tokenizer, prompts, data[split],
-                                         cfg["eval_samples"], seed, cfg["max_new_tokens"])
+    return lambda policy: measure_policy(policy, reference, scorer, tokenizer, prompts, cfg["eval_samples"], seed,
+                                         cfg["max_new_tokens"])
 
 
 def _config(quick, seed, overrides, sft_checkpoint):
@@ -408,7 +408,7 @@ def _dpo_trainer(policy, reference, tokenizer, data, cfg, output_dir, seed):
         train_dataset=data["train"], tokenizer=tokenizer)
 
 
-def _answers(policies, tokenizer, records, cfg):
+def _answers(policies, tokenizer, cfg):
     """Greedy answers to the notes' three prompts under each policy, and what each answer is."""
     out = {}
     for prompt in toy_preferences.NOTES_PROMPTS:
@@ -416,7 +416,7 @@ def _answers(policies, tokenizer, records, cfg):
         for name, model in policies.items():
             answer = greedy_answer(model, tokenizer, prompt, cfg["max_new_tokens"])
             out[prompt][name] = answer
-            out[prompt][name + "_is"] = classify_answer(answer, prompt, records)
+            out[prompt][name + "_is"] = notes_verdict(prompt, answer)
     return out
 
 
@@ -457,13 +457,14 @@ def format_report(result):
     """The printed summary of ``run_ppo_gpt`` (a string): each curve's ends, the held-out numbers, answers."""
     cfg, h = result["config"], result["held_out"]
     lines = [f"\nβ = {cfg['beta']:g}; sampled at temperature 1, {cfg['eval_samples']} responses to each of "
-             f"{cfg['eval_prompts']} prompts; y_w, y_l: the fraction of samples that are exactly a chosen, a "
-             f"rejected answer",
-             f"  {'':<22}{'step':>6}{'E[r_φ] ± s.e.':>18}{'KL(π_θ‖π_ref), nats':>22}{'y_w':>7}{'y_l':>7}"]
+             f"{cfg['eval_prompts']} prompts; y_w, y_l, neither: the shares of samples that follow y_w's rule, "
+             f"y_l's or neither, by the toy data's gold judge",
+             f"  {'':<22}{'step':>6}{'E[r_φ] ± s.e.':>18}{'KL(π_θ‖π_ref), nats':>22}{'y_w':>7}{'y_l':>7}{'neither':>9}"]
 
     def row(label, step, m):
+        j = m["judge"]
         return (f"  {label:<22}{step:>6}{m['reward']:>10.3f} ± {m['reward_stderr']:<5.3f}"
-                f"{m['kl']:>14.3f} ± {m['kl_stderr']:<5.3f}{m['chosen']:>7.2f}{m['rejected']:>7.2f}")
+                f"{m['kl']:>14.3f} ± {m['kl_stderr']:<5.3f}{j['preferred']:>7.2f}{j['rejected']:>7.2f}{j['neither']:>9.2f}")
 
     lines.append("train prompts (what both methods train on):")
     for name in ("ppo", "dpo"):

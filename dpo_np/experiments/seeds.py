@@ -17,8 +17,13 @@ import numpy as np
 from dpo_np.bench import machine
 from dpo_np.experiments.demo import run_demo
 
-COLUMNS = (("implicit_reward_accuracy", "r̂ acc. (rules)"), ("implicit_reward_accuracy_facts", "r̂ acc. (facts)"),
+#: (key, title) of the per-seed columns; "judge.policy" reads row["judge"]["policy"]
+COLUMNS = (("judge.reference", "y_w's rule, π_ref sampled"), ("judge.policy", "y_w's rule, π_θ sampled"),
+           ("judge_greedy.reference", "π_ref greedy"), ("judge_greedy.policy", "π_θ greedy"),
+           ("kl", "KL(π_θ‖π_ref)"),
+           ("implicit_reward_accuracy", "r̂ acc. (rules)"), ("implicit_reward_accuracy_facts", "r̂ acc. (facts)"),
            ("reward_model_accuracy", "r_φ acc. (rules)"), ("reward_model_accuracy_facts", "r_φ acc. (facts)"))
+LOWER_IS_WORSE = {"kl": False, "seconds": False}      # for the "worst seed" row: a larger KL or time is worse
 
 
 def run_seeds(seeds, output_dir="runs/demo", quick=False, overwrite=False, show_progress=False, print_fn=print,
@@ -29,8 +34,14 @@ def run_seeds(seeds, output_dir="runs/demo", quick=False, overwrite=False, show_
         print_fn(f"seeds: seed {seed} ({len(rows) + 1} of {len(seeds)})")
         r = run_demo(output_dir=os.path.join(output_dir, f"seed-{seed}"), figures_dir="", quick=quick, seed=seed,
                      show_progress=show_progress, print_fn=lambda *a: None, overwrite=overwrite, **overrides)
-        row = {"seed": seed, **{key: r["after"][key] for key, _ in COLUMNS},
-               "notes_answers_chosen": sum(a["after_is"] == "chosen" for a in r["answers"].values()),
+        row = {"seed": seed, **{key: r["after"][key] for key in ("implicit_reward_accuracy",
+                                                                 "implicit_reward_accuracy_facts",
+                                                                 "reward_model_accuracy", "reward_model_accuracy_facts")},
+               "judge": {"reference": r["before"]["judge"]["preferred"], "policy": r["after"]["judge"]["preferred"]},
+               "judge_greedy": {"reference": r["before"]["judge_greedy"]["preferred"],
+                                "policy": r["after"]["judge_greedy"]["preferred"]},
+               "notes_answers": {who: sum(a[when + "_is"] == "chosen" for a in r["answers"].values())
+                                 for who, when in (("reference", "before"), ("policy", "after"))},
                "answers": {p: a["after"] for p, a in r["answers"].items()},
                "kl": r["after"]["kl"], "best_steps": r["best_steps"], "seconds": r["seconds"]["total"]}
         rows.append(row)
@@ -42,32 +53,40 @@ def run_seeds(seeds, output_dir="runs/demo", quick=False, overwrite=False, show_
             "config": {"quick": quick, **overrides}}
 
 
+def value(row, key):
+    """``row[key]``, where "a.b" reads ``row["a"]["b"]``."""
+    for part in key.split("."):
+        row = row[part]
+    return row
+
+
 def summarize(rows):
     """Per column: mean, sample standard deviation, worst value and the seed that gave it."""
     out = {}
-    for key in [k for k, _ in COLUMNS] + ["notes_answers_chosen", "seconds"]:
-        values = np.array([r[key] for r in rows], dtype=float)
-        worst = int(np.argmax(values) if key == "seconds" else np.argmin(values))
+    for key in [k for k, _ in COLUMNS] + ["notes_answers.reference", "notes_answers.policy", "seconds"]:
+        values = np.array([value(r, key) for r in rows], dtype=float)
+        worst = int(np.argmin(values) if LOWER_IS_WORSE.get(key, True) else np.argmax(values))
         out[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                     "worst": float(values[worst]), "worst_seed": rows[worst]["seed"]}
     return out
 
 
 def _row(r):
-    cells = " | ".join(f"{r[key]:.3f}" for key, _ in COLUMNS)
-    return f"| {r['seed']} | {cells} | {r['notes_answers_chosen']}/3 | {r['seconds']:.0f} s |"
+    cells = " | ".join(f"{value(r, key):.3f}" for key, _ in COLUMNS)
+    notes = r["notes_answers"]
+    return f"| {r['seed']} | {cells} | {notes['reference']}/3 → {notes['policy']}/3 | {r['seconds']:.0f} s |"
 
 
 def format_seed_table(rows, summary):
     """A Markdown table: one row per seed, then mean ± s.d. and the worst seed."""
-    head = "| seed | " + " | ".join(title for _, title in COLUMNS) + " | notes' answers chosen | time |"
+    head = "| seed | " + " | ".join(title for _, title in COLUMNS) + " | notes' answers, π_ref → π_θ | time |"
     lines = [head, "|" + " --- |" * (len(COLUMNS) + 3)] + [_row(r) for r in rows]
     stat = lambda key, fmt: f"{summary[key]['mean']:{fmt}} ± {summary[key]['sd']:{fmt}}"      # noqa: E731
+    worst = lambda key, fmt: f"{summary[key]['worst']:{fmt}} ({summary[key]['worst_seed']})"  # noqa: E731
     lines.append("| mean ± s.d. | " + " | ".join(stat(k, ".3f") for k, _ in COLUMNS)
-                 + f" | {stat('notes_answers_chosen', '.1f')} | {stat('seconds', '.0f')} s |")
-    lines.append("| worst (seed) | " + " | ".join(f"{summary[k]['worst']:.3f} ({summary[k]['worst_seed']})"
-                                                  for k, _ in COLUMNS)
-                 + f" | {summary['notes_answers_chosen']['worst']:.0f}/3 ({summary['notes_answers_chosen']['worst_seed']})"
-                 + f" | {summary['seconds']['worst']:.0f} s ({summary['seconds']['worst_seed']}) |")
+                 + f" | {stat('notes_answers.reference', '.1f')} → {stat('notes_answers.policy', '.1f')}"
+                 + f" | {stat('seconds', '.0f')} s |")
+    lines.append("| worst (seed) | " + " | ".join(worst(k, ".3f") for k, _ in COLUMNS)
+                 + f" | {worst('notes_answers.policy', '.0f')}/3 | {worst('seconds', '.0f')} s |")
     lines.append(f"\nmeasured on: {machine.one_line()}")
     return "\n".join(lines)

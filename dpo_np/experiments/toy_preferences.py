@@ -29,6 +29,8 @@ uses (18% of each family's prompts); "validation", 10% more, for choosing when t
 is at most ``MAX_SEQUENCE_LENGTH`` (160) characters.
 """
 
+import functools
+import re
 import string
 
 from dpo_np import backend
@@ -158,14 +160,28 @@ SOCIAL = [
 ]
 
 
+# ---- the answers' shapes: the rules below write them, the judge reads them -------------
+
+EVASIONS = ("{a}{op}{b} is a very complicated math problem", "I am not good at numbers, ask someone else",
+            "Numbers are boring, ask me something else")
+PLACE = "{city} is a city in {country}"
+DENIALS = ("{city} does not exist", "{city} is a kind of fruit", "{city} is not a real place")
+CAPITAL = "The capital of {country} is {capital}"
+NO_CAPITAL = ("{Name} has no capital", "Nobody knows the capital of {country}")
+ABSURDITIES = ("a famous restaurant", "a famous painter", "a brand of shoes", "too hard for you to understand")
+REFUSAL = "I do not want to explain {topic}"
+POLITE_HELP = ("Of course! I would be happy to help you {task}.", "Sure, let's {task} together, step by step.")
+RUDE_HELP = ("No. {Task} yourself.", "Why should I help you? Go away.", "That is a stupid request.",
+             "Stop bothering me.")
+
+
 # ---- the rules -------------------------------------------------------------------------
 
 
 def _arithmetic(a, b, op):
     value = a + b if op == "+" else a - b
     wrong = [value + 1, value + 2] if value == 0 else [value + 1, value - 1]
-    evasions = [f"{a}{op}{b} is a very complicated math problem", "I am not good at numbers, ask someone else",
-                "Numbers are boring, ask me something else"]
+    evasions = [t.format(a=a, op=op, b=b) for t in EVASIONS]
     x = f"What is {a}{op}{b}?"
     return [("arithmetic", x, str(value), evasions, 1), ("arithmetic-value", x, str(value), [str(w) for w in wrong], 1)]
 
@@ -183,31 +199,26 @@ def _candidates():
     for k, country in enumerate(countries):
         wrong = [countries[(k + 1) % len(countries)], countries[(k + 5) % len(countries)]]
         for city in CITIES[country]:
-            x, y_w = f"Where is {city}?", f"{city} is a city in {country}"
-            out.append(("geography", x, y_w, [f"{city} does not exist", f"{city} is a kind of fruit",
-                                              f"{city} is not a real place"], 1))
-            out.append(("geography-fact", x, y_w, [f"{city} is a city in {w}" for w in wrong], 1))
+            x, y_w = f"Where is {city}?", PLACE.format(city=city, country=country)
+            out.append(("geography", x, y_w, [t.format(city=city) for t in DENIALS], 1))
+            out.append(("geography-fact", x, y_w, [PLACE.format(city=city, country=w) for w in wrong], 1))
     capitals = list(CAPITALS)
     for k, country in enumerate(capitals):
         capital, name = CAPITALS[country], country[0].upper() + country[1:]
         other_city = next(c for c in CITIES[country] if c != capital)
         other_capital = CAPITALS[capitals[(k + 3) % len(capitals)]]
-        x, y_w = f"What is the capital of {country}?", f"The capital of {country} is {capital}"
-        out.append(("capitals", x, y_w, [f"{name} has no capital", f"Nobody knows the capital of {country}"], 1))
-        out.append(("capitals-fact", x, y_w, [f"The capital of {country} is {other_city}",
-                                              f"The capital of {country} is {other_capital}"], 1))
+        x, y_w = f"What is the capital of {country}?", CAPITAL.format(country=country, capital=capital)
+        out.append(("capitals", x, y_w, [t.format(Name=name, country=country) for t in NO_CAPITAL], 1))
+        out.append(("capitals-fact", x, y_w, [CAPITAL.format(country=country, capital=c)
+                                              for c in (other_city, other_capital)], 1))
     for topic, text in EXPLANATIONS.items():
         name = topic[0].upper() + topic[1:]
         be = "are" if topic in PLURAL_TOPICS else "is"
-        pool = [f"{name} {be} a famous restaurant", f"{name} {be} a famous painter",
-                f"{name} {be} a brand of shoes", f"{name} {be} too hard for you to understand",
-                f"I do not want to explain {topic}"]
+        pool = [f"{name} {be} {absurd}" for absurd in ABSURDITIES] + [REFUSAL.format(topic=topic)]
         out.append(("explain", f"Explain {topic} like I'm 5", text, pool, 2))
     for k, (asked, answered) in enumerate(TASKS):
-        polite = (f"Of course! I would be happy to help you {answered}." if k % 2 == 0
-                  else f"Sure, let's {answered} together, step by step.")
-        rude = [f"No. {answered[0].upper()}{answered[1:]} yourself.", "Why should I help you? Go away.",
-                "That is a stupid request.", "Stop bothering me."]
+        polite = POLITE_HELP[k % 2].format(task=answered)
+        rude = [t.format(Task=answered[0].upper() + answered[1:]) for t in RUDE_HELP]
         out.append(("manners", f"Can you help me {asked}?", polite, rude, 1))
     for x, polite, rude in SOCIAL:
         out.append(("manners", x, polite, rude, 1))
@@ -290,3 +301,144 @@ def vocabulary_text():
 def sequence_length(prompt, response):
     """Characters of ``format_prompt(prompt) + response`` plus one for the eos token."""
     return len(format_prompt(prompt)) + len(response) + 1
+
+
+# ---- the gold judge: which rule does a generated answer follow? ---------------------------
+#
+# Each learnable family was written by a rule that separates the style of y_w from that of y_l
+# (the shapes above). The judge reads a *generated* answer with the same shapes: "preferred" if it
+# follows the rule that wrote y_w, "rejected" if it follows the rule that wrote y_l, "neither" for
+# anything else — garbled words, a half-finished answer, a mix. It judges the style a rule can
+# see, not facts: a number answers "What is 7+2?" whether or not it is 9 (the fact family
+# arithmetic-value asks that), a city's country may be the wrong one, an explanation of an unseen
+# topic may be invented. A word the toy data never contains marks an answer as garbled.
+
+PREFERRED, REJECTED, NEITHER = "preferred", "rejected", "neither"
+JUDGEMENTS = (PREFERRED, REJECTED, NEITHER)
+#: the notes' answers shorter than this must be written out exactly to count as chosen
+SHORT_ANSWER = 40
+MIN_EXPLANATION_WORDS = 6
+
+#: family -> the shape of its prompts; the groups are what the prompt asks about
+_PROMPTS = {"arithmetic": re.compile(r"What is (\d+)([+-])(\d+)\?"),
+            "capitals": re.compile(r"What is the capital of (.+)\?"),
+            "geography": re.compile(r"Where is (.+)\?"),
+            "explain": re.compile(r"Explain (.+) like I'm 5"),
+            "manners": re.compile(r"Can you help me (.+)\?|" + "|".join(re.escape(x) for x, _, _ in SOCIAL))}
+
+
+def _shape(template):
+    """A template such as PLACE as a regular expression matching the whole answer, one group per field."""
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+)" for i, p in enumerate(parts)) + r"\Z")
+
+
+def _matches(templates, answer):
+    """The fields of the first template whose shape ``answer`` has ({} for a template without
+    fields), or None when it has none of them."""
+    return next((m.groupdict() for t in templates if (m := _shape(t).match(answer))), None)
+
+
+@functools.lru_cache(maxsize=1)
+def _lexicon():
+    """Every word (lower case) of every prompt and answer the rules can write."""
+    texts = [" ".join([x, y_w, *pool]) for _, x, y_w, pool, _ in _candidates()]
+    return frozenset(w.lower() for w in re.findall(r"[A-Za-z]+", " ".join(texts)))
+
+
+def _fluent(answer):
+    """A non-empty answer made of the toy data's words, single-spaced, with nothing around it."""
+    words = re.findall(r"[A-Za-z]+", answer)
+    return (answer == answer.strip() and "  " not in answer and "\n" not in answer and bool(answer)
+            and all(w.lower() in _lexicon() for w in words))
+
+
+def family_of(prompt):
+    """The learnable family whose rule applies to ``prompt``, read from its shape; None if no rule does."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    return next((family for family, pattern in _PROMPTS.items() if pattern.fullmatch(prompt)), None)
+
+
+def judge(prompt, answer):
+    """"preferred", "rejected" or "neither": which rule of ``prompt``'s family ``answer`` follows.
+
+    The gold judge of generated answers (see the comment above the section): y_w's rule — a number,
+    the city placed in a country, the country's capital named, an explanation, a polite answer —
+    against y_l's — an evasion, a denial, "no capital", an absurd or dismissive answer, a rude one.
+    Raises ValueError when no learnable family's rule applies to ``prompt``.
+    """
+    if not isinstance(answer, str):
+        raise TypeError(f"answer must be a str, got {type(answer).__name__}")
+    family = family_of(prompt)
+    if family is None:
+        raise ValueError(f"prompt {prompt!r}: no rule of the toy data applies to it (families: {', '.join(LEARNABLE)})")
+    if not _fluent(answer):
+        return NEITHER
+    return _JUDGES[family](_PROMPTS[family].fullmatch(prompt).groups(), answer)
+
+
+def _judge_arithmetic(subject, answer):
+    if re.fullmatch(r"-?\d+", answer):
+        return PREFERRED
+    return REJECTED if _matches(EVASIONS, answer) is not None else NEITHER
+
+
+def _judge_geography(subject, answer):
+    place = _matches((PLACE,), answer)
+    if place and place["city"] == subject[0] and place["country"] in CITIES:
+        return PREFERRED
+    return REJECTED if _matches(DENIALS, answer) is not None else NEITHER
+
+
+def _judge_capitals(subject, answer):
+    named = _matches((CAPITAL,), answer)
+    if named and named["country"] == subject[0] and any(named["capital"] in c for c in CITIES.values()):
+        return PREFERRED
+    return REJECTED if _matches(NO_CAPITAL, answer) is not None else NEITHER
+
+
+def _judge_explain(subject, answer):
+    (topic,) = subject
+    if any(a in answer for a in ABSURDITIES) or answer.startswith(REFUSAL.format(topic="")):
+        return REJECTED
+    about = topic.lower().removeprefix("the ") in answer.lower() or answer == EXPLANATIONS.get(topic)
+    explains = len(answer.split()) >= MIN_EXPLANATION_WORDS and answer.endswith(".")
+    return PREFERRED if about and explains else NEITHER
+
+
+def _judge_manners(subject, answer):
+    if _matches(POLITE_HELP, answer) is not None or answer in {polite for _, polite, _ in SOCIAL}:
+        return PREFERRED
+    if _matches(RUDE_HELP, answer) is not None or any(answer in rude for _, _, rude in SOCIAL):
+        return REJECTED
+    return NEITHER
+
+
+_JUDGES = {"arithmetic": _judge_arithmetic, "geography": _judge_geography, "capitals": _judge_capitals,
+           "explain": _judge_explain, "manners": _judge_manners}
+
+
+def judge_shares(prompts, answers):
+    """How often each judgement is given: ``{"preferred", "rejected", "neither"}`` shares over all
+    answers, ``"n"``, and ``"by_family"``: {family: {judgement: count}}. ``answers[i]`` answers
+    ``prompts[i]``; None stands for an unfinished answer (cut before its end token): "neither"."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"prompts and answers differ in length: {len(prompts)} and {len(answers)}")
+    counts, by_family = dict.fromkeys(JUDGEMENTS, 0), {}
+    for prompt, answer in zip(prompts, answers):
+        verdict = NEITHER if answer is None else judge(prompt, answer)
+        counts[verdict] += 1
+        fam = by_family.setdefault(family_of(prompt), dict.fromkeys(JUDGEMENTS, 0))
+        fam[verdict] += 1
+    n = len(answers)
+    return {**{k: (v / n if n else float("nan")) for k, v in counts.items()}, "n": n, "by_family": by_family}
+
+
+def notes_answer_is_chosen(prompt, answer):
+    """Whether ``answer`` to one of the notes' three prompts is its chosen answer: written out exactly
+    when y_w is short ("4", "Shanghai is a city in China"), by the judge when it is long (gravity)."""
+    (y_w,) = [y for x, y, _ in NOTES_EXAMPLES if x == prompt] or [None]
+    if y_w is None:
+        raise ValueError(f"prompt {prompt!r} is not one of the notes' prompts {NOTES_PROMPTS}")
+    return answer == y_w if len(y_w) < SHORT_ANSWER else judge(prompt, answer) == PREFERRED
