@@ -96,6 +96,11 @@ class progress:
         self._draw(final=True)
 
 
+def plural(n, word, many=None):
+    """``n`` and ``word`` in the right number: "1 step", "2 steps", "1,200 steps"."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def clock_time(seconds):
     """``seconds`` as m:ss, or h:mm:ss from an hour on."""
     m, s = divmod(int(round(seconds)), 60)
