@@ -55,9 +55,9 @@ TRL_ALIASES = {"--learning_rate": "--lr", "--per_device_train_batch_size": "--ba
                "--overwrite_output_dir": "--overwrite", "--model_name_or_path": "--model"}
 
 #: BLAS threads when neither --threads nor OPENBLAS_NUM_THREADS/OMP_NUM_THREADS says otherwise. Measured
-#: on a 2-core machine: at the toy sizes of these commands one thread trains as fast as two when the
-#: cores are idle, and several times faster when other work shares them (two threads then wait on
-#: each other); GPT-2 small's shapes gain from two on idle cores (``--threads 2``).
+#: on 2-core machines: the demo takes the same time on one thread as on two when the cores are idle
+#: (README), and its model trained several times faster on one than on two when other work shared
+#: the cores (two threads then wait on each other). A larger model on idle cores may gain from two.
 DEFAULT_THREADS = 1
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
@@ -488,8 +488,8 @@ def _thread_args(parser):
     for p in _subparsers(parser).values():
         p.add_argument("--threads", type=positive_int, default=None,
                        help=f"threads of NumPy's BLAS (default: OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when set, "
-                            f"else {DEFAULT_THREADS}: as fast at toy sizes and far faster when other work shares the "
-                            f"cores; GPT-2-small sizes gain from 2)")
+                            f"else {DEFAULT_THREADS}: as fast as 2 at these sizes on idle cores and far faster when "
+                            f"other work shares them; a larger model on idle cores may gain from 2)")
         _trl_epilog(p)
 
 

@@ -458,14 +458,14 @@ def warn_damage(damage, wheres, name, max_length, max_prompt_length, dropped=Fal
         fix = ("they were left out (drop_identical_pairs=True)" if dropped else
                "raise max_length, use a tokenizer that reads every character (dpo_np.tokenizer.ByteTokenizer), "
                "or set drop_identical_pairs=True to leave them out")
-        warnings.warn(f"{name}: {len(identical)} of {n} pairs have the same tokens for chosen and rejected after "
+        warnings.warn(f"{name}: {len(identical)} of {plural(n, 'pair')} have the same tokens for chosen and rejected after "
                       f"tokenization (max_length={max_length}, max_prompt_length={max_prompt_length}), at "
                       f"{_places([wheres[i] for i in identical])}: the texts differ only past the cut, or only in "
                       f"characters the tokenizer's unk token stands for. Such a pair has no preference (its "
                       f"margin is 0 whatever the policy): it trains at loss log 2 and counts as wrong in the "
                       f"reward accuracy; {fix}", DataWarning, stacklevel=4)
     if collisions:
-        warnings.warn(f"{name}: {len(collisions)} of {n} records have a prompt that differs from an earlier "
+        warnings.warn(f"{name}: {len(collisions)} of {plural(n, 'record')} have a prompt that differs from an earlier "
                       f"record's but has the same tokens once cut to its last max_prompt_length="
                       f"{max_prompt_length}, at {_places([f'{wheres[i]} (as {wheres[j]})' for i, j in collisions])}: "
                       f"the model cannot tell these questions apart; raise max_prompt_length or shorten the "

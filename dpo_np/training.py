@@ -46,7 +46,7 @@ from dpo_np.data import (batch_indices, find_damage, load_located, tokenize_pref
 from dpo_np.files import atomic_write, process_alive
 from dpo_np.model import GPT
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule, global_grad_norm
-from dpo_np.progress import progress
+from dpo_np.progress import plural, progress
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
@@ -582,7 +582,7 @@ class Trainer:
                         f"(on the command line: --model {path})")
         if ckpt["step"] > self.total_steps:
             raise ValueError(f"resume_from_checkpoint: {path} is at step {ckpt['step']}, beyond this run's "
-                             f"{self.total_steps} steps (max_steps={self.args.max_steps}); nothing would "
+                             f"{plural(self.total_steps, 'step')} (max_steps={self.args.max_steps}); nothing would "
                              f"train{finish_early}")
         saved, mine = extra.get("args") or {}, self.args.to_dict()
         # a setting added to the config after the checkpoint was written ran at its default there

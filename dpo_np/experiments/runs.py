@@ -12,9 +12,12 @@ How long a run trains, unless ``steps`` fixes it: ``epochs`` passes over the dat
 at most the command's ``STEP_BOUNDS``, so 16 pairs still train for a useful number of steps and a
 file of a million stays bounded. With ``eval_data`` the run evaluates ``EVALUATIONS`` times along
 the way, keeps its best point (``best/``, and ``final/`` is that model) and stops after
-``PATIENCE`` evaluations without a better eval loss, as the demo's stages do. Models come from a dpo_np checkpoint or a Hugging Face GPT-2
-directory (``pretrained.load_model``). A model trained from scratch on one's own text gets the byte
-tokenizer, which encodes any UTF-8 text; the toy corpus keeps its character tokenizer.
+``PATIENCE`` evaluations without a better eval loss, as the demo's stages do.
+
+Models come from a dpo_np checkpoint or a Hugging Face GPT-2 directory (``pretrained.load_model``).
+A model trained from scratch on one's own text gets the byte tokenizer, which encodes any UTF-8
+text; the toy corpus keeps its character tokenizer. Every prompt is written in the model's prompt
+template (its tokenizer's ``prompt_template``), which ``prompt_template`` may replace for a run.
 """
 
 import math
