@@ -165,7 +165,7 @@ def _read_conversation(record, kind):
     cannot be represented; a plain record comes back as it is (see the module docstring)."""
     if not isinstance(record, dict):
         return record, None
-    out, rest = dict(record), None
+    out = dict(record)
     if kind == "sft":
         if "messages" in out and "prompt" not in out and "text" not in out:
             messages = out.pop("messages")
@@ -188,9 +188,9 @@ def _read_conversation(record, kind):
         responses = ("chosen", "rejected")
     for field, role in (("prompt", "user"),) + tuple((r, "assistant") for r in responses):
         if isinstance(out.get(field), list):
-            out[field], rest = _message(out[field], role, field)
-            if rest is not None:
-                return record, rest
+            out[field], problem = _message(out[field], role, field)
+            if problem is not None:
+                return record, problem
     return out, None
 
 
