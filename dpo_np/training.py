@@ -363,7 +363,10 @@ class _Lock:
     def _clear_if_stale(self):
         owner = lock_holder(os.path.dirname(self.path))
         if owner is None:
-            os.unlink(self.path)                    # its process is gone: a stale lock
+            try:
+                os.unlink(self.path)                # its process is gone: a stale lock
+            except FileNotFoundError:
+                pass                                # or its run just ended and took it away
             return
         raise RuntimeError(in_use_message(os.path.dirname(self.path), owner, "output_dir"))
 
