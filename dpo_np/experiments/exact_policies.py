@@ -27,7 +27,8 @@ Three policies, each with ``params`` (a dict AdamW updates in place) and ``forwa
 pairs by full-batch Adam (the mean over pairs as a count-weighted sum over distinct triples, as
 closed_form does), with summed log-probabilities or, with ``average=True``, their per-token mean
 (``loss_type="sigmoid_norm"``, TRL's convention for IPO and length-normalised DPO).
-``length_tilted_optimum`` is the policy the averaged loss converges to instead of π*.
+``length_tilted_optimum`` is the policy the averaged loss converges to instead of π*;
+``table_length_experiment`` trains a table with each loss and measures where it lands (notebook 06).
 """
 
 from dataclasses import dataclass
