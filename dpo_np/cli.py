@@ -658,7 +658,8 @@ def build_parser():
                        description=f"Run each command that makes a figure ({', '.join(n for n, _ in FIGURES)}) "
                                    f"with its defaults and seed 0 ({', '.join(OVER_SEEDS)}: seeds 0-2, each drawn), "
                                    "and draw its figures into --output-dir. "
-                                   "The only command that writes into figures/. About 15 minutes of CPU.")
+                                   "The only command that writes into figures/. Several minutes on 2 cores; ppo-gpt's "
+                                   "three seeds alone take about 3 minutes of CPU.")
     p.add_argument("--output-dir", default="figures", help="where the figures go (default figures)")
     p.add_argument("--only", nargs="+", choices=[name for name, _ in FIGURES], help="draw only these groups")
     p.add_argument("--quick", action="store_true", help="small runs: seconds, for checking, not the README's figures")
@@ -668,8 +669,10 @@ def build_parser():
                        description="SFT of the GPT on the toy data (π_ref), a Bradley–Terry reward model r_φ, then "
                                    "PPO (K samples per prompt, a per-token KL penalty to π_ref, a leave-one-out "
                                    "baseline, the clipped surrogate) and DPO from the same π_ref with the same β. "
-                                   "Prints E[r_φ] and KL(π_θ‖π_ref) of sampled responses along both runs, held-out "
-                                   "accuracies and greedy answers; draws the curves. A few minutes on 2 cores.")
+                                   "Prints E[r_φ], KL(π_θ‖π_ref) and the gold judge's shares of sampled responses "
+                                   "along both runs, the budgets, whether r_φ rose while the judge fell (reward "
+                                   "hacking), held-out accuracies and greedy answers; draws the curves. About a "
+                                   "minute of CPU per seed.")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: seconds, not minutes")
     p.add_argument("--sft-checkpoint", default=None, help="start from this SFT checkpoint instead of training one "
                                                           "(e.g. runs/demo/sft/best)")

@@ -307,10 +307,11 @@ def reward_hacking(curve, z=HACKING_Z):
         rise = r_end − r_peak,       s.e. = √(s.e.(r_peak)² + s.e.(r_end)²)
 
     ``flagged`` when both exceed ``z`` standard errors (strictly): the proxy went up while the
-    gold metric went down, Gao et al. 2023's over-optimization of a reward model. The peak is picked
-    after seeing the curve, which makes a flag easier to get by chance; the standard errors treat
-    the two measurements as independent, while they share their sampling seed (positively
-    correlated), which makes it harder. Returns the numbers behind the verdict.
+    gold metric went down: the over-optimization of a reward model (Gao, Schulman and Hilton 2023,
+    arXiv 2210.10760). The peak is picked after seeing the curve, which makes a flag easier to get
+    by chance; the standard errors treat the two measurements as independent, while they share
+    their sampling seed (positively correlated), which makes it harder. Returns the numbers behind
+    the verdict.
     """
     z = checks.positive(z, "z")
     steps, reward, reward_se = curve["step"], curve["reward"], curve["reward_stderr"]
