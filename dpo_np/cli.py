@@ -363,7 +363,8 @@ def _ppo_gpt(args):
     if seeds is not None and args.sft_checkpoint:
         raise CommandError("--sft-checkpoint and --seeds: one SFT model cannot stand for every seed's own data split "
                            "and π^SFT; drop --sft-checkpoint, or run one --seed")
-    for run_dir in ([args.output_dir] if seeds is None else [os.path.join(args.output_dir, f"seed-{s}") for s in seeds]):
+    run_dirs = [args.output_dir] if seeds is None else [os.path.join(args.output_dir, f"seed-{s}") for s in seeds]
+    for run_dir in run_dirs:
         for stage in ("sft", "reward", "ppo", "dpo"):
             try:
                 check_output_dir(os.path.join(run_dir, stage), args.overwrite)

@@ -382,7 +382,8 @@ def test_each_seeds_row_is_what_a_single_seed_run_gives(seeds_run):
     numbers, single, _ = seeds_run
     for row, seed in zip(numbers["per_seed"], (0, 1)):
         r = single[seed]
-        assert row["ppo"]["train"]["reward"] == r["ppo"]["reward"][-1] and row["ppo"]["train"]["kl"] == r["ppo"]["kl"][-1]
+        assert row["ppo"]["train"]["reward"] == r["ppo"]["reward"][-1]
+        assert row["ppo"]["train"]["kl"] == r["ppo"]["kl"][-1]
         assert row["dpo"]["train"]["judge"] == r["dpo"]["judge"][-1]
         assert row["reference"]["train"]["reward"] == r["ppo"]["reward"][0] == r["dpo"]["reward"][0]
         for method, name in (("reference", "sft"), ("ppo", "ppo"), ("dpo", "dpo")):

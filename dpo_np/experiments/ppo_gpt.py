@@ -430,7 +430,8 @@ def run_ppo_gpt_seeds(seeds, quick=False, output_dir="runs/ppo_gpt", figure=True
     flat = [flat_row(r) for r in rows]
     out = {"seeds": seeds, "config": {k: v for k, v in results[0]["config"].items() if k != "seed"},
            "per_seed": rows, "spread": spread.spreads(flat, [k for k in flat[0] if k != "seed"]),
-           "reward_hacking": {m: [r["seed"] for r in rows if r["reward_hacking"][m]["flagged"]] for m in ("ppo", "dpo")},
+           "reward_hacking": {m: [r["seed"] for r in rows if r["reward_hacking"][m]["flagged"]]
+                              for m in ("ppo", "dpo")},
            "table": format_seed_table(rows), "runs": results, "figure": None}
     print_fn(out["table"])
     if figure and importlib.util.find_spec("matplotlib") is not None:
@@ -602,10 +603,12 @@ def _budget(cfg, n_prompts, dpo_trainer, rm):
     iterations, per_iteration = cfg["ppo_steps"], min(cfg["prompts_per_step"], n_prompts) * cfg["group_size"]
     return {"ppo": {"iterations": iterations, "reward_queries": iterations * per_iteration,
                     "updates": iterations * cfg["ppo_epochs"], "train_prompts": n_prompts},
-            "dpo": {"updates": dpo_trainer.total_steps, "pairs_seen": _examples_seen(dpo_trainer, dpo_trainer.total_steps),
+            "dpo": {"updates": dpo_trainer.total_steps,
+                    "pairs_seen": _examples_seen(dpo_trainer, dpo_trainer.total_steps),
                     "distinct_pairs": len(dpo_trainer.train_features)},
             "reward_model": {"steps": rm.state["step"], "best_step": rm.state["counters"].get("best_step"),
-                             "pairs_seen": _examples_seen(rm, rm.state["step"]), "distinct_pairs": len(rm.train_features)}}
+                             "pairs_seen": _examples_seen(rm, rm.state["step"]),
+                             "distinct_pairs": len(rm.train_features)}}
 
 
 def _examples_seen(trainer, steps):
