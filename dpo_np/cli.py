@@ -32,11 +32,11 @@ from dpo_np.experiments.closed_form import closed_form_seeds, plot_closed_form, 
 from dpo_np.experiments.demo import DEFAULTS as DEMO_DEFAULTS
 from dpo_np.experiments.demo import QUICK as DEMO_QUICK
 from dpo_np.experiments.demo import run_demo
-from dpo_np.experiments.figures import FIGURES, make_figures
+from dpo_np.experiments.figures import FIGURES, OVER_SEEDS, make_figures
 from dpo_np.experiments.gridworld import gridworld_seeds, plot_gridworld, print_report, run_gridworld
 from dpo_np.experiments.plots import plot_diagnosis
 from dpo_np.experiments.ppo_gpt import DEFAULTS as PPO_DEFAULTS
-from dpo_np.experiments.ppo_gpt import run_ppo_gpt
+from dpo_np.experiments.ppo_gpt import run_ppo_gpt, run_ppo_gpt_seeds
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, rlhf_seeds, run_rlhf
 from dpo_np.experiments.spread import parse_seeds
@@ -422,17 +422,28 @@ def _figures(args):
 
 def _ppo_gpt(args):
     _writable_dir("--output-dir", args.output_dir)
-    for stage in ("sft", "reward", "ppo", "dpo"):
-        _refuse_live_run("--output-dir", os.path.join(args.output_dir, stage))
-        try:
-            check_output_dir(os.path.join(args.output_dir, stage), args.overwrite)
-        except ValueError:
-            raise CommandError(f"--output-dir {args.output_dir} already holds an earlier ppo-gpt run; choose a new "
-                               f"--output-dir or pass --overwrite to replace it") from None
+    seeds = _seeds_of(args)
+    if seeds is not None and args.sft_checkpoint:
+        raise CommandError("--sft-checkpoint and --seeds: one SFT model cannot stand for every seed's own data split "
+                           "and π^SFT; drop --sft-checkpoint, or run one --seed")
+    run_dirs = [args.output_dir] if seeds is None else [os.path.join(args.output_dir, f"seed-{s}") for s in seeds]
+    for run_dir in run_dirs:
+        for stage in ("sft", "reward", "ppo", "dpo"):
+            _refuse_live_run("--output-dir", os.path.join(run_dir, stage))
+            try:
+                check_output_dir(os.path.join(run_dir, stage), args.overwrite)
+            except ValueError:
+                raise CommandError(f"--output-dir {args.output_dir} already holds an earlier ppo-gpt run; choose a "
+                                   f"new --output-dir or pass --overwrite to replace it") from None
     if args.draw_figure and importlib.util.find_spec("matplotlib") is None:
         print('matplotlib is not installed, so no figure: pip install "dpo-np[plot]"')
     overrides = {k: v for k, v in (("beta", args.beta), ("ppo_steps", args.ppo_steps), ("dpo_steps", args.dpo_steps))
                  if v is not None}
+    if seeds is not None:
+        result = run_ppo_gpt_seeds(seeds, quick=args.quick, output_dir=args.output_dir, figure=args.draw_figure,
+                                   show_progress=not args.quiet, overwrite=args.overwrite, **overrides)
+        _json(args, result)
+        return 0
     result = run_ppo_gpt(seed=args.seed, quick=args.quick, output_dir=args.output_dir,
                          sft_checkpoint=args.sft_checkpoint, figure=args.draw_figure, show_progress=not args.quiet,
                          overwrite=args.overwrite, **overrides)
@@ -771,10 +782,11 @@ def build_parser():
     p.set_defaults(func=_successors)
 
     p = sub.add_parser("figures", help="draw every figure the README shows into figures/, from seeds",
-                       description="Run each command that makes a figure (closed-form, gridworld, rlhf, demo, "
-                                   "ppo-gpt, successors) with its defaults and seed 0 (successors: seeds 0-2), and "
-                                   "draw its figures into --output-dir. "
-                                   "The only command that writes into figures/. A few minutes on 2 cores.")
+                       description=f"Run each command that makes a figure ({', '.join(n for n, _ in FIGURES)}) "
+                                   f"with its defaults and seed 0 ({', '.join(OVER_SEEDS)}: seeds 0-2, each drawn), "
+                                   "and draw its figures into --output-dir. "
+                                   "The only command that writes into figures/. Several minutes on 2 cores; ppo-gpt's "
+                                   "three seeds alone take about 3 minutes of CPU.")
     p.add_argument("--output-dir", default="figures", help="where the figures go (default figures)")
     p.add_argument("--only", nargs="+", choices=[name for name, _ in FIGURES],
                    help="draw only these groups (default: every one)")
@@ -785,8 +797,10 @@ def build_parser():
                        description="SFT of the GPT on the toy data (π_ref), a Bradley–Terry reward model r_φ, then "
                                    "PPO (K samples per prompt, a per-token KL penalty to π_ref, a leave-one-out "
                                    "baseline, the clipped surrogate) and DPO from the same π_ref with the same β. "
-                                   "Prints E[r_φ] and KL(π_θ‖π_ref) of sampled responses along both runs, held-out "
-                                   "accuracies and greedy answers; draws the curves. A few minutes on 2 cores.")
+                                   "Prints E[r_φ], KL(π_θ‖π_ref) and the gold judge's shares of sampled responses "
+                                   "along both runs, the budgets, whether r_φ rose while the judge fell (reward "
+                                   "hacking), held-out accuracies and greedy answers; draws the curves. About a "
+                                   "minute of CPU per seed.")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: seconds, not minutes")
     p.add_argument("--sft-checkpoint", default=None, help="start from this SFT checkpoint instead of training one "
                                                           "(e.g. runs/demo/sft/best; default: train one)")
@@ -796,8 +810,11 @@ def build_parser():
                    help=f"PPO iterations, each a batch of samples (default {PPO_DEFAULTS['ppo_steps']})")
     p.add_argument("--dpo-steps", type=positive_int, default=None,
                    help=f"DPO steps, each a batch of pairs (default {PPO_DEFAULTS['dpo_steps']})")
-    p.add_argument("--seed", type=non_negative_int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=None,
                    help="random seed: data split, models, samples (default 0)")
+    p.add_argument("--seeds", default=None, help="run every seed of a range (0-2) or list (0,2,5), each under "
+                                                 "OUTPUT_DIR/seed-N, and print a table of their results with the "
+                                                 "spread (about 2 minutes of CPU per seed; default: one seed, --seed)")
     p.add_argument("--output-dir", default="runs/ppo_gpt",
                    help="runs, checkpoints and the figure (default runs/ppo_gpt)")
     p.add_argument("--figure", dest="draw_figure", action=argparse.BooleanOptionalAction, default=True,

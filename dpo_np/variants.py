@@ -96,9 +96,13 @@ def f_divergence_score(rho_w, rho_l, kind, alpha):
 
 def _sigmoid(q):
     """The DPO loss inside a weighted list (RPO, MPO) or under an f-divergence: ``losses.sigmoid_loss``
-    of the score h, −log σ(βh) smoothed by ε. "sigmoid_norm" is the same loss on per-token
-    *averaged* log-probabilities (the caller passes ``average_log_prob=True`` results), which removes
-    DPO's pull toward long responses at the price of changing β's scale."""
+    of the score h, −log σ(βh) smoothed by ε. "sigmoid_norm" is the same loss on per-token *averaged*
+    log-probabilities (the caller passes ``average_log_prob=True`` results), and it has another
+    optimum: with every pair compared, π ∝ π_ref exp(|y|(r + c(x))/β), not π*
+    (``experiments.exact_policies.length_tilted_optimum``). Measured exactly, the averaged loss lands
+    there and not on π*, and on every seed measured the tilt favours *longer* responses than π* does
+    (notebook 06 §4 for a table, notebook 09 §4 for the GPT): averaging changes the target; it does
+    not remove a pull toward length."""
     return losses.sigmoid_loss(q.h, q.beta, q.eps)
 
 

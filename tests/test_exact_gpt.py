@@ -313,6 +313,37 @@ def test_trained_on_every_pair_a_table_reaches_the_tilted_policy_with_the_averag
     assert eg.kl(star, summed) < 1e-6 < eg.kl(tilted, summed)
 
 
+def test_the_table_length_experiment_lands_each_loss_on_its_own_optimum_and_reports_it_truly():
+    o = ep.table_length_experiment(0, steps=2000)
+    ref, r, lengths, beta = o["reference"], o["rewards"], o["lengths"], 0.5
+    assert sorted(set(lengths.tolist())) == [1, 2, 3] and ref.shape == (4, 40)
+    np.testing.assert_allclose(np.exp(ref).sum(axis=1), 1.0, atol=1e-12)
+    # π* by hand, and the tilted optimum's defining property: β(log π − log π_ref)/|y| − r is c(x) everywhere
+    star = ref + r / beta
+    np.testing.assert_allclose(o["pi_star"], star - np.log(np.exp(star).sum(axis=1, keepdims=True)), atol=1e-12)
+    np.testing.assert_allclose(beta * (o["tilted"] - ref) / lengths - r, np.repeat(o["c"][:, None], 40, 1), atol=1e-9)
+
+    def kl(p, q):
+        return float(np.mean(np.sum(np.exp(p) * (p - q), axis=1)))
+
+    for rule in ("averaged", "summed"):
+        assert o["kl"][rule]["to_pi_star"] == pytest.approx(kl(o["pi_star"], o[rule]), abs=1e-12)
+        assert o["kl"][rule]["to_tilted"] == pytest.approx(kl(o["tilted"], o[rule]), abs=1e-12)
+        assert o["mean_length"][rule] == pytest.approx(np.mean(np.exp(o[rule]) @ lengths), rel=1e-12)
+    assert o["kl_pi_star_to_tilted"] == pytest.approx(kl(o["pi_star"], o["tilted"]), rel=1e-12) and \
+        o["kl_pi_star_to_tilted"] > 0.1
+    # each rule on its own optimum, and so as far from the other one as the two optima are apart
+    assert o["kl"]["averaged"]["to_tilted"] < 1e-9 and o["kl"]["summed"]["to_pi_star"] < 1e-6
+    assert o["kl"]["averaged"]["to_pi_star"] == pytest.approx(o["kl_pi_star_to_tilted"], abs=1e-6)
+    # at either optimum every pair's margin is r(y_w) − r(y_l): both losses end at the Bradley–Terry
+    # cross-entropy of the labels with themselves, Σ weight · softplus(r_l − r_w)
+    pairs = ep.population_pairs(np.full(ref.shape, -np.log(40)), r)
+    x, w, l, weight = pairs["prompt"], pairs["chosen"], pairs["rejected"], pairs["weight"]
+    floor = float(np.sum(weight * np.log1p(np.exp(r[x, l] - r[x, w]))) / weight.sum())
+    assert o["loss"]["averaged"] == pytest.approx(floor, abs=1e-9)
+    assert o["loss"]["summed"] == pytest.approx(floor, abs=1e-7)
+
+
 # -- similarity -------------------------------------------------------------------------------
 
 def test_edit_distance_and_shared_prefix_known_values():

@@ -40,3 +40,35 @@ def test_the_committed_figures_and_the_readmes_pictures_are_exactly_what_the_com
 def test_an_unknown_group_is_named():
     with pytest.raises(ValueError, match=r"unknown figure group\(s\) \['nope'\]"):
         make_figures("unused", only=["nope"])
+
+
+def test_the_help_names_every_group_and_which_are_drawn_over_seeds_0_to_2():
+    from dpo_np.cli import build_parser
+    from dpo_np.experiments.figures import FIGURES, OVER_SEEDS
+    sub = next(a for a in build_parser()._actions if getattr(a, "choices", None) and "figures" in a.choices)
+    text = " ".join(sub.choices["figures"].description.split())
+    assert all(name in text for name, _ in FIGURES)
+    assert f"({', '.join(OVER_SEEDS)}: seeds 0-2" in text
+
+
+def test_the_groups_over_seeds_draw_seeds_0_to_2_and_the_others_seed_0(monkeypatch, tmp_path):
+    from dpo_np.experiments import figures
+    seen = {}
+
+    def runner(group):
+        def run(*args, seed=None, seeds=None, **kwargs):
+            seen[group] = list(seeds if seeds is not None else args[0] if args else [seed])
+            return {"figures": []}
+        return run
+
+    for group, name in (("closed-form", "run_closed_form"), ("gridworld", "run_gridworld"), ("rlhf", "run_rlhf"),
+                        ("demo", "run_demo"), ("ppo-gpt", "run_ppo_gpt_seeds"), ("exact-gpt", "run_exact_gpt"),
+                        ("successors", "run_successors")):
+        monkeypatch.setattr(figures, name, runner(group))
+    for name in ("plot_closed_form", "plot_gridworld", "plot_ppo_gpt", "plot_exact_gpt", "plot_successors"):
+        monkeypatch.setattr(figures, name, lambda *a, **k: "drawn.png")
+    monkeypatch.setattr(figures, "plot_rlhf", lambda *a, **k: ["drawn.png"])
+    figures.make_figures(str(tmp_path), print_fn=lambda *a: None)
+    assert set(seen) == {name for name, _ in figures.FIGURES}
+    for group, seeds in seen.items():
+        assert seeds == ([0, 1, 2] if group in figures.OVER_SEEDS else [0]), group

@@ -12,7 +12,7 @@ import pytest
 
 from dpo_np import autograd as ag
 from dpo_np import logprobs, rl
-from dpo_np.cli import main
+from dpo_np.cli import blas_threads, main
 from dpo_np.data import format_prompt
 from dpo_np.experiments import ppo_gpt as pg
 from dpo_np.gradcheck import parameter_gradient_errors, relative_error
@@ -214,6 +214,14 @@ def test_ppo_raises_a_known_reward_on_a_tiny_problem_while_the_kl_stays_finite()
 
 # ---- the quick run end to end ---------------------------------------------------------------------
 
+@pytest.fixture(scope="module", autouse=True)
+def command_threads():
+    """Every run here at the BLAS thread count the command runs at, so a run in this process and the
+    same run through ``main`` agree to the last bit."""
+    with blas_threads(None):
+        yield
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_gpt")
@@ -274,3 +282,159 @@ def test_the_command_runs_the_quick_configuration_from_a_checkpoint_and_writes_i
     # the same directory again is refused by name, not overwritten (and the figure is on by default)
     assert main(["ppo-gpt", "--quick", "--quiet", "--output-dir", str(tmp_path / "run")]) == 2
     assert "already holds an earlier ppo-gpt run" in capsys.readouterr().err
+
+
+def test_the_quick_run_states_its_budgets_and_checks_for_reward_hacking_along_training(quick):
+    result, printed, _ = quick
+    cfg, b = result["config"], result["budget"]
+    # QUICK: 4 iterations of 4 prompts × 2 samples, 2 updates each; DPO 4 steps of 8 pairs
+    assert b["ppo"] == {"iterations": 4, "reward_queries": 4 * 4 * 2, "updates": 4 * 2,
+                        "train_prompts": b["ppo"]["train_prompts"]} and b["ppo"]["train_prompts"] >= 4
+    assert b["dpo"]["updates"] == cfg["dpo_steps"] == 4 and b["dpo"]["pairs_seen"] == 4 * 8
+    assert b["reward_model"]["distinct_pairs"] == b["dpo"]["distinct_pairs"] > 0      # r_φ fit on DPO's pairs
+    assert 1 <= b["reward_model"]["steps"] <= cfg["rm_steps"]
+    for name in ("ppo", "dpo"):
+        assert result["reward_hacking"][name] == pg.reward_hacking(result[name])
+        assert result[name]["samples"] == [cfg["eval_prompts"] * cfg["eval_samples"]] * 3
+    assert "budgets: PPO 32 r_φ queries, 8 updates; DPO 32 pairs seen" in printed
+    assert printed.count("not reward hacking by this test") == 2
+
+
+# ---- reward hacking: r_φ up while the judge's share of y_w's rule goes down -------------------------
+
+def _curve(preferred, reward, reward_stderr=0.05, samples=64):
+    n = len(preferred)
+    return {"step": [5 * i for i in range(n)], "reward": list(reward), "reward_stderr": [reward_stderr] * n,
+            "judge": [{"preferred": p, "rejected": 0.0, "neither": 1 - p} for p in preferred], "samples": [samples] * n}
+
+
+def test_reward_hacking_is_measured_from_the_judges_highest_point_to_the_end():
+    # the judge first rises (0.2 → 0.6) and then falls to 0.3 while r_φ keeps rising: from the start the
+    # judge gained, so only a check from its highest point sees the over-optimization
+    h = pg.reward_hacking(_curve([0.2, 0.6, 0.3], [0.0, 1.0, 2.0]))
+    assert (h["peak_step"], h["end_step"]) == (5, 10)
+    assert h["preferred_fall"] == pytest.approx(0.3) and h["reward_rise"] == pytest.approx(1.0)
+    assert h["preferred_fall_stderr"] == pytest.approx(math.sqrt(0.6 * 0.4 / 64 + 0.3 * 0.7 / 64), rel=1e-12)
+    assert h["reward_rise_stderr"] == pytest.approx(0.05 * math.sqrt(2), rel=1e-12)
+    assert h["flagged"]
+
+
+@pytest.mark.parametrize("preferred, reward", [
+    ([0.2, 0.4, 0.6], [0.0, 1.0, 2.0]),        # both rise: the proxy and the gold agree
+    ([0.6, 0.3, 0.3], [0.0, 0.0, 0.0]),        # the judge falls, r_φ does not move
+    ([0.3, 0.3, 0.3], [0.0, 1.0, 2.0]),        # r_φ rises, the judge does not move
+    ([0.6, 0.4, 0.3], [2.0, 1.0, 0.0]),        # both fall
+    ([0.0, 0.0, 0.0], [0.0, 1.0, 2.0]),        # a share of 0 throughout: no fall, standard error 0
+])
+def test_reward_hacking_needs_r_phi_up_and_the_judge_down_together(preferred, reward):
+    assert not pg.reward_hacking(_curve(preferred, reward))["flagged"]
+
+
+def test_reward_hacking_flags_exactly_above_z_standard_errors_of_each_change():
+    curve = _curve([0.6, 0.45], [0.0, 0.2])
+    h = pg.reward_hacking(curve)
+    fall_z, rise_z = h["preferred_fall"] / h["preferred_fall_stderr"], h["reward_rise"] / h["reward_rise_stderr"]
+    assert 1.5 < fall_z < rise_z                                # the judge's fall is the binding edge here
+    assert pg.reward_hacking(curve, z=fall_z * (1 - 1e-9))["flagged"]
+    assert not pg.reward_hacking(curve, z=fall_z * (1 + 1e-9))["flagged"]
+    steep = _curve([0.9, 0.1], [0.0, 0.2])                      # now r_φ's rise is the binding edge
+    h = pg.reward_hacking(steep)
+    rise_z = h["reward_rise"] / h["reward_rise_stderr"]
+    assert rise_z < h["preferred_fall"] / h["preferred_fall_stderr"]
+    assert pg.reward_hacking(steep, z=rise_z * (1 - 1e-9))["flagged"]
+    assert not pg.reward_hacking(steep, z=rise_z * (1 + 1e-9))["flagged"]
+
+
+def test_reward_hacking_refuses_a_ragged_or_empty_curve():
+    curve = _curve([0.5, 0.4], [0.0, 1.0])
+    curve["samples"] = [64]
+    with pytest.raises(ValueError, match="equally long"):
+        pg.reward_hacking(curve)
+    with pytest.raises(ValueError, match="equally long"):
+        pg.reward_hacking(_curve([], []))
+    with pytest.raises(ValueError, match="z"):
+        pg.reward_hacking(_curve([0.5], [0.0]), z=0)
+
+
+# ---- several seeds -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seeds_run(quick, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo_gpt_seeds")
+    path = root / "seeds.json"
+    assert main(["ppo-gpt", "--quick", "--seeds", "0,1", "--quiet", "--no-figure", "--json", str(path),
+                 "--output-dir", str(root / "run")]) == 0
+    one = pg.run_ppo_gpt(seed=1, quick=True, output_dir=str(root / "one"), show_progress=False,
+                         print_fn=lambda *_: None, figure=False)
+    return json.loads(path.read_text()), {0: quick[0], 1: one}, root
+
+
+def test_seeds_json_holds_every_method_and_split_per_seed_with_the_judge(seeds_run):
+    numbers, _, root = seeds_run
+    assert numbers["command"] == "ppo-gpt" and numbers["seeds"] == [0, 1]
+    assert [row["seed"] for row in numbers["per_seed"]] == [0, 1]
+    for row in numbers["per_seed"]:
+        for method in ("reference", "ppo", "dpo"):
+            for split in ("train", "held_out"):
+                m = row[method][split]
+                assert {"reward", "reward_stderr", "kl", "kl_stderr", "judge", "length", "samples"} <= set(m)
+                assert set(m["judge"]) == {"preferred", "rejected", "neither"}
+                assert sum(m["judge"].values()) == pytest.approx(1.0)
+        assert row["reference"]["train"]["kl"] == row["reference"]["held_out"]["kl"] == 0.0
+        assert set(row["reward_hacking"]) == {"ppo", "dpo"} and set(row["budget"]) == {"ppo", "dpo", "reward_model"}
+    assert {os.path.basename(p) for p in (root / "run").iterdir()} == {"seed-0", "seed-1"}
+    assert len(numbers["runs"]) == 2 and numbers["reward_hacking"] == {"ppo": [], "dpo": []}
+
+
+def test_each_seeds_row_is_what_a_single_seed_run_gives(seeds_run):
+    numbers, single, _ = seeds_run
+    for row, seed in zip(numbers["per_seed"], (0, 1)):
+        r = single[seed]
+        assert row["ppo"]["train"]["reward"] == r["ppo"]["reward"][-1]
+        assert row["ppo"]["train"]["kl"] == r["ppo"]["kl"][-1]
+        assert row["dpo"]["train"]["judge"] == r["dpo"]["judge"][-1]
+        assert row["reference"]["train"]["reward"] == r["ppo"]["reward"][0] == r["dpo"]["reward"][0]
+        for method, name in (("reference", "sft"), ("ppo", "ppo"), ("dpo", "dpo")):
+            assert row[method]["held_out"] == r["held_out"]["sampled"][name]
+        assert row["reward_hacking"] == r["reward_hacking"] and row["budget"] == r["budget"]
+        assert numbers["runs"][seed]["ppo"] == r["ppo"]
+
+
+def test_the_seeds_spread_and_paired_differences_come_from_the_rows(seeds_run):
+    numbers, _, _ = seeds_run
+    rows = numbers["per_seed"]
+    for key, values in (("ppo.train.reward", [r["ppo"]["train"]["reward"] for r in rows]),
+                        ("dpo.held_out.judge.preferred", [r["dpo"]["held_out"]["judge"]["preferred"] for r in rows]),
+                        ("ppo_minus_dpo.held_out.kl", [r["ppo"]["held_out"]["kl"] - r["dpo"]["held_out"]["kl"]
+                                                       for r in rows])):
+        s = numbers["spread"][key]
+        assert s["n"] == 2 and s["mean"] == pytest.approx(np.mean(values), rel=1e-12, abs=1e-15)
+        assert s["sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-12, abs=1e-15)
+        assert (s["min"], s["max"]) == (min(values), max(values))
+    assert "| 1 |" in numbers["table"] and "held-out prompts" in numbers["table"]
+    assert numbers["table"].count("not reward hacking by this test") == 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", "1"], "--seed and --seeds: give one"),
+    (["--sft-checkpoint", "somewhere"], "--sft-checkpoint and --seeds"),
+    (["--seeds", "2-1"], "--seeds: the range 2-1 runs backwards"),
+])
+def test_ppo_gpt_refuses_what_seeds_cannot_mean_before_anything_runs(extra, message, tmp_path, capsys):
+    seeds = [] if "--seeds" in extra else ["--seeds", "0-1"]
+    assert main(["ppo-gpt", "--quick", *seeds, *extra, "--quiet", "--output-dir", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_a_seed_directory_of_an_earlier_run_is_refused(seeds_run, capsys):
+    _, _, root = seeds_run
+    assert main(["ppo-gpt", "--quick", "--seeds", "1-2", "--quiet", "--output-dir", str(root / "run")]) == 2
+    assert "already holds an earlier ppo-gpt run" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="needs matplotlib")
+def test_the_seeds_figure_draws_every_seeds_curves(seeds_run, tmp_path):
+    numbers, _, _ = seeds_run
+    path = pg.plot_ppo_gpt(numbers, str(tmp_path / "seeds.png"))
+    assert os.path.getsize(path) > 0

@@ -31,6 +31,7 @@ import numpy as np
 
 from dpo_np import backend, checks, rlhf
 from dpo_np.experiments import exact_policies as ep
+from dpo_np.experiments.exact_policies import mean_length
 from dpo_np.experiments import toy_problem
 from dpo_np.experiments.plots import save_figure
 from dpo_np.model import GPT
@@ -151,11 +152,6 @@ def suboptimality(logprobs, ref, rewards, beta):
     star = rlhf.optimal_policy(ref, rewards, beta)
     gap = rlhf.rlhf_objective(star, ref, rewards, beta) - rlhf.rlhf_objective(logprobs, ref, rewards, beta)
     return float(gap.mean())
-
-
-def mean_length(logprobs, lengths):
-    """mean over prompts of E_{y∼π}|y|, the number of scored tokens."""
-    return float((np.exp(logprobs) * lengths).sum(axis=1).mean())
 
 
 def compared_mask(pairs, shape):

@@ -27,7 +27,8 @@ Three policies, each with ``params`` (a dict AdamW updates in place) and ``forwa
 pairs by full-batch Adam (the mean over pairs as a count-weighted sum over distinct triples, as
 closed_form does), with summed log-probabilities or, with ``average=True``, their per-token mean
 (``loss_type="sigmoid_norm"``, TRL's convention for IPO and length-normalised DPO).
-``length_tilted_optimum`` is the policy the averaged loss converges to instead of π*.
+``length_tilted_optimum`` is the policy the averaged loss converges to instead of π*;
+``table_length_experiment`` trains a table with each loss and measures where it lands (notebook 06).
 """
 
 from dataclasses import dataclass
@@ -382,3 +383,49 @@ def length_tilted_optimum(ref_logprobs, rewards, beta, lengths, iterations=200):
     c = 0.5 * (lo + hi)
     logits = ref + n * (r + c[:, None]) / beta
     return logits - ag.logsumexp_array(logits, axis=-1, keepdims=True), c
+
+
+def mean_length(logprobs_, lengths):
+    """mean over prompts of E_{y∼π}|y|, the number of scored tokens."""
+    return float((np.exp(logprobs_) * lengths).sum(axis=1).mean())
+
+
+def table_length_experiment(seed, vocab_size=3, max_length=3, n_prompts=4, beta=0.5, steps=2000, lr=0.1,
+                            reference_scale=1.0, reward_scale=0.5):
+    """The per-token-averaged DPO loss against the summed one on a table of logits, exactly: where each lands.
+
+    One seed's problem on ``response_set`` (responses of 0..L content tokens and an end token):
+    π_ref an autoregressive model (``toy_problem.random_reference_table``: every token, the end token
+    included, costs probability, so a long response is improbable as under a language model);
+    r(x, y) of token and adjacent-pair scores (``toy_problem.random_rewards``); the pairs are every
+    ordered pair weighted by its chance under a uniform proposal, labelled by Bradley–Terry under r
+    (``population_pairs``): the limit of infinitely many pairs, every pair compared. A
+    ``TablePolicy`` starts at π_ref and is trained by ``train_dpo`` with each loss for ``steps``
+    full-batch Adam steps. The table can take any value on every response, so each loss can reach
+    its own minimizer: π*_β (DPO paper eq. 4) for the sum, ``length_tilted_optimum`` for the mean.
+
+    Returns log-probabilities (P, N) "reference", "pi_star", "tilted", "averaged", "summed" (the two
+    trained tables), "c" (P,) the tilted optimum's constant, "lengths" (N,) |y|; "kl" {"averaged",
+    "summed"}: {"to_pi_star": KL(π*‖π_θ), "to_tilted": KL(π_tilted‖π_θ)} (means over prompts),
+    "kl_pi_star_to_tilted", "mean_length" {policy: E|y|} and "loss" {rule: the last DPO loss}.
+    """
+    rs = response_set(vocab_size, max_length, n_prompts)
+    P, N = rs.shape
+    table = toy_problem.random_reference_table(P, rs.vocab_size, rs.max_length + 1, seed=2 * seed, eos=True,
+                                               scale=reference_scale)
+    ref = toy_problem.sequence_logprobs(table, rs.responses)
+    r = toy_problem.random_rewards(rs.responses, P, rs.vocab_size, seed=2 * seed + 1, scale=reward_scale)
+    star = rlhf.optimal_policy(ref, r, beta)
+    tilted, c = length_tilted_optimum(ref, r, beta, rs.lengths)
+    pairs = population_pairs(np.full(ref.shape, -np.log(N)), r)
+    out = {"reference": ref, "rewards": r, "pi_star": star, "tilted": tilted, "c": c, "lengths": rs.lengths,
+           "kl": {}, "loss": {}}
+    for rule, average in (("averaged", True), ("summed", False)):
+        path = train_dpo(TablePolicy(ref, rs.lengths), pairs, ref, beta, steps, lr, average=average)
+        out[rule], out["loss"][rule] = path["logprobs"][-1], path["loss"][-1]
+        out["kl"][rule] = {"to_pi_star": float(rlhf.kl_divergence(star, out[rule]).mean()),
+                           "to_tilted": float(rlhf.kl_divergence(tilted, out[rule]).mean())}
+    out["kl_pi_star_to_tilted"] = float(rlhf.kl_divergence(star, tilted).mean())
+    out["mean_length"] = {name: mean_length(out[name], rs.lengths)
+                          for name in ("reference", "pi_star", "tilted", "averaged", "summed")}
+    return out

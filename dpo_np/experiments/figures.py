@@ -1,8 +1,8 @@
 """Every figure the README shows, drawn again from seeds: ``python -m dpo_np figures``.
 
 Each figure comes from the command that measures it, with that command's defaults and seed 0 (seeds
-0 to 2 for ``exact-gpt`` and ``successors``, whose figures show a spread over their default ``--seeds``), so
-a figure in ``figures/`` is what a reader gets by running that command. This is the only command
+0 to 2 for the groups of ``OVER_SEEDS``, whose figures show every seed the README's numbers are
+over), so a figure in ``figures/`` is what a reader gets by running that command. This is the only command
 that writes into ``figures/``; the others write under their own output directories. Training
 runs made on the way (the demo's and ppo-gpt's checkpoints) go to a temporary directory and are
 removed.
@@ -15,10 +15,19 @@ from dpo_np.experiments.closed_form import plot_closed_form, run_closed_form
 from dpo_np.experiments.demo import run_demo
 from dpo_np.experiments.exact_gpt import plot_exact_gpt, run_exact_gpt
 from dpo_np.experiments.gridworld import plot_gridworld, run_gridworld
-from dpo_np.experiments.ppo_gpt import plot_ppo_gpt, run_ppo_gpt
+from dpo_np.experiments.ppo_gpt import plot_ppo_gpt, run_ppo_gpt_seeds
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, run_rlhf
 from dpo_np.experiments.successors import plot_successors, run_successors
+
+#: the groups drawn from seeds seed, seed + 1 and seed + 2 (ppo-gpt and exact-gpt: one seed when quick):
+#: the README quotes their numbers over seeds 0-2, and the figure shows each of those seeds
+OVER_SEEDS = ("ppo-gpt", "exact-gpt", "successors")
+
+
+def _seeds(seed, quick):
+    return [seed] if quick else [seed, seed + 1, seed + 2]
+
 
 #: what draws which figures: (name, function of (output_dir, quick, seed) -> list of paths)
 FIGURES = (
@@ -32,10 +41,8 @@ FIGURES = (
         run_rlhf(seed=seed, progress=False, **(RLHF_QUICK if quick else {})), out)),
     ("demo", lambda out, quick, seed: _demo_figures(out, quick, seed)),
     ("ppo-gpt", lambda out, quick, seed: _ppo_gpt_figures(out, quick, seed)),
-    # its numbers are over seeds: the README's are seed, seed + 1, seed + 2 (one seed when quick)
     ("exact-gpt", lambda out, quick, seed: [plot_exact_gpt(
-        run_exact_gpt(seeds=[seed] if quick else [seed, seed + 1, seed + 2], quick=quick),
-        os.path.join(out, "exact_gpt.png"))]),
+        run_exact_gpt(seeds=_seeds(seed, quick), quick=quick), os.path.join(out, "exact_gpt.png"))]),
     ("successors", lambda out, quick, seed: [plot_successors(
         run_successors(seeds=range(seed, seed + 3), quick=quick, progress=False), os.path.join(out, "successors.png"))]),
 )
@@ -50,8 +57,8 @@ def _demo_figures(output_dir, quick, seed):
 
 def _ppo_gpt_figures(output_dir, quick, seed):
     with tempfile.TemporaryDirectory(prefix="dpo_np-figures-") as runs:
-        result = run_ppo_gpt(seed=seed, quick=quick, output_dir=runs, figure=False, show_progress=False,
-                             print_fn=lambda *a: None)
+        result = run_ppo_gpt_seeds(_seeds(seed, quick), quick=quick, output_dir=runs, figure=False,
+                                   show_progress=False, print_fn=lambda *a: None)
     return [plot_ppo_gpt(result, os.path.join(output_dir, "ppo_vs_dpo.png"))]
 
 

@@ -1,6 +1,7 @@
 """RLHF with PPO on the tiny GPT, beside DPO from the same π_ref on the same prompts.
 
-    python -m dpo_np ppo-gpt            # run_ppo_gpt(): curves, answers, runs/ppo_gpt/figures/
+    python -m dpo_np ppo-gpt                 # run_ppo_gpt(): one seed's curves, answers, runs/ppo_gpt/figures/
+    python -m dpo_np ppo-gpt --seeds 0-2     # run_ppo_gpt_seeds(): every seed, a table with the spread
 
 The notes' RLHF objective (DPO paper eq. 3),
 
@@ -41,6 +42,15 @@ those prompts: the mean r_φ of sampled responses, KL(π_θ ‖ π_ref) sampled 
 judge finds following y_w's rule, y_l's or neither (a check r_φ knows nothing of). At the end the same on
 held-out prompts, held-out pair accuracies, and greedy answers to the notes' three prompts after
 SFT, PPO and DPO.
+
+What the comparison holds equal: π_ref, β, the train prompts and the measured prompts, and the
+information: DPO learns from the train pairs, PPO from r_φ fit to the same pairs. What it does not:
+the budgets (``budget``: PPO's r_φ queries and updates against DPO's pairs and steps) and where each
+run stops, so the two end at different KL(π_θ ‖ π_ref); a higher r_φ at a higher KL is not a
+better trade-off by itself. One seed's numbers move by more than their printed standard errors
+from seed to seed (the data split, π^SFT and r_φ all change), so ``run_ppo_gpt_seeds`` gives the
+spread and the paired difference PPO − DPO per seed. Reward hacking is claimed only where it is
+measured: ``reward_hacking`` asks whether r_φ rose while the judge's share of y_w's rule fell.
 """
 
 import importlib.util
@@ -54,7 +64,7 @@ from dpo_np import backend, checks, rl
 from dpo_np.logprobs import token_logps_backward, token_logps_forward
 from dpo_np.checkpoint import save_checkpoint
 from dpo_np.data import collate_sft
-from dpo_np.experiments import toy_preferences
+from dpo_np.experiments import spread, toy_preferences
 from dpo_np.experiments.demo import notes_verdict, toy_tokenizer
 from dpo_np.experiments.evaluation import (answer_texts, implicit_reward_metrics, per_token_kl, reward_model_scores,
                                            sample_responses)
@@ -69,7 +79,7 @@ from dpo_np.sft import SFTConfig, SFTTrainer
 from dpo_np.trainers import DPOConfig, DPOTrainer
 from dpo_np.training import check_output_dir, frozen_copy, learning_rate_at, pair_metrics
 
-#: the default run (about two minutes on 2 cores) and the quick one (seconds; a model too small to
+#: the default run (about a minute of CPU time per seed) and the quick one (seconds; a model too small to
 #: answer, for tests). The toy data's own BPE tokenizer (learned from the train split) makes
 #: sequences less than half as long as characters do, so the same seconds buy a far better π^SFT. β is
 #: shared: PPO's KL coefficient and DPO's β are the same number, so both aim at the same kind of
@@ -262,7 +272,8 @@ def measure_policy(policy, reference, scorer, tokenizer, prompts, n_samples, see
     ``evaluation.estimate_kl``'s estimator, E_y[Σ_t KL(π_θ(·|x, y_<t) ‖ π_ref(·|x, y_<t))], on these
     samples; ``judge``: the shares of samples that follow y_w's rule, y_l's or neither, by the gold
     judge of the toy data (``toy_preferences.judge_shares``, a check r_φ knows nothing of; with
-    ``judge=False``, for prompts no rule of the toy data covers, None). Means with their standard errors.
+    ``judge=False``, for prompts no rule of the toy data covers, None). Means with their standard
+    errors, and ``samples``, the number of responses the means are over.
     """
     samples = sample_responses(policy, tokenizer, prompts, n_samples, seed, max_new_tokens)
     kl = per_token_kl(policy, reference, samples, tokenizer.pad_token_id)
@@ -272,11 +283,62 @@ def measure_policy(policy, reference, scorer, tokenizer, prompts, n_samples, see
     return {"reward": float(scores.mean()), "reward_stderr": _stderr(scores),
             "kl": float(kl.mean()), "kl_stderr": _stderr(kl),
             "judge": judged and {k: judged[k] for k in toy_preferences.JUDGEMENTS},
-            "length": float(np.mean([len(r) for _, r in samples]))}
+            "samples": len(samples), "length": float(np.mean([len(r) for _, r in samples]))}
 
 
 def _stderr(values):
     return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+# ---- reward hacking: r_φ up while the gold judge goes down ----------------------------------
+
+#: how many standard errors a rise of r_φ and a fall of the judge's y_w share must each exceed
+HACKING_Z = 2.0
+
+
+def reward_hacking(curve, z=HACKING_Z):
+    """Does r_φ rise while the gold judge's share of y_w's rule falls, along one measured run?
+
+    ``curve``: the measured rows as columns (``_curves``: ``step``, ``reward``, ``reward_stderr``,
+    ``judge`` with its ``preferred`` share, ``samples``). From the step where the preferred share
+    is highest (the first such, which is the start when it never rises) to the last step:
+
+        fall = p_peak − p_end,       s.e. = √(p_peak(1 − p_peak)/n + p_end(1 − p_end)/n)
+        rise = r_end − r_peak,       s.e. = √(s.e.(r_peak)² + s.e.(r_end)²)
+
+    ``flagged`` when both exceed ``z`` standard errors (strictly): the proxy went up while the
+    gold metric went down: the over-optimization of a reward model (Gao, Schulman and Hilton 2023,
+    arXiv 2210.10760). The peak is picked after seeing the curve, which makes a flag easier to get
+    by chance; the standard errors treat the two measurements as independent, while they share
+    their sampling seed (positively correlated), which makes it harder. Returns the numbers behind
+    the verdict.
+    """
+    z = checks.positive(z, "z")
+    steps, reward, reward_se = curve["step"], curve["reward"], curve["reward_stderr"]
+    preferred = [j["preferred"] for j in curve["judge"]]
+    if not (len(steps) == len(reward) == len(reward_se) == len(preferred) == len(curve["samples"]) >= 1):
+        raise ValueError("curve: step, reward, reward_stderr, judge and samples must be equally long, and not empty")
+    peak = int(np.argmax(preferred))
+    n_peak, n_end = curve["samples"][peak], curve["samples"][-1]
+    fall, rise = preferred[peak] - preferred[-1], reward[-1] - reward[peak]
+    fall_se = math.sqrt(preferred[peak] * (1 - preferred[peak]) / n_peak + preferred[-1] * (1 - preferred[-1]) / n_end)
+    rise_se = math.sqrt(reward_se[peak] ** 2 + reward_se[-1] ** 2)
+    return {"flagged": bool(fall > z * fall_se and rise > z * rise_se), "z": z,
+            "peak_step": steps[peak], "end_step": steps[-1],
+            "preferred_at_peak": preferred[peak], "preferred_at_end": preferred[-1],
+            "preferred_fall": fall, "preferred_fall_stderr": fall_se,
+            "reward_at_peak": reward[peak], "reward_at_end": reward[-1],
+            "reward_rise": rise, "reward_rise_stderr": rise_se}
+
+
+def describe_hacking(name, h):
+    """One line: the judge's y_w share and r_φ from the judge's peak to the end, and the verdict."""
+    verdict = ("r_φ up and the judge down: reward hacking" if h["flagged"]
+               else f"not reward hacking by this test (each change must exceed {h['z']:g} s.e.)")
+    return (f"{name}: y_w share {h['preferred_at_peak']:.2f} at step {h['peak_step']} (its highest) → "
+            f"{h['preferred_at_end']:.2f} at step {h['end_step']} ({-h['preferred_fall']:+.2f} ± "
+            f"{h['preferred_fall_stderr']:.2f}); r_φ {h['reward_at_peak']:.3f} → {h['reward_at_end']:.3f} "
+            f"({h['reward_rise']:+.3f} ± {h['reward_rise_stderr']:.3f}): {verdict}")
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -325,13 +387,110 @@ def run_ppo_gpt(seed=0, quick=False, output_dir="runs/ppo_gpt", sft_checkpoint=N
                         extra={"trainer": name, "config": cfg})
     clock.lap("measure")
     result = {"config": cfg, "ppo": _curves(ppo), "dpo": _curves(dpo), "answers": answers, "held_out": held_out,
-              "seconds": clock.seconds(), "figure": None}
+              "budget": _budget(cfg, len(_prompts(data["train"])), dpo_trainer, rm), "seconds": clock.seconds(),
+              "figure": None}
+    result["reward_hacking"] = {name: reward_hacking(result[name]) for name in ("ppo", "dpo")}
     print_fn(format_report(result))
     if figure and importlib.util.find_spec("matplotlib") is not None:
         result["figure"] = plot_ppo_gpt(result, os.path.join(output_dir, "figures", "ppo_vs_dpo.png"))
         print_fn(f"ppo-gpt: figure written to {result['figure']}")
     result["models"] = {**policies, "reference": reference, "reward_model": rm.model, "tokenizer": tokenizer}
     return result
+
+
+# ---- several seeds --------------------------------------------------------------------------
+
+#: who a seed row measures (π_ref, and both methods trained from it) and on which prompts
+METHODS = ("reference", "ppo", "dpo")
+SPLITS = ("train", "held_out")
+
+
+def run_ppo_gpt_seeds(seeds, quick=False, output_dir="runs/ppo_gpt", figure=True, show_progress=True, print_fn=print,
+                      overwrite=False, **overrides):
+    """``run_ppo_gpt`` on every seed, each under ``output_dir/seed-<n>`` with its own data split,
+    π^SFT, r_φ, PPO and DPO runs and samples; then one row per seed and the spread.
+
+    Returns {seeds, config (without the seed), per_seed (``seed_row`` of each run), spread (of each
+    column of ``flat_row``: n, mean, sd, se, min, max), reward_hacking {ppo, dpo}: the seeds each
+    is flagged on, table (Markdown, printed), runs (every seed's result, without its models), figure}.
+    With ``figure``, every seed's curves in one figure, ``output_dir/figures/ppo_vs_dpo.png``.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+
+    def run(seed):
+        result = run_ppo_gpt(seed=seed, quick=quick, output_dir=os.path.join(output_dir, f"seed-{seed}"), figure=False,
+                             show_progress=show_progress, print_fn=print_fn, overwrite=overwrite, **overrides)
+        result.pop("models")
+        return result
+
+    rows, results = spread.over_seeds(seeds, run, lambda r: {k: v for k, v in seed_row(r).items() if k != "seed"},
+                                      print_fn)
+    flat = [flat_row(r) for r in rows]
+    out = {"seeds": seeds, "config": {k: v for k, v in results[0]["config"].items() if k != "seed"},
+           "per_seed": rows, "spread": spread.spreads(flat, [k for k in flat[0] if k != "seed"]),
+           "reward_hacking": {m: [r["seed"] for r in rows if r["reward_hacking"][m]["flagged"]]
+                              for m in ("ppo", "dpo")},
+           "table": format_seed_table(rows), "runs": results, "figure": None}
+    print_fn(out["table"])
+    if figure and importlib.util.find_spec("matplotlib") is not None:
+        out["figure"] = plot_ppo_gpt(out, os.path.join(output_dir, "figures", "ppo_vs_dpo.png"))
+        print_fn(f"ppo-gpt: figure written to {out['figure']}")
+    return out
+
+
+def seed_row(result):
+    """One run's final numbers: for π_ref, PPO and DPO, on the train prompts both methods trained on
+    (π_ref: the first measurement, the same for both runs) and on held-out prompts, E[r_φ] and
+    KL(π_θ‖π_ref) of sampled answers with their standard errors, the gold ``judge``'s shares, the
+    mean length and the number of samples; each method's ``reward_hacking`` check; the ``budget``."""
+    def at(curve, k):
+        return {key: curve[key][k] for key in curve if key != "train"}
+
+    held = result["held_out"]["sampled"]
+    measured = {"reference": (at(result["ppo"], 0), held["sft"]), "ppo": (at(result["ppo"], -1), held["ppo"]),
+                "dpo": (at(result["dpo"], -1), held["dpo"])}
+    row = {"seed": result["config"]["seed"]}
+    for method, (train, held_out) in measured.items():
+        row[method] = {"train": {k: train[k] for k in held_out}, "held_out": dict(held_out)}
+    return {**row, "reward_hacking": result["reward_hacking"], "budget": result["budget"]}
+
+
+def flat_row(row):
+    """A ``seed_row`` as flat numbers, "method.split.measure" (the judge's: "method.split.judge.preferred"),
+    with the paired differences "ppo_minus_dpo.split.reward" and ".kl" of the same seed."""
+    out = {"seed": row["seed"]}
+    for method in METHODS:
+        for split in SPLITS:
+            m = row[method][split]
+            out.update({f"{method}.{split}.{key}": m[key] for key in ("reward", "kl", "length")})
+            out.update({f"{method}.{split}.judge.{k}": m["judge"][k] for k in toy_preferences.JUDGEMENTS})
+    for split in SPLITS:
+        for key in ("reward", "kl"):
+            out[f"ppo_minus_dpo.{split}.{key}"] = row["ppo"][split][key] - row["dpo"][split][key]
+    return out
+
+
+def format_seed_table(rows):
+    """The per-seed tables (train prompts, held-out prompts) with the spread, and the reward-hacking checks."""
+    flat = [flat_row(r) for r in rows]
+    lines = []
+    for split, title in (("train", "train prompts (both methods trained on them)"),
+                         ("held_out", "held-out prompts (never trained on)")):
+        columns = [(f"{m}.{split}.reward", f"r_φ {label}", ".3f") for m, label in
+                   (("reference", "π_ref"), ("ppo", "PPO"), ("dpo", "DPO"))]
+        columns += [(f"{m}.{split}.kl", f"KL {label}", ".3f") for m, label in (("ppo", "PPO"), ("dpo", "DPO"))]
+        columns += [(f"{m}.{split}.judge.preferred", f"y_w {label}", ".3f") for m, label in
+                    (("reference", "π_ref"), ("ppo", "PPO"), ("dpo", "DPO"))]
+        columns += [(f"ppo_minus_dpo.{split}.reward", "r_φ PPO − DPO", "+.3f"),
+                    (f"ppo_minus_dpo.{split}.kl", "KL PPO − DPO", "+.3f")]
+        lines += [f"\n{title}: E[r_φ] and KL(π_θ‖π_ref) (nats) of sampled answers, the judge's share of y_w's rule",
+                  spread.seed_table(flat, columns)]
+    lines.append("\nalong training, on the train prompts (r_φ up while the judge's y_w share falls?):")
+    lines += [f"  seed {r['seed']} " + describe_hacking(m.upper(), r["reward_hacking"][m]) for r in rows
+              for m in ("ppo", "dpo")]
+    return "\n".join(lines).lstrip("\n")
 
 
 def _prompts(records):
@@ -437,6 +596,26 @@ def _held_out(policies, dpo_trainer, rm, measure, data, cfg):
     return out
 
 
+def _budget(cfg, n_prompts, dpo_trainer, rm):
+    """What each method consumed: PPO's r_φ queries and AdamW updates, DPO's pairs and steps, r_φ's own fit.
+
+    Both learn from the same train pairs: DPO directly, PPO through r_φ, which was fit to them."""
+    iterations, per_iteration = cfg["ppo_steps"], min(cfg["prompts_per_step"], n_prompts) * cfg["group_size"]
+    return {"ppo": {"iterations": iterations, "reward_queries": iterations * per_iteration,
+                    "updates": iterations * cfg["ppo_epochs"], "train_prompts": n_prompts},
+            "dpo": {"updates": dpo_trainer.total_steps,
+                    "pairs_seen": _examples_seen(dpo_trainer, dpo_trainer.total_steps),
+                    "distinct_pairs": len(dpo_trainer.train_features)},
+            "reward_model": {"steps": rm.state["step"], "best_step": rm.state["counters"].get("best_step"),
+                             "pairs_seen": _examples_seen(rm, rm.state["step"]),
+                             "distinct_pairs": len(rm.train_features)}}
+
+
+def _examples_seen(trainer, steps):
+    """How many examples the first ``steps`` batches of ``trainer`` hold (an epoch's last batch may be short)."""
+    return sum(len(trainer.batch_for_step(step)) for step in range(steps))
+
+
 def _curves(history):
     """The measured rows as columns ({"step": [...], "reward": [...], ...}), and the training rows."""
     rows = history["measured"]
@@ -477,6 +656,13 @@ def format_report(result):
     lines.append(f"held-out pairs ({h['pairs']}): r_φ accuracy {h['reward_model_accuracy']:.3f}; implicit-reward "
                  f"accuracy β log π_θ/π_ref: PPO {h['ppo_implicit_reward_accuracy']:.3f}, "
                  f"DPO {h['dpo_implicit_reward_accuracy']:.3f}")
+    b = result["budget"]
+    lines.append(f"budgets: PPO {b['ppo']['reward_queries']:,} r_φ queries, {b['ppo']['updates']} updates; DPO "
+                 f"{b['dpo']['pairs_seen']:,} pairs seen ({b['dpo']['distinct_pairs']} distinct), "
+                 f"{b['dpo']['updates']} updates; r_φ, which PPO learns through, was fit on the same "
+                 f"{b['reward_model']['distinct_pairs']} pairs ({b['reward_model']['steps']} steps)")
+    lines.append("along training, on the train prompts:")
+    lines += ["  " + describe_hacking(name.upper(), result["reward_hacking"][name]) for name in ("ppo", "dpo")]
     lines.append("greedy answers to the notes' prompts:")
     for prompt, a in result["answers"].items():
         lines.append(f"  Q: {prompt}")
@@ -492,27 +678,42 @@ def format_report(result):
 
 
 def plot_ppo_gpt(result, path="runs/ppo_gpt/figures/ppo_vs_dpo.png"):
-    """Reward and KL against training step, PPO beside DPO (a panel each), written to ``path``.
+    """Reward, KL and the gold judge against training step, PPO beside DPO (a column each), to ``path``.
 
-    Top row: E_{y∼π_θ}[r_φ(x, y)] on the measured train prompts (± one standard error); bottom row:
-    KL(π_θ ‖ π_ref) in nats, from the same samples. Returns ``path``.
+    Rows: E_{y∼π_θ}[r_φ(x, y)] on the measured train prompts, KL(π_θ ‖ π_ref) in nats from the same
+    samples, and the judge's share of those samples that follow y_w's rule, each ± one standard
+    error (a share's: √(p(1 − p)/n)). ``result``: one ``run_ppo_gpt`` result, or a
+    ``run_ppo_gpt_seeds`` result, whose seeds are drawn one colour each. Returns ``path``.
     """
-    fig, axes = new_figure(2, 2, panel_size=(4.6, 3.3))
-    cfg = result["config"]
+    runs = result.get("runs") or [result]
+    fig, axes = new_figure(3, 2, panel_size=(4.6, 3.1))
     xlabels = {"ppo": "PPO iteration (one batch of samples)", "dpo": "DPO step (one batch of pairs)"}
+    rows = (("reward", "E[r_φ(x, y)] (reward-model units)", "reward"),
+            ("kl", "KL(π_θ‖π_ref) (nats per response)", "KL to π_ref"),
+            ("preferred", "share following y_w's rule", "gold judge: y_w's rule"))
     for col, name in enumerate(("ppo", "dpo")):
-        c = result[name]
-        step = np.asarray(c["step"])
-        for row, (key, ylabel) in enumerate((("reward", "E[r_φ(x, y)] (reward-model units)"),
-                                             ("kl", "KL(π_θ‖π_ref) (nats per response)"))):
-            ax = axes[2 * row + col]
-            y, e = np.asarray(c[key]), np.asarray(c[key + "_stderr"])
-            ax.plot(step, y, marker="o", markersize=3, color=f"C{col}")
-            ax.fill_between(step, y - e, y + e, color=f"C{col}", alpha=0.2, linewidth=0)
-            ax.set_xlabel(xlabels[name])
-            ax.set_ylabel(ylabel, fontsize="small")
-            ax.set_title(f"{name.upper()}: {'reward' if key == 'reward' else 'KL to π_ref'}", fontsize="medium")
-    fig.suptitle(f"RLHF by PPO vs DPO on the tiny GPT (β = {cfg['beta']:g}, seed {cfg['seed']}; "
-                 f"{cfg['eval_prompts']} train prompts × {cfg['eval_samples']} samples)", fontsize="medium")
+        for i, run in enumerate(runs):
+            c = run[name]
+            step = np.asarray(c["step"])
+            p, n = np.array([j["preferred"] for j in c["judge"]]), np.asarray(c["samples"])
+            curves = {"reward": (np.asarray(c["reward"]), np.asarray(c["reward_stderr"])),
+                      "kl": (np.asarray(c["kl"]), np.asarray(c["kl_stderr"])),
+                      "preferred": (p, np.sqrt(p * (1 - p) / n))}
+            color = f"C{i if len(runs) > 1 else col}"
+            for row, (key, ylabel, title) in enumerate(rows):
+                ax = axes[2 * row + col]
+                y, e = curves[key]
+                ax.plot(step, y, marker="o", markersize=3, color=color,
+                        label=f"seed {run['config']['seed']}" if len(runs) > 1 else None)
+                ax.fill_between(step, y - e, y + e, color=color, alpha=0.15, linewidth=0)
+                ax.set_xlabel(xlabels[name])
+                ax.set_ylabel(ylabel, fontsize="small")
+                ax.set_title(f"{name.upper()}: {title}", fontsize="medium")
+    if len(runs) > 1:
+        axes[0].legend(fontsize="small")
+    cfg, seeds = runs[0]["config"], [r["config"]["seed"] for r in runs]
+    fig.suptitle(f"RLHF by PPO vs DPO on the tiny GPT (β = {cfg['beta']:g}, seed{'s' if len(seeds) > 1 else ''} "
+                 f"{', '.join(map(str, seeds))}; {cfg['eval_prompts']} train prompts × {cfg['eval_samples']} samples)",
+                 fontsize="medium")
     fig.tight_layout()
     return save_figure(fig, path)
