@@ -435,15 +435,15 @@ def tokenize_sft(tokenizer, record, max_length, max_prompt_length, where="record
                                           "response", where, cut)}
 
 
-def tokenize_unpaired(tokenizer, record, max_length, max_prompt_length, where="record"):
+def tokenize_unpaired(tokenizer, record, max_length, max_prompt_length, where="record", cut=None):
     """``{"prompt_ids", "completion_ids", "label"}`` for an unpaired record, with the same boundary,
-    truncation and error rules as ``tokenize_preference``."""
+    truncation, error and ``cut`` rules as ``tokenize_preference``."""
     _check_lengths(max_length, max_prompt_length)
     _check_record(record, UNPAIRED_KEYS, where)
-    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where)
+    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where, cut)
     return {"prompt_ids": prompt_ids, "label": record["label"],
             "completion_ids": _response_ids(tokenizer, record["completion"], max_length - len(prompt_ids),
-                                            "completion", where)}
+                                            "completion", where, cut)}
 
 
 # ---- damage that tokenizing does -------------------------------------------------------
