@@ -31,6 +31,7 @@ from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, rlhf_seeds, run_rlhf
 from dpo_np.experiments.spread import parse_seeds
 from dpo_np.experiments.successors import plot_successors, print_successors_report, run_successors
+from dpo_np.experiments.successors_gpt import plot_successors_gpt, print_successors_gpt_report, run_successors_gpt
 from dpo_np.files import write_json_atomic
 from dpo_np.generate import beam_search, generate
 from dpo_np.data import format_prompt
@@ -337,7 +338,6 @@ def _exact_gpt(args):
 
 
 def _successors(args):
-    from dpo_np.experiments.successors_gpt import plot_successors_gpt, print_successors_gpt_report, run_successors_gpt
     _writable_dir("--output-dir", args.output_dir or ".")
     seeds = _seed_list(args.seeds)
     # given, an option sets every run it applies to; left out, each run keeps its own default
@@ -658,7 +658,7 @@ def build_parser():
                         "or both (the default)")
     p.add_argument("--quick", action="store_true", help="every method on little data and few steps: seconds")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
-    p.add_argument("--output-dir", default="runs/successors", help="where the figures go ('' for none)")
+    p.add_argument("--output-dir", default="runs/successors", help="where the figure goes ('' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_successors)
 

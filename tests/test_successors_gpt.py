@@ -11,12 +11,9 @@ import pytest
 from dpo_np import autograd as ag
 from dpo_np import gradcheck, rl, rlhf
 from dpo_np.cli import main
-from dpo_np.experiments import exact_policies as ep
 from dpo_np.experiments import successor_optima as optima
 from dpo_np.experiments import successors as S
 from dpo_np.experiments import successors_gpt as G
-from dpo_np.experiments import toy_problem
-from dpo_np.experiments.closed_form import aggregate_pairs
 from dpo_np.losses import dpo_loss
 from dpo_np.optim import AdamW
 
@@ -96,8 +93,7 @@ def test_the_gpt_policys_gradient_matches_central_differences_for_sequence_and_t
     policy = G.SharedGPTPolicy(small, 1e-2)
     randomize(policy, 2)
     gen = np.random.default_rng(3)
-    pairs = toy_problem.sample_preference_pairs(small["ref"], small["rewards"], 50, seed=4)
-    x, w, l, counts = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"], small["ref"].shape[1])
+    x, w, l, counts = S.sampled_triples(small, 50, seed=4)
     triples = (x, w, l, counts / counts.sum())
     seq = ag.Tensor(policy.sequence_logprobs(), requires_grad=True)
     _pairs_loss(seq, small, triples).backward()
@@ -192,8 +188,7 @@ def test_the_reported_numbers_are_the_runs_measured_again(tiny_run):
     settings = {**S.DEFAULTS, **{k: v for k, v in TINY.items() if k in S.DEFAULTS},
                 "lr": G.DEFAULTS["gpt_lr"], "rl_lr": G.DEFAULTS["gpt_rl_lr"]}
     problem = G.make_gpt_problem(1, sft_steps=TINY["sft_steps"])
-    pairs = toy_problem.sample_preference_pairs(problem["ref"], problem["rewards"], TINY["pairs"], seed=3)
-    triples = tuple(np.asarray(a) for a in aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"], 40))
+    triples = S.sampled_triples(problem, TINY["pairs"], seed=3)                  # run_successors' seed s + 2
     for m in ("dpo", "rloo"):
         lp, _ = S.run_method(m, problem, triples, settings, 1, G.SharedGPTPolicy)
         assert tiny_run[m]["final_kl"]["per_seed"][1] == pytest.approx(kl(problem["star"], lp), rel=1e-9)

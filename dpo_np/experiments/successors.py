@@ -138,6 +138,14 @@ def train_pairs(policy, problem, triples, method, steps, settings):
         policy.update(d_sequence=seq.grad)
 
 
+def sampled_triples(problem, n_pairs, seed):
+    """``n_pairs`` Bradley–Terry pairs drawn from π_ref with ``seed`` (``toy_problem.sample_preference_pairs``),
+    as the distinct triples (x, y_w, y_l, count) that ``train_pairs`` reads."""
+    pairs = toy_problem.sample_preference_pairs(problem["ref"], problem["rewards"], n_pairs, seed=seed)
+    triples = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"], problem["ref"].shape[1])
+    return tuple(np.asarray(a) for a in triples)
+
+
 def population_triples(problem):
     """Every triple (x, y_w, y_l) with its exact probability under the pair sampling (``pair_population``)
     in place of a count: training on it minimizes the population loss, the limit of infinitely many pairs."""
@@ -261,8 +269,8 @@ def run_successors(seeds=(0, 1, 2), quick=False, progress=True, methods=METHODS,
     kl_ref, reward, frontier_gap: {mean, min, max, per_seed}, optimum (what its own optimum is, or
     None), data (its budget)}; ``config``; ``frontier`` (the first seed's curve, π*_β and every
     method's point and own optimum there, for the figure); ``seconds``. Overrides: any key of
-    ``DEFAULTS``. The pairs of seed s are drawn with seed s + 2 (as ``closed_form`` draws them),
-    the RL samples with s + 10.
+    ``DEFAULTS``. The pairs of seed s are drawn with seed s + 2 (``sampled_triples``, as ``closed_form``
+    draws them), the RL samples with s + 10.
     """
     start = time.perf_counter()
     seeds = [checks.integer(s, "seeds", low=0) for s in seeds]
@@ -279,11 +287,7 @@ def run_successors(seeds=(0, 1, 2), quick=False, progress=True, methods=METHODS,
     for seed, method in bar:
         if seed not in problems:
             problems[seed] = problem_factory(seed, settings["beta"])
-            pairs = toy_problem.sample_preference_pairs(problems[seed]["ref"], problems[seed]["rewards"],
-                                                        settings["pairs"], seed=seed + 2)
-            triples = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"],
-                                      problems[seed]["ref"].shape[1])
-            problems[seed]["triples"] = tuple(np.asarray(a) for a in triples)
+            problems[seed]["triples"] = sampled_triples(problems[seed], settings["pairs"], seed + 2)
         if progress:
             bar.set_postfix(run=f"{method}:{seed}")
         t = time.perf_counter()
