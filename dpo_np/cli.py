@@ -41,6 +41,7 @@ from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, rlhf_seeds, run_rlhf
 from dpo_np.experiments.spread import parse_seeds
 from dpo_np.experiments.successors import plot_successors, print_successors_report, run_successors
+from dpo_np.experiments.successors_gpt import plot_successors_gpt, print_successors_gpt_report, run_successors_gpt
 from dpo_np.files import write_json_atomic
 from dpo_np.generate import beam_search, generate
 from dpo_np.data import format_prompt, prompt_template_of
@@ -401,13 +402,25 @@ def _exact_gpt(args):
 
 def _successors(args):
     _writable_dir("--output-dir", args.output_dir or ".")
+    seeds = _seed_list(args.seeds)
+    # given, an option sets every run it applies to; left out, each run keeps its own default
     overrides = {k: v for k, v in (("beta", args.beta), ("pairs", args.pairs), ("steps", args.steps),
                                    ("samples", args.samples)) if v is not None}
-    result = run_successors(seeds=_seed_list(args.seeds), quick=args.quick, progress=not args.quiet, **overrides)
-    print_successors_report(result)
-    print(f"({result['seconds']['total']:.1f} s)")
+    result, seconds = {}, 0.0
+    if args.policy in ("table", "both"):
+        result = run_successors(seeds=seeds, quick=args.quick, progress=not args.quiet, **overrides)
+        print_successors_report(result)
+        seconds += result["seconds"]["total"]
+    if args.policy in ("gpt", "both"):
+        result["gpt"] = run_successors_gpt(seeds=seeds, quick=args.quick, progress=not args.quiet, **overrides)
+        print_successors_gpt_report(result["gpt"])
+        seconds += result["gpt"]["seconds"]["total"]
+    print(f"({seconds:.1f} s)")
     _json(args, result)
-    _figure(plot_successors, result, args.output_dir and os.path.join(args.output_dir, "successors.png"))
+    if args.policy != "gpt":
+        _figure(plot_successors, result, args.output_dir and os.path.join(args.output_dir, "successors.png"))
+    if args.policy != "table":
+        _figure(plot_successors_gpt, result, args.output_dir and os.path.join(args.output_dir, "successors_gpt.png"))
     return 0
 
 
@@ -764,16 +777,21 @@ def build_parser():
                                    "π_ref on the same budget: preference pairs (DPO, IPO, SimPO, ORPO), the same pairs "
                                    "split into desirable and undesirable examples (KTO), or as many responses scored "
                                    "by the true reward (RLOO, GRPO, Dr. GRPO). Prints, per method, KL(π*_β‖π_θ), "
-                                   "J(π*_β) − J(π_θ) and the distance to its own derived optimum, over the seeds. "
-                                   "About a minute and a half on 2 cores.")
+                                   "J(π*_β) − J(π_θ) and the distance to its own derived optimum, over the seeds, "
+                                   "for a table of logits and, with the same data budget, for the project's GPT "
+                                   "scored exactly on the same responses (--policy). Under 2 minutes on 2 cores.")
     p.add_argument("--seeds", default="0-2", help="a range (0-2, the default) or a list (0,3,5) of seeds")
     p.add_argument("--beta", type=positive_float, default=None, help="β of the RLHF objective (default 0.5)")
     p.add_argument("--pairs", type=positive_int, default=None,
                    help="preference pairs; KTO gets twice as many examples, RL as many reward queries (default 100,000)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="full-batch steps of the pair and KTO losses (default 1000)")
+                   help="full-batch steps of the pair and KTO losses (default 1000; the GPT's run 300)")
     p.add_argument("--samples", type=_number(int, 2), default=None,
-                   help="responses sampled per prompt per RL step (default 16)")
+                   help="responses sampled per prompt per RL step (default 16; the GPT's run 128)")
+    p.add_argument("--policy", choices=("table", "gpt", "both"), default="both",
+                   help="π_θ: a table of logits (its JSON keys dpo … dr_grpo), the GPT (JSON key gpt, with the "
+                        "table on the GPT's problem under gpt.table; its own defaults: 300 steps, 128 samples), "
+                        "or both (the default)")
     p.add_argument("--quick", action="store_true", help="every method on little data and few steps: seconds")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH (default: none)")
     p.add_argument("--output-dir", default="runs/successors",

@@ -166,6 +166,7 @@ class GPTPolicy:
     ``forward(average)`` runs ``model.forward`` on all P·N rows, reads log π_θ(y|x) with
     ``logprobs.batch_logps_forward`` (summed, or the per-token mean) and returns it (P, N) with the
     backward: dL/dlogps (P, N) → ``batch_logps_backward`` → ``model.backward`` → ``model.grads``.
+    ``token_forward()`` adds the per-token log-probabilities, for losses with a term per token.
     """
 
     def __init__(self, model, rs):
@@ -182,10 +183,47 @@ class GPTPolicy:
             return self.model.grads
         return lp.reshape(self.rs.shape), backward
 
+    def token_forward(self):
+        """log π_θ(y|x) (P, N) and log π_θ(y_t|x, y_<t) (P, N, L + 1) from one forward, with the backward.
+
+        The per-token values are ``logprobs.token_logps_forward``'s at the response's positions: 0 at
+        the padding and at the forced end (label −100: probability 1 by the set's definition), so
+        they sum to log π_θ(y|x) over t. ``backward(d_sequence=None, d_token=None)`` takes dL/dlog
+        π_θ(y|x) (P, N) and/or dL/dlog π_θ(y_t|·) (P, N, L + 1) and returns dL/dθ: a sequence's
+        log-probability is the sum of its tokens', so its gradient reaches every token, and both
+        kinds go through one ``token_logps_backward`` (``batch_logps_backward``'s kernel) and one
+        ``GPT.backward``.
+        """
+        logits = self.model.forward(self.rs.idx)                                     # (P·N, T, V + 1)
+        tokens, _, cache = logprobs.token_logps_forward(logits, self.rs.labels)       # (P·N, T − 1)
+        start = PROMPT_LENGTH - 1              # column t scores label t + 1: the response starts here
+        per_token = tokens[:, start:].reshape(*self.rs.shape, -1)
+
+        def backward(d_sequence=None, d_token=None):
+            if d_sequence is None and d_token is None:
+                raise ValueError("backward needs d_sequence or d_token: the gradient of a loss to follow")
+            d = np.zeros_like(tokens)
+            if d_sequence is not None:
+                d[:, start:] += _upstream(d_sequence, self.rs.shape, "d_sequence", d.dtype).reshape(-1, 1)
+            if d_token is not None:
+                d[:, start:] += _upstream(d_token, per_token.shape, "d_token", d.dtype).reshape(d.shape[0], -1)
+            self.model.zero_grad()
+            self.model.backward(logprobs.token_logps_backward(d, cache))
+            return self.model.grads
+        return per_token.sum(axis=-1), per_token, backward
+
     def logprobs(self):
         """log π_θ(y|x) (P, N), summed over the scored tokens, with no activation cache."""
         logits = self.model.forward(self.rs.idx, cache=False)
         return logprobs.batch_logps_forward(logits, self.rs.labels)[0].reshape(self.rs.shape)
+
+
+def _upstream(d, shape, name, dtype):
+    """An upstream gradient as an array of ``shape``, or an error naming it."""
+    d = np.asarray(d, dtype=dtype)
+    if d.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {d.shape}")
+    return d
 
 
 class _AutogradPolicy:

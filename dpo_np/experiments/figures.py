@@ -19,6 +19,7 @@ from dpo_np.experiments.ppo_gpt import plot_ppo_gpt, run_ppo_gpt_seeds
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, run_rlhf
 from dpo_np.experiments.successors import plot_successors, run_successors
+from dpo_np.experiments.successors_gpt import plot_successors_gpt, run_successors_gpt
 
 #: the groups drawn from seeds seed, seed + 1 and seed + 2 (ppo-gpt and exact-gpt: one seed when quick):
 #: the README quotes their numbers over seeds 0-2, and the figure shows each of those seeds
@@ -43,9 +44,16 @@ FIGURES = (
     ("ppo-gpt", lambda out, quick, seed: _ppo_gpt_figures(out, quick, seed)),
     ("exact-gpt", lambda out, quick, seed: [plot_exact_gpt(
         run_exact_gpt(seeds=_seeds(seed, quick), quick=quick), os.path.join(out, "exact_gpt.png"))]),
-    ("successors", lambda out, quick, seed: [plot_successors(
-        run_successors(seeds=range(seed, seed + 3), quick=quick, progress=False), os.path.join(out, "successors.png"))]),
+    ("successors", lambda out, quick, seed: _successors_figures(out, quick, range(seed, seed + 3))),
 )
+
+
+def _successors_figures(output_dir, quick, seeds):
+    """The tabular run's figure and the GPT's beside it, as ``successors`` (``--policy both``) draws them."""
+    result = run_successors(seeds=seeds, quick=quick, progress=False)
+    result["gpt"] = run_successors_gpt(seeds=seeds, quick=quick, progress=False)
+    return [plot_successors(result, os.path.join(output_dir, "successors.png")),
+            plot_successors_gpt(result, os.path.join(output_dir, "successors_gpt.png"))]
 
 
 def _demo_figures(output_dir, quick, seed):

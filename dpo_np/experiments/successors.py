@@ -138,6 +138,14 @@ def train_pairs(policy, problem, triples, method, steps, settings):
         policy.update(d_sequence=seq.grad)
 
 
+def sampled_triples(problem, n_pairs, seed):
+    """``n_pairs`` Bradley–Terry pairs drawn from π_ref with ``seed`` (``toy_problem.sample_preference_pairs``),
+    as the distinct triples (x, y_w, y_l, count) that ``train_pairs`` reads."""
+    pairs = toy_problem.sample_preference_pairs(problem["ref"], problem["rewards"], n_pairs, seed=seed)
+    triples = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"], problem["ref"].shape[1])
+    return tuple(np.asarray(a) for a in triples)
+
+
 def population_triples(problem):
     """Every triple (x, y_w, y_l) with its exact probability under the pair sampling (``pair_population``)
     in place of a count: training on it minimizes the population loss, the limit of infinitely many pairs."""
@@ -261,8 +269,8 @@ def run_successors(seeds=(0, 1, 2), quick=False, progress=True, methods=METHODS,
     kl_ref, reward, frontier_gap: {mean, min, max, per_seed}, optimum (what its own optimum is, or
     None), data (its budget)}; ``config``; ``frontier`` (the first seed's curve, π*_β and every
     method's point and own optimum there, for the figure); ``seconds``. Overrides: any key of
-    ``DEFAULTS``. The pairs of seed s are drawn with seed s + 2 (as ``closed_form`` draws them),
-    the RL samples with s + 10.
+    ``DEFAULTS``. The pairs of seed s are drawn with seed s + 2 (``sampled_triples``, as ``closed_form``
+    draws them), the RL samples with s + 10.
     """
     start = time.perf_counter()
     seeds = [checks.integer(s, "seeds", low=0) for s in seeds]
@@ -279,11 +287,7 @@ def run_successors(seeds=(0, 1, 2), quick=False, progress=True, methods=METHODS,
     for seed, method in bar:
         if seed not in problems:
             problems[seed] = problem_factory(seed, settings["beta"])
-            pairs = toy_problem.sample_preference_pairs(problems[seed]["ref"], problems[seed]["rewards"],
-                                                        settings["pairs"], seed=seed + 2)
-            triples = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"],
-                                      problems[seed]["ref"].shape[1])
-            problems[seed]["triples"] = tuple(np.asarray(a) for a in triples)
+            problems[seed]["triples"] = sampled_triples(problems[seed], settings["pairs"], seed + 2)
         if progress:
             bar.set_postfix(run=f"{method}:{seed}")
         t = time.perf_counter()
@@ -381,6 +385,33 @@ def print_successors_report(result, file=None):
           file=out)
 
 
+def draw_landings(ax, frontier, methods, squares=None):
+    """On ``ax``, the reward–KL plane of ``run_successors``' "frontier": the exact frontier, π*_β, each
+    method's landing point (a dot in its colour) and own optimum (a ring), and ``squares``' points
+    ({method: {"kl_ref", "reward"}}, hollow squares: another policy's landings on the same problem)."""
+    fr = frontier
+    ax.plot(fr["curve"]["kl"], fr["curve"]["reward"], color="black", linewidth=1.2, label="exact frontier (π*_β′, all β′)")
+    ax.scatter(*fr["optimum"], marker="*", s=260, color="black", zorder=2, label=f"π*_β, β = {fr['beta']:g}")
+    for i, m in enumerate(methods):
+        p = fr["points"][m]
+        ax.scatter(p["kl_ref"], p["reward"], s=60, color=f"C{i}", zorder=4, label=LABELS[m])
+        if p["own_optimum"] is not None:
+            ax.scatter(*p["own_optimum"], s=140, facecolors="none", edgecolors=f"C{i}", linewidths=1.5, zorder=3)
+        if squares is not None:
+            ax.scatter(squares[m]["kl_ref"], squares[m]["reward"], s=60, marker="s", facecolors="none",
+                       edgecolors=f"C{i}", zorder=4)
+    ax.set_xlabel("mean over prompts of KL(π ‖ π_ref) (nats)")
+    ax.set_ylabel("mean over prompts of E_π[r]")
+    points = list(fr["points"].values()) + ([] if squares is None else [squares[m] for m in methods])
+    shown = [fr["optimum"]] + [(p["kl_ref"], p["reward"]) for p in points] + \
+        [p["own_optimum"] for p in fr["points"].values() if p["own_optimum"] is not None]
+    right = max(k for k, _ in shown) * 1.25
+    top = max([r for k, r in zip(fr["curve"]["kl"], fr["curve"]["reward"]) if k <= right] + [r for _, r in shown])
+    ax.set_xlim(0, right)
+    ax.set_ylim(min(r for _, r in shown) - 0.1, top + 0.1)
+    ax.legend(fontsize="small", loc="upper left", ncol=2)       # above the frontier no policy can be
+
+
 def plot_successors(result, path="runs/successors/successors.png"):
     """The first seed's reward–KL plane (the exact frontier, π*_β, each method's landing point and its
     own optimum) beside KL(π*_β ‖ π_θ) of every method on every seed; returns ``path``."""
@@ -393,23 +424,8 @@ def plot_successors(result, path="runs/successors/successors.png"):
     FigureCanvasAgg(fig)
     ax, ax_kl = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     fr, cfg = result["frontier"], result["config"]
-    ax.plot(fr["curve"]["kl"], fr["curve"]["reward"], color="black", linewidth=1.2, label="exact frontier (π*_β′, all β′)")
-    ax.scatter(*fr["optimum"], marker="*", s=260, color="black", zorder=2, label=f"π*_β, β = {fr['beta']:g}")
-    for i, m in enumerate(cfg["methods"]):
-        p = fr["points"][m]
-        ax.scatter(p["kl_ref"], p["reward"], s=60, color=f"C{i}", zorder=4, label=LABELS[m])
-        if p["own_optimum"] is not None:
-            ax.scatter(*p["own_optimum"], s=140, facecolors="none", edgecolors=f"C{i}", linewidths=1.5, zorder=3)
-    ax.set_xlabel("mean over prompts of KL(π ‖ π_ref) (nats)")
-    ax.set_ylabel("mean over prompts of E_π[r]")
+    draw_landings(ax, fr, cfg["methods"])
     ax.set_title(f"where each method lands (seed {fr['seed']}); rings: its own derived optimum", fontsize="medium")
-    shown = [fr["optimum"]] + [(p["kl_ref"], p["reward"]) for p in fr["points"].values()] + \
-        [p["own_optimum"] for p in fr["points"].values() if p["own_optimum"] is not None]
-    right = max(k for k, _ in shown) * 1.25
-    top = max([r for k, r in zip(fr["curve"]["kl"], fr["curve"]["reward"]) if k <= right] + [r for _, r in shown])
-    ax.set_xlim(0, right)
-    ax.set_ylim(min(r for _, r in shown) - 0.1, top + 0.1)
-    ax.legend(fontsize="small", loc="upper left", ncol=2)       # above the frontier no policy can be
     for i, m in enumerate(cfg["methods"]):
         values = result[m]["final_kl"]["per_seed"]
         ax_kl.scatter([i] * len(values), values, color=f"C{i}", s=25)
