@@ -1,15 +1,22 @@
 """The command line: ``python -m dpo_np <command>``, a thin layer over public functions.
 
 Every option is checked when it is read, and an error names the option (``--seed: must be a
-non-negative integer``), never an internal field. Paths a command will write are checked before
-it starts. A command that measures something writes its numbers with ``--json PATH``. Ctrl-C
-during training saves a checkpoint and prints how to resume.
+non-negative integer``), never an internal field; an unknown option close to a known one gets a
+"did you mean", and TRL's spellings of the same options are accepted (``TRL_ALIASES``). Paths a
+command will write are checked before it starts. A command that measures something writes its
+numbers with ``--json PATH``. Ctrl-C during training saves a checkpoint and prints how to resume.
+
+Every command runs NumPy's BLAS on ``--threads`` threads (``DEFAULT_THREADS`` unless the user set
+OPENBLAS_NUM_THREADS or OMP_NUM_THREADS) and says so first, on stderr.
 """
 
 import argparse
+import contextlib
+import difflib
 import importlib.util
 import json
 import os
+import re
 import sys
 
 from dpo_np.bench.closed_form import bench_closed_form
@@ -22,10 +29,13 @@ from dpo_np.checkpoint import STATE
 from dpo_np.experiments import runs
 from dpo_np.experiments.closed_form import COMPARE as CLOSED_FORM_COMPARE
 from dpo_np.experiments.closed_form import closed_form_seeds, plot_closed_form, run_closed_form
+from dpo_np.experiments.demo import DEFAULTS as DEMO_DEFAULTS
+from dpo_np.experiments.demo import QUICK as DEMO_QUICK
 from dpo_np.experiments.demo import run_demo
 from dpo_np.experiments.figures import FIGURES, make_figures
 from dpo_np.experiments.gridworld import gridworld_seeds, plot_gridworld, print_report, run_gridworld
 from dpo_np.experiments.plots import plot_diagnosis
+from dpo_np.experiments.ppo_gpt import DEFAULTS as PPO_DEFAULTS
 from dpo_np.experiments.ppo_gpt import run_ppo_gpt
 from dpo_np.experiments.rlhf_toy import QUICK as RLHF_QUICK
 from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, rlhf_seeds, run_rlhf
@@ -33,11 +43,28 @@ from dpo_np.experiments.spread import parse_seeds
 from dpo_np.experiments.successors import plot_successors, print_successors_report, run_successors
 from dpo_np.files import write_json_atomic
 from dpo_np.generate import beam_search, generate
-from dpo_np.data import format_prompt
+from dpo_np.data import format_prompt, prompt_template_of
 from dpo_np.diagnose import diagnose, format_report, read_log
 from dpo_np.losses import LOSS_TYPES
 from dpo_np.pretrained import load_model, save_pretrained
-from dpo_np.training import TrainingInterrupted, check_output_dir, last_checkpoint
+from dpo_np.progress import plural
+from dpo_np.tokenizer import PROMPT_TEMPLATE, check_prompt_template
+from dpo_np.trainers import DPOConfig
+from dpo_np.training import TrainingInterrupted, check_output_dir, in_use_message, last_checkpoint, lock_holder
+
+#: TRL's (and transformers' TrainingArguments') names for options that mean the same here
+TRL_ALIASES = {"--learning_rate": "--lr", "--per_device_train_batch_size": "--batch-size",
+               "--num_train_epochs": "--epochs", "--max_steps": "--steps", "--max_length": "--max-length",
+               "--max_prompt_length": "--max-prompt-length", "--output_dir": "--output-dir",
+               "--loss_type": "--loss-type", "--label_smoothing": "--label-smoothing", "--save_steps": "--save-steps",
+               "--overwrite_output_dir": "--overwrite", "--model_name_or_path": "--model"}
+
+#: BLAS threads when neither --threads nor OPENBLAS_NUM_THREADS/OMP_NUM_THREADS says otherwise. Measured
+#: on 2-core machines: the demo takes the same time on one thread as on two when the cores are idle
+#: (README), and its model trained several times faster on one than on two when other work shared
+#: the cores (two threads then wait on each other). A larger model on idle cores may gain from two.
+DEFAULT_THREADS = 1
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 class CommandError(ValueError):
@@ -91,9 +118,18 @@ def _writable_file(option, path):
         _writable_dir(option, os.path.dirname(os.path.abspath(path)))
 
 
+def _refuse_live_run(option, path):
+    """A run training in ``path`` right now is named first: neither --overwrite nor --resume can enter."""
+    owner = lock_holder(path)
+    if owner is not None:
+        raise CommandError(in_use_message(path, owner, option))
+
+
 def _check_run_dir(args):
-    """The output directory of a training command: writable, and fresh unless --overwrite/--resume."""
+    """The output directory of a training command: writable, no run live in it, and fresh unless
+    --overwrite/--resume."""
     _writable_dir("--output-dir", args.output_dir)
+    _refuse_live_run("--output-dir", args.output_dir)
     if args.resume:
         if last_checkpoint(args.output_dir) is None:
             raise CommandError(f"--resume: {args.output_dir} holds no checkpoint-<step> to resume from "
@@ -109,12 +145,13 @@ def _check_run_dir(args):
 
 def _json(args, result):
     if getattr(args, "json", None):
-        write_json_atomic(args.json, _plain({"command": args.command, "options": _options(args), **result}))
+        write_json_atomic(args.json, _plain({"command": args.command, "options": _options(args),
+                                             "threads": getattr(args, "blas_threads", None), **result}))
         print(f"numbers written to {args.json}")
 
 
 def _options(args):
-    return {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command", "blas_threads")}
 
 
 def _plain(obj):
@@ -141,6 +178,28 @@ def _lengths(args):
     return dict(max_length=args.max_length, max_prompt_length=args.max_prompt_length)
 
 
+def _prompt_template(text):
+    """An argparse type: a prompt template with ``\\n``, ``\\t`` and ``\\\\`` read as in Python (a shell's
+    quotes keep them as typed) and exactly one ``{prompt}`` field."""
+    template = re.sub(r"\\(n|t|\\)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
+    try:
+        return check_prompt_template(template, "it")
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("it ")) from None
+
+
+def _check_dpo_options(args):
+    """β, the loss and its label smoothing as DPOConfig checks them, with the options' names."""
+    try:
+        DPOConfig(output_dir=args.output_dir, beta=args.beta, loss_type=args.loss_type,
+                  label_smoothing=args.label_smoothing)
+    except (TypeError, ValueError) as err:
+        message = str(err).removeprefix("DPOConfig: ")
+        for name in ("label_smoothing", "loss_type", "beta"):
+            message = re.sub(rf"(?<![\w-]){name}\b", "--" + name.replace("_", "-"), message)
+        raise CommandError(message) from None
+
+
 # ---- the commands ------------------------------------------------------------------------------
 
 def _demo(args):
@@ -158,6 +217,7 @@ def _demo(args):
 def _check_run_dir_for_demo(args, output_dir):
     _writable_dir("--output-dir", output_dir)
     for stage in ("sft", "dpo", "reward"):
+        _refuse_live_run("--output-dir", os.path.join(output_dir, stage))
         try:
             check_output_dir(os.path.join(output_dir, stage), args.overwrite)
         except ValueError:
@@ -201,18 +261,21 @@ def _seed_report(args, result):
 
 def _sft(args):
     _check_run_dir(args)
-    result = runs.run_sft(data=args.data, eval_data=args.eval_data, model=args.model, steps=args.steps, lr=args.lr,
-                          batch_size=args.batch_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                          prompts=args.prompt, **_lengths(args), **_run_options(args))
+    result = runs.run_sft(data=args.data, eval_data=args.eval_data, model=args.model, steps=args.steps,
+                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, n_layer=args.n_layer,
+                          n_head=args.n_head, n_embd=args.n_embd, prompts=args.prompt,
+                          prompt_template=args.prompt_template, **_lengths(args), **_run_options(args))
     _json(args, result)
     return 0
 
 
 def _dpo(args):
+    _check_dpo_options(args)
     _check_run_dir(args)
     result = runs.run_dpo(data=args.data, model=args.model, ref=args.ref, eval_data=args.eval_data, beta=args.beta,
-                          loss_type=args.loss_type, steps=args.steps, epochs=args.epochs, lr=args.lr,
-                          batch_size=args.batch_size, prompts=args.prompt, **_lengths(args), **_run_options(args))
+                          loss_type=args.loss_type, label_smoothing=args.label_smoothing, steps=args.steps,
+                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, prompts=args.prompt,
+                          prompt_template=args.prompt_template, **_lengths(args), **_run_options(args))
     _json(args, result)
     return 0
 
@@ -220,8 +283,8 @@ def _dpo(args):
 def _reward(args):
     _check_run_dir(args)
     result = runs.run_reward(data=args.data, model=args.model, eval_data=args.eval_data, steps=args.steps,
-                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, **_lengths(args),
-                             **_run_options(args))
+                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             prompt_template=args.prompt_template, **_lengths(args), **_run_options(args))
     _json(args, result)
     return 0
 
@@ -246,7 +309,7 @@ def _closed_form(args):
     result = run_closed_form(seed=args.seed, progress=not args.quiet, **settings)
     print(f"final KL(π*‖π_θ) = {result['kl'][-1]:.3e}, J(π*) − J(π_θ) = β·KL(π_θ‖π*) = "
           f"{result['suboptimality'][-1]:.3e}  ({result['n_pairs']:,} pairs, "
-          f"{result['config']['steps']} steps; data {result['seconds']['data']:.2f} s, "
+          f"{plural(result['config']['steps'], 'step')}; data {result['seconds']['data']:.2f} s, "
           f"training {result['seconds']['train']:.2f} s)")
     compare = {}
     if args.compare:
@@ -360,6 +423,7 @@ def _figures(args):
 def _ppo_gpt(args):
     _writable_dir("--output-dir", args.output_dir)
     for stage in ("sft", "reward", "ppo", "dpo"):
+        _refuse_live_run("--output-dir", os.path.join(args.output_dir, stage))
         try:
             check_output_dir(os.path.join(args.output_dir, stage), args.overwrite)
         except ValueError:
@@ -381,8 +445,10 @@ def _generate(args):
         model, tokenizer = load_model(args.model)
     except (FileNotFoundError, ValueError) as err:
         raise CommandError(_model_hint(args.model, err)) from None
+    if args.prompt_template is not None:
+        tokenizer.prompt_template = args.prompt_template
     for prompt in args.prompts:
-        ids = tokenizer.encode(format_prompt(prompt))
+        ids = tokenizer.encode(format_prompt(prompt, prompt_template_of(tokenizer)))
         room = model.config.block_size - len(ids)
         if room <= 0:
             raise CommandError(f"prompt {prompt!r} is {len(ids)} tokens, the model reads at most "
@@ -393,7 +459,7 @@ def _generate(args):
         else:
             out = generate(model, ids, n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            do_sample=args.temperature > 0, eos_token_id=tokenizer.eos_token_id, seed=args.seed)
-        print(f"Q: {prompt}\nA: {tokenizer.decode(out[len(ids):])}")
+        print(format_prompt(prompt, prompt_template_of(tokenizer)) + tokenizer.decode(out[len(ids):]))
     return 0
 
 
@@ -438,7 +504,8 @@ def _diagnose(args):
 def _bench(args):
     run = {"closed-form": bench_closed_form, "model": bench_model, "dpo": bench_dpo, "generate": bench_generate,
            "all": run_all}[args.what]
-    _json(args, {"machine": machine.describe(), "result": run()})
+    # the threads in force are the CLI's (threadpoolctl), which the environment alone may not show
+    _json(args, {"machine": {**machine.describe(), "blas_threads": args.blas_threads}, "result": run()})
     return 0
 
 
@@ -447,19 +514,63 @@ def _bench(args):
 def _run_args(p, default_dir):
     p.add_argument("--output-dir", default=default_dir, help=f"where the run writes (default {default_dir})")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    p.add_argument("--save-steps", type=positive_int, default=None, help="save a checkpoint every N steps")
+    p.add_argument("--save-steps", type=positive_int, default=None,
+                   help="save a checkpoint every N steps (default: none; Ctrl-C saves one where it stops)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --output-dir")
-    p.add_argument("--json", metavar="PATH", help="write the run's numbers (and its options) to PATH")
+    p.add_argument("--json", metavar="PATH", help="write the run's numbers (and its options) to PATH (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
 
 
-def _size_args(p, steps, lr, batch_size):
-    p.add_argument("--steps", type=positive_int, default=steps, help=f"optimizer steps (default {steps})")
+def _size_args(p, command, lr, batch_size):
+    """The options of a training run's length, step and sequences; their defaults as ``runs`` sets them."""
+    low, high = runs.STEP_BOUNDS[command]
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help=f"optimizer steps (default: --epochs passes over the data, but at least {low} and at most "
+                        f"{high} steps)")
+    p.add_argument("--epochs", type=positive_int, default=runs.DEFAULT_EPOCHS,
+                   help=f"passes over the data when --steps is not given (default {runs.DEFAULT_EPOCHS})")
     p.add_argument("--lr", type=positive_float, default=lr, help=f"peak learning rate (default {lr:g})")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"examples per step (default {batch_size})")
-    p.add_argument("--max-length", type=_number(int, 2), default=None, help="tokens per sequence (default: the model's context)")
-    p.add_argument("--max-prompt-length", type=positive_int, default=None, help="tokens kept of a prompt (its end)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help=f"examples per step (default {batch_size})")
+    p.add_argument("--max-length", type=_number(int, 2), default=None,
+                   help=f"tokens of a prompt and its response together; the rest of a response is cut (default: the "
+                        f"model's context, {runs.NEW_MODEL_LENGTH} for a new model). With the byte tokenizer a token is "
+                        f"a byte: 1 per ASCII character, 2 or 3 for most others, 4 for an emoji")
+    p.add_argument("--max-prompt-length", type=positive_int, default=None,
+                   help=f"tokens kept of a prompt written in its template, from its end (default: the smaller of "
+                        f"{runs.PROMPT_LENGTH} and half of --max-length)")
+    p.add_argument("--prompt-template", type=_prompt_template, default=None, metavar="TEXT",
+                   help=f"how a prompt is written before its response, with {{prompt}} where the prompt goes and \\n "
+                        f"for a new line; saved with the model (default: the model's, {PROMPT_TEMPLATE!r} for a new one)")
+
+
+def _eval_args(p, what):
+    p.add_argument("--eval-data", help=f"held-out {what} file, evaluated {runs.EVALUATIONS} times along the run: the "
+                                       f"run ends with its best evaluation and stops after {runs.PATIENCE} without "
+                                       f"a better eval loss (default: none, no evaluation)")
+
+
+def _trl_epilog(p):
+    """Say which TRL spellings this command accepts (``TRL_ALIASES``)."""
+    own = set(p._option_string_actions)
+    names = [f"{trl} ({ours})" for trl, ours in TRL_ALIASES.items() if ours in own]
+    if names:
+        p.epilog = ("TRL's option names are accepted too: " + ", ".join(names)
+                    + "; and any option written with underscores (--eval_data).")
+
+
+def _thread_args(parser):
+    for p in _subparsers(parser).values():
+        p.add_argument("--threads", type=positive_int, default=None,
+                       help=f"threads of NumPy's BLAS (default: OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when set, "
+                            f"else {DEFAULT_THREADS}: as fast as 2 at these sizes on idle cores and far faster when "
+                            f"other work shares them; a larger model on idle cores may gain from 2)")
+        _trl_epilog(p)
+
+
+def _subparsers(parser):
+    return next(a for a in parser._actions if a.dest == "command").choices
 
 
 def build_parser():
@@ -475,14 +586,19 @@ def build_parser():
     p.add_argument("--output-dir", default="runs/demo", help="runs, metrics, checkpoints (default runs/demo)")
     p.add_argument("--figures-dir", default=None, help="where figures go (default OUTPUT_DIR/figures; '' for none)")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: seconds, not minutes")
-    p.add_argument("--sft-steps", type=positive_int, default=None, help="at most this many SFT steps")
-    p.add_argument("--dpo-steps", type=positive_int, default=None, help="at most this many DPO steps")
-    p.add_argument("--beta", type=positive_float, default=None, help="β of the DPO loss")
+    p.add_argument("--sft-steps", type=positive_int, default=None,
+                   help=f"at most this many SFT steps (default {DEMO_DEFAULTS['sft_steps']}; "
+                        f"{DEMO_QUICK['sft_steps']} with --quick)")
+    p.add_argument("--dpo-steps", type=positive_int, default=None,
+                   help=f"at most this many DPO steps (default {DEMO_DEFAULTS['dpo_steps']}; "
+                        f"{DEMO_QUICK['dpo_steps']} with --quick)")
+    p.add_argument("--beta", type=positive_float, default=None,
+                   help=f"β of the DPO loss (default {DEMO_DEFAULTS['beta']}; {DEMO_QUICK['beta']} with --quick)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed: data split and model (default 0)")
     p.add_argument("--seeds", default=None, help="run every seed of a range (0-4) or list (0,2) and print the table "
-                                                 "of their results")
+                                                 "of their results (default: only --seed)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
-    p.add_argument("--json", metavar="PATH", help="write every number of the table to PATH")
+    p.add_argument("--json", metavar="PATH", help="write every number of the table to PATH (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicators")
     p.set_defaults(func=_demo)
 
@@ -490,40 +606,46 @@ def build_parser():
                        description="Train the NumPy GPT by maximum likelihood on the response tokens of "
                                    "{\"prompt\", \"response\"} (or {\"text\"}) JSONL lines; without --data, the toy "
                                    "corpus. A new model gets the byte tokenizer (any UTF-8 text).")
-    p.add_argument("--data", help="JSONL file of {\"prompt\", \"response\"} or {\"text\"} lines")
-    p.add_argument("--eval-data", help="held-out JSONL file, evaluated every tenth of the run")
-    p.add_argument("--model", help="continue from this checkpoint or GPT-2 directory instead of a new model")
-    _size_args(p, 2000, 3e-3, 16)
+    p.add_argument("--data", help="JSONL file of {\"prompt\", \"response\"} or {\"text\"} lines, or TRL's "
+                                  "{\"messages\"} (default: the toy corpus, with its validation split as --eval-data)")
+    _eval_args(p, "JSONL")
+    p.add_argument("--model", help="continue from this checkpoint or GPT-2 directory (default: a new model)")
+    _size_args(p, "sft", 3e-3, 16)
     p.add_argument("--n-layer", type=positive_int, default=3, help="transformer blocks of a new model (default 3)")
     p.add_argument("--n-head", type=positive_int, default=4, help="attention heads (default 4)")
     p.add_argument("--n-embd", type=positive_int, default=96, help="channels (default 96)")
-    p.add_argument("--prompt", action="append", help="a question to answer greedily at the end (repeatable)")
+    p.add_argument("--prompt", action="append", help="a question to answer greedily at the end (repeatable; default: "
+                                                     "none, the notes' three for the toy corpus)")
     _run_args(p, "runs/sft")
     p.set_defaults(func=_sft)
 
     p = sub.add_parser("dpo", help="DPO on a preference file: --data FILE.jsonl --model CKPT",
                        description="Direct Preference Optimization of --model against --ref (default: a frozen "
                                    "copy of --model) on {\"prompt\", \"chosen\", \"rejected\"} JSONL lines.")
-    p.add_argument("--data", required=True, help="JSONL file of {\"prompt\", \"chosen\", \"rejected\"} lines")
-    p.add_argument("--model", help="the starting policy: a checkpoint (e.g. runs/sft/final) or GPT-2 directory")
+    p.add_argument("--data", required=True, help="JSONL file of {\"prompt\", \"chosen\", \"rejected\"} lines, as "
+                                                 "strings or as TRL's one-turn conversations")
+    p.add_argument("--model", help="the starting policy: a checkpoint (e.g. runs/sft/final) or GPT-2 directory "
+                                   "(no default: required)")
     p.add_argument("--ref", help="π_ref (default: the same weights as --model, frozen)")
-    p.add_argument("--eval-data", help="held-out preference file, measured at the end")
+    _eval_args(p, "preference")
     p.add_argument("--beta", type=positive_float, default=0.1, help="β of the DPO loss (default 0.1)")
     p.add_argument("--loss-type", choices=LOSS_TYPES, default="sigmoid", help="the loss (default sigmoid: the notes' DPO)")
-    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the data when --steps is not given")
-    _size_args(p, None, 1e-4, 8)
-    p.add_argument("--prompt", action="append", help="a question to answer greedily at the end (repeatable)")
+    p.add_argument("--label-smoothing", type=_number(float, 0, high=1), default=0.0, metavar="ε",
+                   help="conservative DPO: the probability that a label is flipped, in [0, 1] (default 0: plain DPO)")
+    _size_args(p, "dpo", 5e-5, 8)
+    p.add_argument("--prompt", action="append", help="a question to answer greedily at the end (repeatable; "
+                                                     "default: none)")
     _run_args(p, "runs/dpo")
     p.set_defaults(func=_dpo)
 
     p = sub.add_parser("reward", help="a Bradley–Terry reward model on a preference file",
                        description="Fit r_φ (the --model's body with a scalar head) to preference pairs by "
                                    "maximum likelihood: the reward model RLHF trains first and DPO skips.")
-    p.add_argument("--data", required=True, help="JSONL file of {\"prompt\", \"chosen\", \"rejected\"} lines")
-    p.add_argument("--model", help="the body to start from (e.g. runs/sft/final)")
-    p.add_argument("--eval-data", help="held-out preference file, measured at the end")
-    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the data when --steps is not given")
-    _size_args(p, None, 3e-4, 8)
+    p.add_argument("--data", required=True, help="JSONL file of {\"prompt\", \"chosen\", \"rejected\"} lines, as "
+                                                 "strings or as TRL's one-turn conversations")
+    p.add_argument("--model", help="the body to start from, e.g. runs/sft/final (no default: required)")
+    _eval_args(p, "preference")
+    _size_args(p, "reward", 3e-4, 8)
     _run_args(p, "runs/reward")
     p.set_defaults(func=_reward)
 
@@ -533,12 +655,14 @@ def build_parser():
     p.add_argument("--model", required=True, help="π_θ: a checkpoint or GPT-2 directory")
     p.add_argument("--ref", required=True, help="π_ref: the model DPO started from")
     p.add_argument("--data", required=True, help="preference JSONL file to measure on")
-    p.add_argument("--reward-model", help="a reward-model checkpoint to score the same pairs")
+    p.add_argument("--reward-model", help="a reward-model checkpoint to score the same pairs (default: none)")
     p.add_argument("--beta", type=positive_float, default=0.1, help="β of the implicit reward (default 0.1)")
-    p.add_argument("--kl-samples", type=positive_int, default=4, help="responses sampled per prompt for the KL")
-    p.add_argument("--prompt", action="append", help="a question to answer greedily (repeatable)")
+    p.add_argument("--kl-samples", type=positive_int, default=4,
+                   help="responses sampled per prompt for the KL (default 4)")
+    p.add_argument("--prompt", action="append", help="a question to answer greedily (repeatable; default: none)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the sampling (default 0)")
-    p.add_argument("--json", metavar="PATH", help="write the numbers to PATH")
+    p.add_argument("--json", metavar="PATH", help="write the numbers to PATH (default: none; evaluate writes "
+                                                  "nothing else)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("closed-form", help="DPO on sampled preferences recovers the exact RLHF optimum π*",
@@ -554,12 +678,13 @@ def build_parser():
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 0.05)")
     p.add_argument("--seed", type=non_negative_int, default=None, help="random seed: π_ref, r and the pairs (default 0)")
     p.add_argument("--seeds", default=None, help="run every seed of a range (0-4) or list (0,2,5) and print a "
-                                                 "table of their results with the spread")
+                                                 "table of their results with the spread (default: one seed, --seed)")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train with a wrong β and without the reference, to show they miss π*")
+                   help="also train with a wrong β and without the reference, to show they miss π* (default: on)")
     p.add_argument("--figure", default="runs/closed_form/closed_form.png",
-                   help="where to write the figure ('' for none; with --seeds, the first seed's; needs matplotlib)")
-    p.add_argument("--json", metavar="PATH", help="write the numbers to PATH")
+                   help="where to write the figure (default runs/closed_form/closed_form.png; '' for none; with --seeds, "
+                        "the first seed's; needs matplotlib)")
+    p.add_argument("--json", metavar="PATH", help="write the numbers to PATH (default: none)")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not the table as it trains")
     p.set_defaults(func=_closed_form)
 
@@ -579,10 +704,10 @@ def build_parser():
                    help="sampling seeds for each variance measurement, to show its spread (default 5)")
     p.add_argument("--seed", type=non_negative_int, default=None, help="training seed (default 0)")
     p.add_argument("--seeds", default=None, help="run every seed of a range (0-4) or list (0,2,5) and print a "
-                                                 "table of their results with the spread")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
-    p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes ('' for none; with "
-                                                                 "--seeds, the first seed's)")
+                                                 "table of their results with the spread (default: one seed, --seed)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH (default: none)")
+    p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes (default runs/gridworld; "
+                                                                 "'' for none; with --seeds, the first seed's)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_gridworld)
 
@@ -603,10 +728,10 @@ def build_parser():
     p.add_argument("--seed", type=non_negative_int, default=None, help="random seed: the problem, pairs, samples "
                                                                        "(default 0)")
     p.add_argument("--seeds", default=None, help="run every seed of a range (0-4) or list (0,2,5) and print a "
-                                                 "table of their results with the spread")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
-    p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go ('' for none; with --seeds, "
-                                                            "the first seed's)")
+                                                 "table of their results with the spread (default: one seed, --seed)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH (default: none)")
+    p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go (default runs/rlhf; '' for none; "
+                                                            "with --seeds, the first seed's)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_rlhf)
 
@@ -619,8 +744,8 @@ def build_parser():
                                    "across β and learning rates. About a minute on 2 cores.")
     p.add_argument("--seeds", default="0-2", help="seeds, a range (0-2) or a list (0,1,2) (default 0-2)")
     p.add_argument("--quick", action="store_true", help="every measurement on a few steps: seconds, for a first look")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
-    p.add_argument("--output-dir", default="runs/exact_gpt", help="where the figure goes ('' for none)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH (default: none)")
+    p.add_argument("--output-dir", default="runs/exact_gpt", help="where the figure goes (default runs/exact_gpt; '' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_exact_gpt)
     p = sub.add_parser("successors", help="SimPO, ORPO, KTO, RLOO, GRPO and Dr. GRPO beside DPO and IPO, against π*",
@@ -639,8 +764,9 @@ def build_parser():
     p.add_argument("--samples", type=_number(int, 2), default=None,
                    help="responses sampled per prompt per RL step (default 16)")
     p.add_argument("--quick", action="store_true", help="every method on little data and few steps: seconds")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
-    p.add_argument("--output-dir", default="runs/successors", help="where the figure goes ('' for none)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH (default: none)")
+    p.add_argument("--output-dir", default="runs/successors",
+                   help="where the figure goes (default runs/successors; '' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
     p.set_defaults(func=_successors)
 
@@ -650,7 +776,8 @@ def build_parser():
                                    "draw its figures into --output-dir. "
                                    "The only command that writes into figures/. A few minutes on 2 cores.")
     p.add_argument("--output-dir", default="figures", help="where the figures go (default figures)")
-    p.add_argument("--only", nargs="+", choices=[name for name, _ in FIGURES], help="draw only these groups")
+    p.add_argument("--only", nargs="+", choices=[name for name, _ in FIGURES],
+                   help="draw only these groups (default: every one)")
     p.add_argument("--quick", action="store_true", help="small runs: seconds, for checking, not the README's figures")
     p.set_defaults(func=_figures)
 
@@ -662,20 +789,21 @@ def build_parser():
                                    "accuracies and greedy answers; draws the curves. A few minutes on 2 cores.")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: seconds, not minutes")
     p.add_argument("--sft-checkpoint", default=None, help="start from this SFT checkpoint instead of training one "
-                                                          "(e.g. runs/demo/sft/best)")
-    p.add_argument("--beta", type=positive_float, default=None, help="β of PPO's KL penalty and of DPO (default 0.1)")
+                                                          "(e.g. runs/demo/sft/best; default: train one)")
+    p.add_argument("--beta", type=positive_float, default=None,
+                   help=f"β of PPO's KL penalty and of DPO (default {PPO_DEFAULTS['beta']})")
     p.add_argument("--ppo-steps", type=positive_int, default=None,
-                   help="PPO iterations, each a batch of samples (default 40)")
+                   help=f"PPO iterations, each a batch of samples (default {PPO_DEFAULTS['ppo_steps']})")
     p.add_argument("--dpo-steps", type=positive_int, default=None,
-                   help="DPO steps, each a batch of pairs (default 120)")
+                   help=f"DPO steps, each a batch of pairs (default {PPO_DEFAULTS['dpo_steps']})")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="random seed: data split, models, samples (default 0)")
     p.add_argument("--output-dir", default="runs/ppo_gpt",
                    help="runs, checkpoints and the figure (default runs/ppo_gpt)")
     p.add_argument("--figure", dest="draw_figure", action=argparse.BooleanOptionalAction, default=True,
-                   help="draw reward and KL against step into OUTPUT_DIR/figures (needs matplotlib)")
+                   help="draw reward and KL against step into OUTPUT_DIR/figures (needs matplotlib; default: on)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier ppo-gpt run in --output-dir")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicators")
     p.set_defaults(func=_ppo_gpt)
 
@@ -686,10 +814,15 @@ def build_parser():
     p.add_argument("prompts", nargs="+", help="questions, e.g. 'What is 2+2?'")
     p.add_argument("--max-new-tokens", type=positive_int, default=200, help="at most this many tokens (default 200)")
     p.add_argument("--temperature", type=_number(float, 0), default=0.0, help="0 (default): greedy; >0: sample")
-    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-k", type=positive_int, default=None,
+                   help="sample among the k most likely tokens (default: all)")
     p.add_argument("--top-p", type=_number(float, 0, low_open=True, high=1), default=None,
-                   help="sample among the most likely tokens holding this much probability")
-    p.add_argument("--num-beams", type=positive_int, default=1, help="beam search with this many beams")
+                   help="sample among the most likely tokens holding this much probability (default: all)")
+    p.add_argument("--num-beams", type=positive_int, default=1,
+                   help="beam search with this many beams (default 1: no beam search)")
+    p.add_argument("--prompt-template", type=_prompt_template, default=None, metavar="TEXT",
+                   help="write the prompts in this template, {prompt} where the prompt goes (default: the one the "
+                        "model was trained with)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the sampling (default 0)")
     p.set_defaults(func=_generate)
 
@@ -712,9 +845,9 @@ def build_parser():
                                    "over_optimization, loss_spike, non_finite, still_improving, too_few_steps; each "
                                    "with its evidence, what it usually means, what to try and where to read more.")
     p.add_argument("path", help="a run directory, a trainer_state.json (or the directory holding it), a .jsonl or .csv")
-    p.add_argument("--json", metavar="PATH", help="write the report (findings and summary) to PATH")
+    p.add_argument("--json", metavar="PATH", help="write the report (findings and summary) to PATH (default: none)")
     p.add_argument("--figure", metavar="PATH",
-                   help="draw the metric curves with the findings marked (needs matplotlib)")
+                   help="draw the metric curves with the findings marked (needs matplotlib; default: none)")
     p.add_argument("--quiet", action="store_true", help="print one line per finding, nothing else")
     p.set_defaults(func=_diagnose)
 
@@ -724,22 +857,116 @@ def build_parser():
                    help="closed-form: exact π*, log Z, J for V=8, L=6; model: the GPT's training step against "
                         "NumPy's own matmul on the same shapes; dpo: a DPO step against an SFT step; generate: "
                         "tokens/s with and without the key/value cache; all: every one, and GPT-2 small's step")
-    p.add_argument("--json", metavar="PATH", help="write the report (and the machine it ran on) to PATH")
+    p.add_argument("--json", metavar="PATH", help="write the report (and the machine it ran on) to PATH (default: none)")
     p.set_defaults(func=_bench)
+    _thread_args(parser)
     return parser
+
+
+# ---- threads, TRL's spellings, and main ---------------------------------------------------------
+
+def thread_setting(requested, environ=None):
+    """``(threads, where it came from)``: ``--threads`` when given; else the user's
+    OPENBLAS_NUM_THREADS or OMP_NUM_THREADS, which the BLAS read when NumPy loaded (threads None when
+    it is not a number); else ``DEFAULT_THREADS``."""
+    if requested is not None:
+        return requested, "--threads"
+    environ = os.environ if environ is None else environ
+    for name in THREAD_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            return (int(value) if value.isdigit() else None), f"{name}={value}"
+    return DEFAULT_THREADS, "the default"
+
+
+@contextlib.contextmanager
+def blas_threads(requested):
+    """Run NumPy's BLAS on ``thread_setting``'s threads while the block runs, through threadpoolctl
+    (imported here: the package itself needs only NumPy). Yields ``{"threads", "from", "line"}``, the
+    line a command prints first. A variable the user set is honoured as the BLAS read it; without
+    threadpoolctl (or a BLAS it can control) the BLAS keeps its own count, said in the line, and an
+    explicit ``--threads`` is refused rather than ignored."""
+    threads, source = thread_setting(requested)
+    if source.split("=")[0] in THREAD_VARIABLES:
+        count = plural(threads, "BLAS thread") if threads else "BLAS threads as the BLAS reads"
+        yield {"threads": threads, "from": source, "line": f"threads: {count} ({source}, set before starting)"}
+        return
+    try:
+        import threadpoolctl
+        controllable = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    except ImportError:
+        threadpoolctl, controllable = None, []
+    if not controllable:
+        why = ("threadpoolctl is not installed" if threadpoolctl is None else
+               "threadpoolctl finds no BLAS it can control")
+        if requested is not None:
+            raise CommandError(f"--threads: {why}, so the BLAS's threads cannot be changed once NumPy has loaded; "
+                               f"pip install threadpoolctl, or start with OPENBLAS_NUM_THREADS={requested}")
+        yield {"threads": None, "from": why, "line": f"threads: the BLAS's own count ({why}; start with "
+                                                     f"OPENBLAS_NUM_THREADS={DEFAULT_THREADS} to set it)"}
+        return
+    with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+        note = "; --threads N to change" if source == "the default" else ""
+        yield {"threads": threads, "from": source,
+               "line": f"threads: {plural(threads, 'BLAS thread')} ({source}{note})"}
+
+
+def _trl_spellings(argv, parser):
+    """``argv`` with TRL's option names (``TRL_ALIASES``) and underscores for hyphens written as this
+    command's options; a value that follows an option is left as it is."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub = _subparsers(parser).get(command)
+    if sub is None:
+        return list(argv)
+    known, out, value_next = sub._option_string_actions, [], False
+    for arg in argv:
+        if value_next or not arg.startswith("--"):
+            out.append(arg)
+            value_next = False
+            continue
+        name, eq, value = arg.partition("=")
+        if name not in known:
+            for candidate in (TRL_ALIASES.get("--" + name[2:].replace("-", "_")), "--" + name[2:].replace("_", "-")):
+                if candidate in known:
+                    name = candidate
+                    break
+        out.append(name + eq + value)
+        action = known.get(name)
+        value_next = action is not None and not eq and action.nargs is None
+    return out
+
+
+def _unknown_options(parser, command, unknown):
+    """Exit with the command's usage and, for an option close to a known one, "did you mean"."""
+    sub = _subparsers(parser)[command]
+    names = [n for n in sub._option_string_actions if n.startswith("--")]
+    names += [trl for trl, ours in TRL_ALIASES.items() if ours in names]
+    hints = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=")[0], names, n=1, cutoff=0.6) if arg.startswith("-") else []
+        if close:
+            ours = TRL_ALIASES.get(close[0])
+            hints.append(f"{arg.split('=')[0]}: did you mean {close[0]}" + (f" ({ours})?" if ours else "?"))
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}" + ("; " + "; ".join(hints) if hints else ""))
 
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = _trl_spellings(list(sys.argv[1:] if argv is None else argv), parser)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unknown_options(parser, args.command, unknown)
     try:
         for option in ("json", "figure"):
             _writable_file(f"--{option}", getattr(args, option, None))
         if getattr(args, "figures_dir", None):
             _writable_dir("--figures-dir", args.figures_dir)
-        return args.func(args)
+        with blas_threads(args.threads) as threads:
+            print(threads["line"], file=sys.stderr)
+            args.blas_threads = {k: threads[k] for k in ("threads", "from")}
+            return args.func(args)
     except TrainingInterrupted as stop:
-        again = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume")
+        again = " ".join(a for a in argv if a != "--resume")
         print(f"\ninterrupted: {stop}. Continue with: python -m dpo_np {again} --resume", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

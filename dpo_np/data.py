@@ -22,8 +22,9 @@ JSONL rules (both loaders):
   is the line an editor shows;
 - a record is invalid when its line is not JSON, it is not an object, a
   required key is missing, a value is not a string, a value is empty or only
-  whitespace, it repeats an earlier record (the same required values), or
-  (preferences only) chosen == rejected.
+  whitespace, it repeats an earlier record (the same required values),
+  (preferences only) chosen == rejected, or it is a conversation that one
+  prompt and one answer cannot hold.
 
 By default the first invalid record raises ``ValueError`` naming the file and
 line (``data.jsonl:7``), or the list index (``records[6]``) for an in-memory
@@ -38,6 +39,14 @@ disappears unseen::
 
 (``read`` counts records, not blank lines; ``line`` is the list index for a list.)
 
+TRL's conversational records are read too, where they hold one question and its answers: a
+``"prompt"`` of one user message ``[{"role": "user", "content": x}]`` with ``"chosen"`` and
+``"rejected"`` of one assistant message each (or, with no ``"prompt"``, ``"chosen"`` and
+``"rejected"`` of ``[user, assistant]`` with the same user message); for SFT ``{"messages": [user,
+assistant]}``, and TRL's ``"completion"`` for ``"response"``. The user message becomes x, written
+through the prompt template like any other prompt. A system message or several turns cannot be
+represented in the template and are refused by name, with the line.
+
 A path must name a regular file: a directory, a FIFO or a device is refused by name before it is
 opened (a FIFO would block the reader). A line nested too deeply for the JSON reader is invalid
 JSON ("nested too deeply"), named by its line like any other.
@@ -48,7 +57,9 @@ chosen and a rejected response that differ only past the cut (or only in charact
 swallows) become the same tokens. Such a pair has no preference: its margin is 0 whatever π_θ, so
 the sigmoid loss sits at log 2 and it counts as wrong in the reward accuracy. The trainers warn
 (``DataWarning``) with the counts and the first places, and can drop the pairs
-(``TrainingConfig.drop_identical_pairs``).
+(``TrainingConfig.drop_identical_pairs``). What the cut removed is counted too
+(``truncation_report``: records and tokens, prompts and responses apart), and a large share of
+cut records is warned about (``warn_truncation``).
 """
 
 import json
@@ -59,6 +70,8 @@ import warnings
 import numpy as np
 
 from dpo_np import backend, checks
+from dpo_np.progress import plural
+from dpo_np.tokenizer import PROMPT_TEMPLATE
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 SFT_KEYS = ("prompt", "response")
@@ -66,27 +79,37 @@ TEXT_KEYS = ("text",)
 UNPAIRED_KEYS = ("prompt", "completion", "label")
 LABEL_PAD_TOKEN_ID = -100
 
-# The chat template, in one place: every prompt the model ever sees goes through it.
-PROMPT_TEMPLATE = "Q: {prompt}\nA: "
-
 REASONS = ("invalid_json", "not_an_object", "missing_key", "not_a_string", "not_a_boolean", "empty", "duplicate",
-           "chosen_equals_rejected")
+           "chosen_equals_rejected", "conversation")
 SHOWN_EXAMPLES = 5        # how many places a data warning names
+TRUNCATION_WARNING_SHARE = 0.1    # warn when the length limits cut more than this share of the records
 
 
 class DataWarning(UserWarning):
     """Records that load fine but arrive damaged at the model (see ``find_damage``)."""
 
 
-def format_prompt(prompt):
-    """The prompt x as the model reads it: ``"Q: " + prompt + "\\nA: "``.
+class TruncationWarning(DataWarning):
+    """A large share of the records lost tokens to the length limits (see ``warn_truncation``)."""
+
+
+def format_prompt(prompt, template=PROMPT_TEMPLATE):
+    """The prompt x as the model reads it: ``template.format(prompt=x)``, by default
+    ``"Q: " + prompt + "\\nA: "`` (``tokenizer.PROMPT_TEMPLATE``; a model's own is its
+    tokenizer's ``prompt_template``, see ``prompt_template_of``).
 
     The response y follows directly, so π(y|x) is the probability of the
     response's tokens after these ones.
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    return PROMPT_TEMPLATE.format(prompt=prompt)
+    return template.format(prompt=prompt)
+
+
+def prompt_template_of(tokenizer):
+    """The template a model with this tokenizer is trained and asked with (the default for a
+    tokenizer that carries none)."""
+    return getattr(tokenizer, "prompt_template", PROMPT_TEMPLATE)
 
 
 # ---- loading and validation -------------------------------------------------------
@@ -120,6 +143,62 @@ def _problem(record, keys):
 
 
 _BLANK = object()        # a blank JSONL line: no record, no problem
+
+_ONE_TURN = ("dpo_np reads one user message as the prompt (written through the prompt template) and one "
+             "assistant message per response; a system message or earlier turns have no place in that "
+             "format: fold them into the user message, or use plain strings")
+
+
+def _message(messages, role, field):
+    """The content of ``messages`` if it is exactly one message of ``role``; else (None, problem)."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return None, ("not_a_string", f"{field!r} must be a string or a list of {{\"role\", \"content\"}} "
+                                      f"messages, got {type(messages).__name__}")
+    roles = [m.get("role") for m in messages]
+    if roles != [role]:
+        return None, ("conversation", f"{field!r} is a conversation of {len(messages)} message(s) with roles "
+                                      f"{roles}, not one {role} message: {_ONE_TURN}")
+    content = messages[0].get("content")
+    if not isinstance(content, str):
+        return None, ("not_a_string", f"{field!r}: the {role} message's 'content' must be a string, got "
+                                      f"{type(content).__name__}")
+    return content, None
+
+
+def _read_conversation(record, kind):
+    """TRL's conversational record as a plain one ((record, None)), or (record, problem) when it
+    cannot be represented; a plain record comes back as it is (see the module docstring)."""
+    if not isinstance(record, dict):
+        return record, None
+    out = dict(record)
+    if kind == "sft":
+        if "messages" in out and "prompt" not in out and "text" not in out:
+            messages = out.pop("messages")
+            roles = [m.get("role") if isinstance(m, dict) else None for m in messages] \
+                if isinstance(messages, list) else type(messages).__name__
+            if roles != ["user", "assistant"]:
+                return record, ("conversation", f"'messages' holds roles {roles}, not one user message and "
+                                                f"its assistant answer: {_ONE_TURN}")
+            out["prompt"], out["response"] = messages[:1], messages[1:]
+        if "completion" in out and "response" not in out:
+            out["response"] = out.pop("completion")        # TRL's name for the response
+        responses = ("response",)
+    elif kind == "unpaired":
+        responses = ("completion",)
+    else:
+        if "prompt" not in out and all(isinstance(out.get(k), list) for k in ("chosen", "rejected")):
+            turns = [out[k][:-1] for k in ("chosen", "rejected")]     # TRL's implicit prompt
+            if turns[0] != turns[1]:
+                return record, ("conversation", "'chosen' and 'rejected' start with different user turns, so "
+                                                "they answer different prompts")
+            out["prompt"], out["chosen"], out["rejected"] = turns[0], out["chosen"][-1:], out["rejected"][-1:]
+        responses = ("chosen", "rejected")
+    for field, role in (("prompt", "user"),) + tuple((r, "assistant") for r in responses):
+        if isinstance(out.get(field), list):
+            out[field], problem = _message(out[field], role, field)
+            if problem is not None:
+                return record, problem
+    return out, None
 
 
 def _entries(source):
@@ -170,9 +249,10 @@ def _check_regular_file(path):
         raise ValueError(f"{path} is {kind}, not a regular file: give the path of a .jsonl file")
 
 
-def _load(source, keys, skip_invalid, locations=False):
-    """The loader both record kinds share; see the module docstring for the rules. ``locations``:
-    also return where each kept record was read (``data.jsonl:7``, ``records[6]``)."""
+def _load(source, kind, skip_invalid, locations=False):
+    """The loader the record kinds ("preference", "sft", "unpaired") share; see the module docstring
+    for the rules. ``locations``: also return where each kept record was read (``data.jsonl:7``, ``records[6]``)."""
+    keys = {"preference": PREFERENCE_KEYS, "unpaired": UNPAIRED_KEYS}.get(kind, _sft_keys)
     if isinstance(source, (list, tuple)):
         name = f"records (a list of {len(source)})"
     elif isinstance(source, (str, os.PathLike)):
@@ -186,6 +266,8 @@ def _load(source, keys, skip_invalid, locations=False):
             blank += 1
             continue
         read += 1
+        if problem is None:
+            record, problem = _read_conversation(record, kind)
         record_keys = keys(record) if callable(keys) else keys
         if problem is None:
             problem = _problem(record, record_keys)
@@ -225,27 +307,26 @@ def load_preferences(source, skip_invalid=False):
     list index) of the first invalid record otherwise, and for a source with
     no records at all.
     """
-    return _load(source, PREFERENCE_KEYS, skip_invalid)
+    return _load(source, "preference", skip_invalid)
 
 
 def load_sft(source, skip_invalid=False):
     """SFT records ``{"prompt": x, "response": y}`` or ``{"text": t}`` (one file may mix them),
     with the same rules and return values as ``load_preferences``."""
-    return _load(source, _sft_keys, skip_invalid)
+    return _load(source, "sft", skip_invalid)
 
 
 def load_unpaired(source, skip_invalid=False):
     """Unpaired records ``{"prompt": x, "completion": y, "label": true/false}`` (KTO's data: a response
     marked desirable or undesirable), with the same rules and return values as ``load_preferences``."""
-    return _load(source, UNPAIRED_KEYS, skip_invalid)
+    return _load(source, "unpaired", skip_invalid)
 
 
 def load_located(source, kind):
     """``(records, wheres, name)``: the records of ``load_preferences`` (``kind`` "preference"),
     ``load_sft`` ("sft") or ``load_unpaired`` ("unpaired"), where each was read (``data.jsonl:7``,
     ``records[6]``), and the source's name, so that a problem found later (in tokenizing) can name its line."""
-    keys = {"preference": PREFERENCE_KEYS, "unpaired": UNPAIRED_KEYS}.get(kind, _sft_keys)
-    return _load(source, keys, False, locations=True)
+    return _load(source, kind, False, locations=True)
 
 
 # ---- tokenization ------------------------------------------------------------------
@@ -277,29 +358,38 @@ def _encode(tokenizer, text, what, where):
                          f"as written): {detail}") from None
 
 
-def _prompt_ids(tokenizer, prompt, max_prompt_length, where="record"):
+def _prompt_ids(tokenizer, prompt, max_prompt_length, where="record", cut=None):
     # keep the END of the prompt: the question and the "A: " cue sit there
+    template = prompt_template_of(tokenizer)
     try:
-        ids = tokenizer.encode(format_prompt(prompt))
+        ids = tokenizer.encode(format_prompt(prompt, template))
     except ValueError:
         # name the culprit with positions in its own text, not in the templated prompt
         _encode(tokenizer, prompt, "'prompt'", where)
-        _encode(tokenizer, format_prompt(""), f"the prompt template {PROMPT_TEMPLATE!r}", where)
+        _encode(tokenizer, format_prompt("", template), f"the prompt template {template!r}", where)
         raise
-    return ids[-max_prompt_length:]
+    return _keep(ids, max_prompt_length, "prompt", cut, end=True)
 
 
-def _response_ids(tokenizer, response, budget, field="response", where="record"):
+def _response_ids(tokenizer, response, budget, field="response", where="record", cut=None):
     # keep the START of the response; a cut response loses its eos, as in the
     # standard trainers (the model is not taught to stop where the cut fell)
     ids = _encode(tokenizer, response, repr(field), where) + [tokenizer.eos_token_id]
-    return ids[:budget]
+    return _keep(ids, budget, field, cut)
 
 
-def tokenize_preference(tokenizer, record, max_length, max_prompt_length, where="record"):
+def _keep(ids, limit, field, cut, end=False):
+    """The first (``end``: last) ``limit`` of ``ids``; ``cut[field]`` = (tokens removed, tokens there were)."""
+    if cut is not None:
+        cut[field] = (max(0, len(ids) - limit), len(ids))
+    return ids[-limit:] if end else ids[:limit]
+
+
+def tokenize_preference(tokenizer, record, max_length, max_prompt_length, where="record", cut=None):
     """Token ids of x, y_w and y_l, tokenized SEPARATELY.
 
-    The prompt ``format_prompt(x)`` and each response are encoded on their own
+    The prompt ``format_prompt(x, template)`` (the tokenizer's ``prompt_template``) and each
+    response are encoded on their own
     and only then concatenated, so no token straddles the prompt/response
     boundary and π(y|x) scores exactly the response's tokens. Each response
     ends with ``tokenizer.eos_token_id``.
@@ -313,20 +403,22 @@ def tokenize_preference(tokenizer, record, max_length, max_prompt_length, where=
 
     Returns ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` (lists of int). An invalid record,
     or a text the tokenizer cannot read, is a ValueError naming ``where`` (``data.jsonl:7``, as
-    ``load_located`` gives it), the field, and the position in that field's own text.
+    ``load_located`` gives it), the field, and the position in that field's own text. ``cut``: a
+    dict that receives, per field, (tokens the limits removed, tokens there were), eos included
+    (``truncation_report`` sums them).
     """
     _check_lengths(max_length, max_prompt_length)
     _check_record(record, PREFERENCE_KEYS, where)
-    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where)
+    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where, cut)
     budget = max_length - len(prompt_ids)
     return {"prompt_ids": prompt_ids,
-            "chosen_ids": _response_ids(tokenizer, record["chosen"], budget, "chosen", where),
-            "rejected_ids": _response_ids(tokenizer, record["rejected"], budget, "rejected", where)}
+            "chosen_ids": _response_ids(tokenizer, record["chosen"], budget, "chosen", where, cut),
+            "rejected_ids": _response_ids(tokenizer, record["rejected"], budget, "rejected", where, cut)}
 
 
-def tokenize_sft(tokenizer, record, max_length, max_prompt_length, where="record"):
+def tokenize_sft(tokenizer, record, max_length, max_prompt_length, where="record", cut=None):
     """``{"prompt_ids", "response_ids"}`` for an SFT record, with the same
-    boundary, truncation and error rules as ``tokenize_preference``.
+    boundary, truncation, error and ``cut`` rules as ``tokenize_preference``.
 
     A ``{"text": t}`` record has no prompt: its "prompt" is the end token alone, as GPT-2 starts a
     document after ``<|endoftext|>``, so every token of t, the first included, is a target.
@@ -336,11 +428,11 @@ def tokenize_sft(tokenizer, record, max_length, max_prompt_length, where="record
     _check_record(record, keys, where)
     if keys == TEXT_KEYS:
         return {"prompt_ids": [tokenizer.eos_token_id],
-                "response_ids": _response_ids(tokenizer, record["text"], max_length - 1, "text", where)}
-    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where)
+                "response_ids": _response_ids(tokenizer, record["text"], max_length - 1, "text", where, cut)}
+    prompt_ids = _prompt_ids(tokenizer, record["prompt"], max_prompt_length, where, cut)
     return {"prompt_ids": prompt_ids,
             "response_ids": _response_ids(tokenizer, record["response"], max_length - len(prompt_ids),
-                                          "response", where)}
+                                          "response", where, cut)}
 
 
 def tokenize_unpaired(tokenizer, record, max_length, max_prompt_length, where="record"):
@@ -390,18 +482,60 @@ def warn_damage(damage, wheres, name, max_length, max_prompt_length, dropped=Fal
         fix = ("they were left out (drop_identical_pairs=True)" if dropped else
                "raise max_length, use a tokenizer that reads every character (dpo_np.tokenizer.ByteTokenizer), "
                "or set drop_identical_pairs=True to leave them out")
-        warnings.warn(f"{name}: {len(identical)} of {n} pairs have the same tokens for chosen and rejected after "
+        warnings.warn(f"{name}: {len(identical)} of {plural(n, 'pair')} have the same tokens for chosen and rejected after "
                       f"tokenization (max_length={max_length}, max_prompt_length={max_prompt_length}), at "
                       f"{_places([wheres[i] for i in identical])}: the texts differ only past the cut, or only in "
                       f"characters the tokenizer's unk token stands for. Such a pair has no preference (its "
                       f"margin is 0 whatever the policy): it trains at loss log 2 and counts as wrong in the "
                       f"reward accuracy; {fix}", DataWarning, stacklevel=4)
     if collisions:
-        warnings.warn(f"{name}: {len(collisions)} of {n} records have a prompt that differs from an earlier "
+        warnings.warn(f"{name}: {len(collisions)} of {plural(n, 'record')} have a prompt that differs from an earlier "
                       f"record's but has the same tokens once cut to its last max_prompt_length="
                       f"{max_prompt_length}, at {_places([f'{wheres[i]} (as {wheres[j]})' for i, j in collisions])}: "
                       f"the model cannot tell these questions apart; raise max_prompt_length or shorten the "
                       f"prompts", DataWarning, stacklevel=4)
+
+
+def truncation_report(cuts):
+    """What the length limits removed, from the ``cut`` dicts of ``tokenize_preference``/``_sft``
+    (one per record): ``{"records", "records_cut", "prompts_cut", "prompt_tokens_removed",
+    "prompt_tokens", "responses_cut", "response_tokens_removed", "response_tokens"}``. A response is
+    chosen, rejected, response or text; its tokens count its end token."""
+    report = dict.fromkeys(("records_cut", "prompts_cut", "prompt_tokens_removed", "prompt_tokens",
+                            "responses_cut", "response_tokens_removed", "response_tokens"), 0)
+    report["records"] = len(cuts)
+    for cut in cuts:
+        report["records_cut"] += any(removed for removed, _ in cut.values())
+        for field, (removed, total) in cut.items():
+            side = "prompt" if field == "prompt" else "response"
+            report[f"{side}s_cut"] += removed > 0
+            report[f"{side}_tokens_removed"] += removed
+            report[f"{side}_tokens"] += total
+    return report
+
+
+def describe_truncation(report):
+    """What ``truncation_report`` counted, in words: "3 of 16 records (2 prompts lost 41 of 612
+    tokens, 3 responses 310 of 2,048)"."""
+    r = report
+    return (f"{r['records_cut']:,} of {plural(r['records'], 'record')} ({plural(r['prompts_cut'], 'prompt')} lost "
+            f"{r['prompt_tokens_removed']:,} of {plural(r['prompt_tokens'], 'token')}, "
+            f"{plural(r['responses_cut'], 'response')} {r['response_tokens_removed']:,} of {r['response_tokens']:,})")
+
+
+def warn_truncation(report, name, max_length, max_prompt_length, tokenizer=None):
+    """A ``TruncationWarning`` (a ``DataWarning``) when the limits cut more than
+    ``TRUNCATION_WARNING_SHARE`` of the records:
+    what was lost is never trained on, and a response cut before its end is never taught to stop."""
+    if report["records_cut"] <= TRUNCATION_WARNING_SHARE * report["records"]:
+        return
+    bytes_note = (" (a token of the byte tokenizer is a byte: 1 per ASCII character, 2 or 3 for most others)"
+                  if type(tokenizer).__name__ == "ByteTokenizer" else "")
+    warnings.warn(f"{name}: the length limits max_length={max_length} (--max-length) and max_prompt_length="
+                  f"{max_prompt_length} (--max-prompt-length) cut {describe_truncation(report)}{bytes_note}. "
+                  f"The prompt keeps its end and a response its start; what is cut is never trained on and a "
+                  f"cut response is not taught to stop. Raise the limits (a new model's context is its "
+                  f"max_length) or shorten the texts", TruncationWarning, stacklevel=4)
 
 
 # ---- collation ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend, checks
-from dpo_np.data import format_prompt
+from dpo_np.data import format_prompt, prompt_template_of
 
 
 # ---- arguments ----------------------------------------------------------------------
@@ -263,11 +263,12 @@ def _beam_search_one(model, prompt, max_new_tokens, num_beams, eos_token_id, len
 # ---- answering a question ---------------------------------------------------------------
 
 def greedy_answer(model, tokenizer, prompt, max_new_tokens=None):
-    """π_θ's greedy answer to ``prompt`` (formatted with ``data.format_prompt``), up to the end token.
+    """π_θ's greedy answer to ``prompt`` (formatted with ``data.format_prompt`` in the tokenizer's
+    prompt template, the one the model was trained with), up to the end token.
 
     At most ``block_size − len(prompt)`` new tokens, so the context is never cropped.
     """
-    ids = tokenizer.encode(format_prompt(prompt))
+    ids = tokenizer.encode(format_prompt(prompt, prompt_template_of(tokenizer)))
     room = model.config.block_size - len(ids)
     if room <= 0:
         raise ValueError(f"prompt is {len(ids)} tokens, no room left in block_size={model.config.block_size}")

@@ -6,7 +6,9 @@ A Hugging Face GPT-2 directory holds
     model.safetensors       the weights, "transformer.wte.weight", "transformer.h.0.attn.c_attn.weight", ...
                             (the original ``gpt2`` upload names them without "transformer." and also
                             stores each block's causal mask, "h.N.attn.bias": both are read)
-    vocab.json, merges.txt  the tokenizer (``BPETokenizer``), with tokenizer_config.json
+    vocab.json, merges.txt  the tokenizer (``BPETokenizer``), with tokenizer_config.json, whose
+                            "chat_template" (written on export) is the prompt template the model was
+                            trained with, as a Jinja template (``chat_template``)
 
 ``GPT.params`` already uses GPT-2's names and its Conv1D layout (y = x @ W + b, W of shape
 (in, out)), so the weights map one to one under the "transformer." prefix, with no transpose.
@@ -33,6 +35,8 @@ rates are accepted and unused (this GPT has no dropout).
 import json
 import os
 import re
+import string
+import warnings
 
 import numpy as np
 
@@ -40,11 +44,13 @@ from dpo_np import backend
 from dpo_np.files import atomic_write, write_json_atomic
 from dpo_np.model import GPT, GPTConfig, param_shapes
 from dpo_np.safetensors import read_header, read_safetensors, write_safetensors
-from dpo_np.tokenizer import TOKENIZERS, BPETokenizer, ByteTokenizer, CharTokenizer, load_tokenizer
+from dpo_np.tokenizer import (PROMPT_TEMPLATE, TOKENIZERS, BPETokenizer, ByteTokenizer, CharTokenizer,
+                              check_prompt_template, load_tokenizer)
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 VOCAB, MERGES, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP = ("vocab.json", "merges.txt", "tokenizer_config.json",
                                                        "special_tokens_map.json")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"       # transformers 5 saves a chat template here, not in the config
 WRITTEN = (CONFIG, WEIGHTS, VOCAB, MERGES, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP)
 PREFIX = "transformer."
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -247,7 +253,8 @@ def save_pretrained(model, directory, tokenizer=None):
 
 def tokenizer_files(tokenizer, config=None):
     """{file name: content} of ``tokenizer`` as a GPT-2 tokenizer of transformers: ``vocab.json``,
-    ``merges.txt`` (GPT-2's "#version" line, then one merge per line), ``tokenizer_config.json``
+    ``merges.txt`` (GPT-2's "#version" line, then one merge per line), ``tokenizer_config.json`` (its
+    "chat_template" the tokenizer's prompt template, see ``chat_template``)
     and ``special_tokens_map.json``.
 
     A ``ByteTokenizer`` is the byte-level BPE with no merges (``ByteTokenizer.bpe_vocab``). The
@@ -279,11 +286,50 @@ def tokenizer_files(tokenizer, config=None):
               "unk_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token}
     tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", **tokens, "add_prefix_space": False,
                         "add_bos_token": False, "errors": "replace", "clean_up_tokenization_spaces": False,
-                        "added_tokens_decoder": added}
+                        "added_tokens_decoder": added, "chat_template": chat_template(tokenizer.prompt_template)}
     if config is not None:
         tokenizer_config["model_max_length"] = config.block_size
     merges_text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
     return {VOCAB: vocab, MERGES: merges_text, TOKENIZER_CONFIG: tokenizer_config, SPECIAL_TOKENS_MAP: tokens}
+
+
+# ---- the prompt template as a chat template ----------------------------------------------------
+
+# A user message is written as the prompt template writes a prompt, an assistant message as the
+# response and the end token, exactly the sequences the model was trained on; any other role has no
+# place in that format. The literal parts are JSON strings, which Jinja reads as its own string
+# literals, so no character of the template can be taken for Jinja syntax.
+_CHAT_TEMPLATE = ("{%- for message in messages -%}"
+                  "{%- if message['role'] == 'user' -%}{{ @PREFIX@ ~ message['content'] ~ @SUFFIX@ }}"
+                  "{%- elif message['role'] == 'assistant' -%}{{ message['content'] ~ eos_token }}"
+                  "{%- else -%}{{ raise_exception(@REFUSAL@) }}"
+                  "{%- endif -%}{%- endfor -%}")
+_REFUSAL = ("this model was trained on a user message and its answer, written in its prompt template; "
+            "it has no place for a message of another role, such as a system prompt")
+_LITERAL = r'"(?:[^"\\]|\\.)*"'
+
+
+def chat_template(prompt_template=PROMPT_TEMPLATE):
+    """The Jinja chat template (``tokenizer_config.json``'s "chat_template") that writes a user message
+    as ``prompt_template`` writes a prompt x, and an assistant message as its content and the end
+    token: ``apply_chat_template([{"role": "user", "content": x}])`` is ``prompt_template.format(prompt=x)``,
+    the text the model answers (the answer's cue is part of it, with or without a generation prompt)."""
+    parts = list(string.Formatter().parse(check_prompt_template(prompt_template)))
+    prefix, suffix = parts[0][0], "".join(literal for literal, _, _, _ in parts[1:])
+    literal = lambda text: json.dumps(text, ensure_ascii=False)          # noqa: E731
+    return (_CHAT_TEMPLATE.replace("@PREFIX@", literal(prefix)).replace("@SUFFIX@", literal(suffix))
+            .replace("@REFUSAL@", literal(_REFUSAL)))
+
+
+def prompt_template_from_chat(chat):
+    """The prompt template of a chat template that ``chat_template`` wrote, or None for any other."""
+    pattern = re.escape(chat_template("@P@{prompt}@S@"))
+    pattern = pattern.replace(re.escape('"@P@"'), f"({_LITERAL})").replace(re.escape('"@S@"'), f"({_LITERAL})")
+    m = re.fullmatch(pattern, chat) if isinstance(chat, str) else None
+    if m is None:
+        return None
+    escape = lambda text: json.loads(text).replace("{", "{{").replace("}", "}}")   # noqa: E731
+    return escape(m.group(1)) + "{prompt}" + escape(m.group(2))
 
 
 # ---- either kind of directory ------------------------------------------------------------------
@@ -336,6 +382,19 @@ def _hf_tokenizer(directory):
             return load_tokenizer(own)
     if (os.path.isfile(os.path.join(directory, VOCAB)) and os.path.isfile(os.path.join(directory, MERGES))
             or os.path.isfile(own)):
-        return BPETokenizer.from_pretrained(directory)      # GPT-2's files, or transformers' tokenizer.json
+        tokenizer = BPETokenizer.from_pretrained(directory)      # GPT-2's files, or transformers' tokenizer.json
+        config, jinja = os.path.join(directory, TOKENIZER_CONFIG), os.path.join(directory, CHAT_TEMPLATE_FILE)
+        chat = _read_json(config).get("chat_template") if os.path.isfile(config) else None
+        if chat is None and os.path.isfile(jinja):         # where transformers 5 saves it
+            with open(jinja, encoding="utf-8") as f:
+                chat, config = f.read(), jinja
+        template = prompt_template_from_chat(chat)
+        if chat is not None and template is None:
+            warnings.warn(f"{config}: its chat template is not one this package writes (a prompt template "
+                          f"around one user message), so prompts are written as {PROMPT_TEMPLATE!r}; if the model "
+                          f"expects another format, set the tokenizer's prompt_template (--prompt-template)",
+                          stacklevel=3)
+        tokenizer.prompt_template = template or PROMPT_TEMPLATE
+        return tokenizer
     return None
 

@@ -31,7 +31,8 @@ from dpo_np.checkpoint import load_checkpoint, save_checkpoint
 from dpo_np.data import collate_preferences
 from dpo_np.model import GPT, GPTConfig, param_shapes
 from dpo_np.rlhf import bradley_terry_loss
-from dpo_np.training import Trainer, TrainingConfig, check_model_fits, pair_metrics, resolve_config
+from dpo_np.training import (Trainer, TrainingConfig, check_model_fits, pair_metrics, resolve_config,
+                             resolve_tokenizer)
 
 HEAD = ("score.weight", "score.bias")
 
@@ -170,7 +171,7 @@ class RewardTrainer(Trainer):
     """Fit r_φ to preference pairs by minimising L_R (DPO paper eq. 2) through the autograd.
 
     ``RewardTrainer(model, args=None, train_dataset=None, eval_dataset=None, tokenizer=None,
-    **overrides)``; ``model`` a ``RewardModel``. Logs loss, accuracy (r(x, y_w) > r(x, y_l)),
+    **overrides)``; ``model`` a ``RewardModel``; ``processing_class`` is TRL's name for ``tokenizer``. Logs loss, accuracy (r(x, y_w) > r(x, y_l)),
     margin, rewards/chosen, rewards/rejected (plus lr, grad_norm); ``evaluate()`` the same on
     the held-out pairs under ``eval/``.
     """
@@ -178,14 +179,16 @@ class RewardTrainer(Trainer):
     name = "reward"
     data_kind = "preference"
 
-    def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, tokenizer=None, **overrides):
+    def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, tokenizer=None,
+                 processing_class=None, **overrides):
         args = resolve_config(RewardConfig, args, overrides)
+        tokenizer = resolve_tokenizer(tokenizer, processing_class)
         if not isinstance(model, RewardModel):
             raise TypeError(f"model must be a RewardModel, got {type(model).__name__}")
         check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
-        self.train_features = self.tokenize(train_dataset)
-        self.eval_features = self.tokenize(eval_dataset)
+        self.train_features = self.tokenize(train_dataset, split="train")
+        self.eval_features = self.tokenize(eval_dataset, split="eval")
 
     def batch_outputs(self, features, idx, backward=False):
         """L_R of the pairs ``idx`` and the rewards (r_w, r_l); with ``backward`` dL/dφ is accumulated."""

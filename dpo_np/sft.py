@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from dpo_np import backend
 from dpo_np import logprobs
 from dpo_np.data import collate_sft
-from dpo_np.training import Trainer, TrainingConfig, check_model_fits, resolve_config
+from dpo_np.training import Trainer, TrainingConfig, check_model_fits, resolve_config, resolve_tokenizer
 
 
 @dataclass
@@ -63,19 +63,22 @@ class SFTTrainer(Trainer):
     """Maximum likelihood on ``{"prompt", "response"}`` records (a list or a JSONL path).
 
     ``SFTTrainer(model, args=None, train_dataset=None, eval_dataset=None, tokenizer=None, **overrides)``
-    mirrors ``DPOTrainer``; ``overrides`` set fields of ``args``. Logs loss, lr, grad_norm and
+    mirrors ``DPOTrainer`` (``processing_class`` is TRL's name for ``tokenizer``); ``overrides`` set
+    fields of ``args``. Logs loss, lr, grad_norm and
     tokens (response tokens trained on so far) to ``output_dir/metrics.jsonl``.
     """
 
     name = "sft"
     cumulative_metrics = ("tokens",)
 
-    def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, tokenizer=None, **overrides):
+    def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, tokenizer=None,
+                 processing_class=None, **overrides):
         args = resolve_config(SFTConfig, args, overrides)
+        tokenizer = resolve_tokenizer(tokenizer, processing_class)
         check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
-        self.train_features = self.tokenize(train_dataset)
-        self.eval_features = self.tokenize(eval_dataset)
+        self.train_features = self.tokenize(train_dataset, split="train")
+        self.eval_features = self.tokenize(eval_dataset, split="eval")
         self.state["counters"] = {"tokens": 0}
 
     def _batch(self, features, idx):

@@ -19,11 +19,18 @@ skip_special_tokens=True) -> text``, ``vocab_size``, ``pad_token_id``, ``eos_tok
 ``encode`` reads text literally: the string "<|endoftext|>" inside a text is its characters,
 not the end token, unless ``allowed_special=True``. Append ``eos_token_id`` yourself (or pass
 ``add_eos=True``) to end a response.
+
+Each also carries the prompt template its model is trained and asked with, ``prompt_template``
+(``PROMPT_TEMPLATE``, ``"Q: {prompt}\nA: "``, unless set): the text x is read as
+``template.format(prompt=x)`` and the response follows directly (``data.format_prompt``). It is
+saved with the tokenizer, so a checkpoint answers in the format it was trained in, as a
+Hugging Face tokenizer carries its chat template.
 """
 
 import collections
 import json
 import os
+import string
 import unicodedata
 
 from dpo_np import checks
@@ -37,6 +44,26 @@ FORMAT = "dpo_np.CharTokenizer"
 BYTE_FORMAT = "dpo_np.ByteTokenizer"
 BPE_FORMAT = "dpo_np.BPETokenizer"
 VERSION = 1
+
+# The prompt template, in one place: every prompt a model is trained on or asked goes through it.
+PROMPT_TEMPLATE = "Q: {prompt}\nA: "
+
+
+def check_prompt_template(template, name="prompt_template"):
+    """``template`` if it is text holding the field ``{prompt}`` exactly once and no other field
+    (a literal brace is written ``{{`` or ``}}``, as in ``str.format``); ValueError naming ``name``."""
+    if not isinstance(template, str):
+        raise TypeError(f"{name} must be a string holding {{prompt}}, got {type(template).__name__}")
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise ValueError(f"{name} {template!r}: {err} (write a literal brace as {{{{ or }}}})") from None
+    if [f for f, _, _ in fields] != ["prompt"] or fields[0][1] or fields[0][2]:
+        found = ", ".join("{" + f + (f"!{c}" if c else "") + (f":{sp}" if sp else "") + "}"
+                          for f, sp, c in fields) or "none"
+        raise ValueError(f"{name} must hold the field {{prompt}} exactly once and no other field "
+                         f"(a literal brace is written {{{{ or }}}}), got {template!r} (fields: {found})")
+    return template
 
 
 def _check_specials(specials):
@@ -119,8 +146,27 @@ def _check_header(d, fmt):
 # ---- one token per character --------------------------------------------------------------
 
 class _Tokenizer:
-    """What every tokenizer here shares: its length, equality by content, and JSON persistence
-    through its own ``to_dict``/``from_dict``."""
+    """What every tokenizer here shares: its length, equality by content, the prompt template, and
+    JSON persistence through its own ``to_dict``/``from_dict``."""
+
+    _prompt_template = PROMPT_TEMPLATE
+
+    @property
+    def prompt_template(self):
+        """How a prompt x is written before the response: ``template.format(prompt=x)``."""
+        return self._prompt_template
+
+    @prompt_template.setter
+    def prompt_template(self, template):
+        self._prompt_template = check_prompt_template(template)
+
+    def _template_entry(self):
+        # written only when it is not the default, so files written before it existed read the same
+        return {} if self.prompt_template == PROMPT_TEMPLATE else {"prompt_template": self.prompt_template}
+
+    def _read_template(self, d):
+        self.prompt_template = d.get("prompt_template", PROMPT_TEMPLATE)
+        return self
 
     def __len__(self):
         return self.vocab_size
@@ -255,7 +301,7 @@ class CharTokenizer(_Tokenizer):
 
     def to_dict(self):
         return {"format": FORMAT, "version": VERSION, "specials": list(self.specials),
-                "unk_token": self.unk_token, "chars": list(self.chars)}
+                "unk_token": self.unk_token, "chars": list(self.chars), **self._template_entry()}
 
     @classmethod
     def from_dict(cls, d):
@@ -270,7 +316,7 @@ class CharTokenizer(_Tokenizer):
         tok = cls(d["chars"], specials=specials[2:], unk_token=d.get("unk_token"))
         if list(tok.specials) != specials:
             raise ValueError(f"tokenizer data: 'unk_token' {d.get('unk_token')!r} is not among 'specials'")
-        return tok
+        return tok._read_template(d)
 
 # ---- one token per byte -------------------------------------------------------------------
 
@@ -302,8 +348,10 @@ class ByteTokenizer(_Tokenizer):
         id  257      <|pad|>         padding (never a target: masked out of log-probs)
         258...       optional specials (e.g. "<|bos|>", "<|sep|>")
 
-    Any text encodes, in at most 4 tokens per character, with nothing learned from a corpus: the
-    tokenizer for a model trained from scratch on user data.
+    Any text encodes, with nothing learned from a corpus: the tokenizer for a model trained from
+    scratch on user data. A token is a byte, so a character costs what UTF-8 spends on it: ASCII
+    1 token, accented Latin, Greek, Cyrillic, Hebrew or Arabic letters 2, Chinese, Japanese or Korean
+    3, an emoji 4, and the length limits (``max_length``) count these tokens.
 
     This is GPT-2's byte-level BPE with no merges: ``bpe_vocab()`` names each id as GPT-2's
     vocabulary would (byte b as ``BYTE_TO_UNICODE[b]``, the specials as themselves, after the
@@ -376,7 +424,8 @@ class ByteTokenizer(_Tokenizer):
         return f"ByteTokenizer(vocab_size={self.vocab_size}, specials={list(self.specials)})"
 
     def to_dict(self):
-        return {"format": BYTE_FORMAT, "version": VERSION, "specials": list(self.specials)}
+        return {"format": BYTE_FORMAT, "version": VERSION, "specials": list(self.specials),
+                **self._template_entry()}
 
     @classmethod
     def from_dict(cls, d):
@@ -388,7 +437,7 @@ class ByteTokenizer(_Tokenizer):
         tok = cls(specials[2:])
         if list(tok.specials) != specials:
             raise ValueError(f"tokenizer data: duplicate entries in 'specials' {specials}")
-        return tok
+        return tok._read_template(d)
 
 # ---- GPT-2's byte-level BPE ---------------------------------------------------------------
 
@@ -704,7 +753,7 @@ class BPETokenizer(_Tokenizer):
     def to_dict(self):
         return {"format": BPE_FORMAT, "version": VERSION, "eos_token": self.eos_token,
                 "pad_token": self.pad_token, "specials": list(self.specials), "vocab": self.vocab,
-                "merges": [f"{a} {b}" for a, b in self.merges]}
+                "merges": [f"{a} {b}" for a, b in self.merges], **self._template_entry()}
 
     @classmethod
     def from_dict(cls, d):
@@ -713,7 +762,7 @@ class BPETokenizer(_Tokenizer):
                           ("pad_token", str)):
             if not isinstance(d.get(key), kind):
                 raise ValueError(f"tokenizer data: {key!r} must be a JSON {kind.__name__}")
-        return cls(d["vocab"], d["merges"], d["eos_token"], d["pad_token"], d["specials"])
+        return cls(d["vocab"], d["merges"], d["eos_token"], d["pad_token"], d["specials"])._read_template(d)
 
 # ---- any of them --------------------------------------------------------------------------
 

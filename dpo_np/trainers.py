@@ -33,7 +33,7 @@ from dpo_np import backend, checks, logprobs, variants
 from dpo_np.data import collate_preferences
 from dpo_np.losses import REFERENCE_FREE_LOSS_TYPES, dpo_loss, implicit_rewards
 from dpo_np.training import (Trainer, TrainingConfig, check_model_fits, fingerprint, pair_metrics, reference_model,
-                             resolve_config)
+                             resolve_config, resolve_tokenizer)
 
 AVERAGED_LOSSES = ("ipo", "sigmoid_norm", "simpo", "orpo")   # these read per-token mean log-probs
 
@@ -133,20 +133,22 @@ class DPOTrainer(Trainer):
     notes' snippet). Datasets are lists of ``{"prompt", "chosen", "rejected"}`` records (or a
     JSONL path), checked by ``data.load_preferences``. ``ref_model=None`` makes π_ref a frozen
     copy of the initial policy. ``tokenizer`` is required (``ByteTokenizer`` for any text,
-    ``BPETokenizer`` for a GPT-2, ``CharTokenizer`` for a known alphabet).
+    ``BPETokenizer`` for a GPT-2, ``CharTokenizer`` for a known alphabet); TRL's newer name for it,
+    ``processing_class``, is accepted too.
     """
 
     name = "dpo"
     data_kind = "preference"
 
     def __init__(self, model, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
-                 tokenizer=None, **overrides):
+                 tokenizer=None, processing_class=None, **overrides):
         args = resolve_config(DPOConfig, args, overrides)
+        tokenizer = resolve_tokenizer(tokenizer, processing_class)
         check_model_fits(model, "model", args, tokenizer)
         super().__init__(model, args, tokenizer)
         self.ref_model = None if args.reference_free else reference_model(model, ref_model, args, tokenizer)
-        self.train_features = self.tokenize(train_dataset)
-        self.eval_features = self.tokenize(eval_dataset)
+        self.train_features = self.tokenize(train_dataset, split="train")
+        self.eval_features = self.tokenize(eval_dataset, split="eval")
         self._ref_table = {}        # precomputed log π_ref per split: (chosen (n,), rejected (n,))
         self._measured = {}         # features of datasets measured with ``measure``, by name
         if "bco_pair" in args.loss_kinds:

@@ -42,11 +42,11 @@ import numpy as np
 from dpo_np import backend, checks
 from dpo_np.checkpoint import check_replaceable, load_checkpoint, save_checkpoint
 from dpo_np.data import (batch_indices, find_damage, load_located, tokenize_preference, tokenize_sft,
-                         tokenize_unpaired, warn_damage)
+                         tokenize_unpaired, truncation_report, warn_damage, warn_truncation)
 from dpo_np.files import atomic_write, process_alive
 from dpo_np.model import GPT
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule, global_grad_norm
-from dpo_np.progress import progress
+from dpo_np.progress import plural, progress
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
@@ -158,6 +158,17 @@ class TrainingConfig:
 
     def to_dict(self):
         return asdict(self)
+
+
+def resolve_tokenizer(tokenizer, processing_class):
+    """The trainers' tokenizer, given as ``tokenizer`` or as ``processing_class`` (TRL's newer name
+    for the same argument); both, and different, is a ValueError."""
+    if processing_class is None:
+        return tokenizer
+    if tokenizer is not None and tokenizer is not processing_class and tokenizer != processing_class:
+        raise ValueError("tokenizer and processing_class are two names for one argument (processing_class "
+                         "is TRL's newer one) and were given two different tokenizers; pass one of them")
+    return processing_class
 
 
 def resolve_config(config_cls, args, overrides):
@@ -312,6 +323,30 @@ def _clear_previous_run(output_dir):
             os.unlink(path)
 
 
+def lock_holder(output_dir):
+    """Who holds ``output_dir``'s lock: its owner's dict (pid, host, trainer, started) while that
+    process lives (or runs on another host, where this one cannot tell), None when there is no
+    lock or a stale one (its process gone on this host). An unreadable lock is a RuntimeError."""
+    path = os.path.join(output_dir, LOCK_FILE)
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            owner = json.load(f)
+        pid, host = int(owner["pid"]), owner["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RuntimeError(f"{path} exists but cannot be read; if no run uses this directory, "
+                           f"delete the file") from None
+    return None if host == socket.gethostname() and not process_alive(pid) else owner
+
+
+def in_use_message(output_dir, owner, option):
+    """The refusal of a second run into ``output_dir`` while ``owner`` (``lock_holder``) trains there."""
+    return (f"{option} {output_dir} is in use by a {owner.get('trainer', '')} run: process {owner['pid']} on "
+            f"{owner['host']}, started {owner.get('started', '?')} (see {os.path.join(output_dir, LOCK_FILE)}); "
+            f"wait for it to finish, or choose another {option}")
+
+
 class _Lock:
     """``output_dir/.lock``, created exclusively, holding the owner's pid, host and start time.
 
@@ -336,19 +371,14 @@ class _Lock:
         raise RuntimeError(f"{self.path} could not be taken")
 
     def _clear_if_stale(self):
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                owner = json.load(f)
-            pid, host = int(owner["pid"]), owner["host"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise RuntimeError(f"{self.path} exists but cannot be read; if no run uses this directory, "
-                               f"delete the file") from None
-        if host == socket.gethostname() and not process_alive(pid):
-            os.unlink(self.path)                    # its process is gone: a stale lock
+        owner = lock_holder(os.path.dirname(self.path))
+        if owner is None:
+            try:
+                os.unlink(self.path)                # its process is gone: a stale lock
+            except FileNotFoundError:
+                pass                                # or its run just ended and took it away
             return
-        raise RuntimeError(f"{os.path.dirname(self.path)} is in use by a {owner.get('trainer', '')} run: "
-                           f"process {pid} on {host}, started {owner.get('started', '?')} (see {self.path}); "
-                           f"wait for it, or choose another output_dir")
+        raise RuntimeError(in_use_message(os.path.dirname(self.path), owner, "output_dir"))
 
     def __exit__(self, *exc):
         try:
@@ -419,26 +449,34 @@ class Trainer:
                                weight_decay=args.weight_decay)
         self.state = {"step": 0, "log_history": [], "counters": {}}
         self.train_features = []
+        self.truncation = {}          # what the length limits removed, per split ("train", "eval")
         self.final_checkpoint = None
         self._epoch_batches = (None, None)
 
-    def tokenize(self, dataset, drop=True):
+    def tokenize(self, dataset, drop=True, split=None):
         """The records of ``dataset`` (a list or a JSONL path, checked by ``data.load_preferences`` or
         ``data.load_sft``) as token ids under this run's length limits; [] for None.
 
         A text the tokenizer cannot read is a ValueError naming its file, line, field and position.
-        What the cut does to the data (pairs whose chosen and rejected became the same tokens,
-        different prompts that became the same tokens: ``data.find_damage``) is warned about
-        (``data.DataWarning``); with ``drop_identical_pairs`` (and ``drop``, which ``measure`` turns
-        off to score every record it is given) those pairs are left out.
+        What the cut removed is counted (``data.truncation_report``, kept in
+        ``self.truncation[split]``) and warned about when it is a large share
+        (``data.warn_truncation``); what it does to the data (pairs whose chosen and rejected became
+        the same tokens, different prompts that became the same tokens: ``data.find_damage``) is
+        warned about (``data.DataWarning``); with ``drop_identical_pairs`` (and ``drop``, which
+        ``measure`` turns off to score every record it is given) those pairs are left out.
         """
         if dataset is None:
             return []
         a = self.args
         encode = {"preference": tokenize_preference, "unpaired": tokenize_unpaired}.get(self.data_kind, tokenize_sft)
         records, wheres, name = load_located(dataset, self.data_kind)
-        features = [encode(self.tokenizer, r, a.max_length, a.max_prompt_length, where=w)
-                    for r, w in zip(records, wheres)]
+        cuts = [{} for _ in records]
+        features = [encode(self.tokenizer, r, a.max_length, a.max_prompt_length, where=w, cut=c)
+                    for r, w, c in zip(records, wheres, cuts)]
+        truncation = truncation_report(cuts)
+        if split is not None:
+            self.truncation[split] = truncation
+        warn_truncation(truncation, name, a.max_length, a.max_prompt_length, self.tokenizer)
         damage = find_damage(records, features)
         drop = drop and a.drop_identical_pairs
         warn_damage(damage, wheres, name, a.max_length, a.max_prompt_length, dropped=drop)
@@ -553,17 +591,23 @@ class Trainer:
             raise ValueError(f"resume_from_checkpoint: {path} was written by a {extra.get('trainer')!r} run, "
                              f"not a {self.name!r} one; to start {self.name} from those weights, load them as "
                              f"the model (checkpoint.load_checkpoint) and train without resuming")
+        finish_early = (f"; to end the run where it stopped, use the checkpoint as it is, a whole model "
+                        f"(on the command line: --model {path})")
         if ckpt["step"] > self.total_steps:
             raise ValueError(f"resume_from_checkpoint: {path} is at step {ckpt['step']}, beyond this run's "
-                             f"{self.total_steps} steps (max_steps={self.args.max_steps}); nothing would train")
+                             f"{plural(self.total_steps, 'step')} (max_steps={self.args.max_steps}); nothing would "
+                             f"train{finish_early}")
         saved, mine = extra.get("args") or {}, self.args.to_dict()
         # a setting added to the config after the checkpoint was written ran at its default there
         defaults = {f.name: f.default for f in fields(self.args)}
         for key in sorted(set(saved) | set(mine)):
             theirs = saved.get(key, defaults.get(key))
             if key not in RESUME_MAY_CHANGE and theirs != mine.get(key):
+                # a shorter run is another run: its learning rate decays to 0 at its own last step
+                hint = finish_early if key in ("max_steps", "num_train_epochs") else ""
                 raise ValueError(f"resume_from_checkpoint: {path} was trained with {key}={theirs!r}, "
-                                 f"this run has {key}={mine.get(key)!r}; a resumed run must be the same run")
+                                 f"this run has {key}={mine.get(key)!r}; a resumed run must be the same "
+                                 f"run{hint}")
         for key, value in self.fingerprints().items():
             if (extra.get("fingerprints") or {}).get(key) != value:
                 raise ValueError(f"resume_from_checkpoint: the {key} differs from the run that wrote {path} "

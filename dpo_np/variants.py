@@ -25,6 +25,9 @@ import numpy as np
 from dpo_np import autograd as ag
 from dpo_np import backend
 from dpo_np import logprobs, successors
+# The paper's two formulas have one home, losses.py; it imports this module for the rest of the
+# family (the package loads it first), so they are read from it at call time: losses.sigmoid_loss.
+from dpo_np import losses
 from dpo_np.data import LABEL_PAD_TOKEN_ID
 
 _EXO_DEFAULT_SMOOTHING = 1e-3
@@ -91,23 +94,18 @@ def f_divergence_score(rho_w, rho_l, kind, alpha):
 
 # -- the family, one function per loss -------------------------------------------------
 
-def _logistic(z, eps):
-    """−(1 − ε) log σ(z) − ε log σ(−z): the logistic loss against a label flipped with probability ε."""
-    loss = -ag.logsigmoid(z)
-    return loss if eps == 0 else loss * (1.0 - eps) - ag.logsigmoid(-z) * eps
-
-
 def _sigmoid(q):
-    """The DPO loss inside a weighted list (RPO, MPO) or under an f-divergence: −log σ(βh), smoothed
-    by ε. "sigmoid_norm" is the same loss on per-token *averaged* log-probabilities (the caller
-    passes ``average_log_prob=True`` results), which removes DPO's pull toward long responses at the
-    price of changing β's scale."""
-    return _logistic(q.h * q.beta, q.eps)
+    """The DPO loss inside a weighted list (RPO, MPO) or under an f-divergence: ``losses.sigmoid_loss``
+    of the score h, −log σ(βh) smoothed by ε. "sigmoid_norm" is the same loss on per-token
+    *averaged* log-probabilities (the caller passes ``average_log_prob=True`` results), which removes
+    DPO's pull toward long responses at the price of changing β's scale."""
+    return losses.sigmoid_loss(q.h, q.beta, q.eps)
 
 
 def _ipo(q):
-    """IPO's square loss (h − 1/(2β))² (see ``losses.ipo_loss``), here inside a list or under an f-divergence."""
-    return (q.h - 0.5 / q.beta) ** 2
+    """IPO's square loss (h − 1/(2β))², ``losses.ipo_loss`` of the score h, inside a list or under an
+    f-divergence."""
+    return losses.ipo_loss(q.h, q.beta)
 
 
 def _robust(q):
@@ -180,13 +178,13 @@ def _aot(q):
     ℓ_i = −(1 − ε) log σ(β δ_i) − ε log σ(−β δ_i),
     δ = sort(log π_θ(y_w) − log π_θ(y_l)) − sort(log π_ref(y_w) − log π_ref(y_l)).
     The sort couples the examples of the batch."""
-    return _logistic((ag.sort(q.pw - q.pl) - ag.sort(q.rw - q.rl)) * q.beta, q.eps)
+    return losses.sigmoid_loss(ag.sort(q.pw - q.pl) - ag.sort(q.rw - q.rl), q.beta, q.eps)
 
 
 def _aot_unpaired(q):
     """AOT, unpaired (Melnyk et al. 2024): the chosen log-ratios should dominate the
     rejected ones as distributions: δ = sort(ρ_w) − sort(ρ_l), then the loss of ``_aot``."""
-    return _logistic((ag.sort(q.rho_w) - ag.sort(q.rho_l)) * q.beta, q.eps)
+    return losses.sigmoid_loss(ag.sort(q.rho_w) - ag.sort(q.rho_l), q.beta, q.eps)
 
 
 def _discopop(q):

@@ -97,7 +97,8 @@ def test_scatter_add_accumulates_repeated_indices():
     np.testing.assert_array_equal(out, [3.0, 0.0, 5.0])
 
 
-HEAVY = ('matplotlib', 'cupy', 'torch', 'jax', 'scipy', 'tqdm', 'transformers', 'safetensors', 'nbclient')
+HEAVY = ('matplotlib', 'cupy', 'torch', 'jax', 'scipy', 'tqdm', 'transformers', 'safetensors', 'nbclient',
+         'threadpoolctl')       # the CLI imports threadpoolctl when a command runs, never on import
 
 
 def test_importing_every_module_of_the_package_loads_nothing_heavy():

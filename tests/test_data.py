@@ -359,3 +359,114 @@ def test_split_names_the_missing_key_and_the_record():
         split(records, 0.5, seed=0)
     with pytest.raises(ValueError, match=r"records\[0\].*'source'"):
         split(records, 0.5, seed=0, key="source")
+
+
+# ---- TRL's conversational records ----------------------------------------------------------
+
+def _turn(role, content):
+    return [{"role": role, "content": content}]
+
+
+def test_trls_conversational_preferences_read_as_the_plain_records_they_hold(tmp_path):
+    """The explicit prompt form, the implicit one (the shared user turn opens chosen and rejected)
+    and the plain strings give the same records; other keys are kept."""
+    plain = {"prompt": "Wo liegt Wien?", "chosen": "In Österreich.", "rejected": "Keine Ahnung."}
+    explicit = {"prompt": _turn("user", plain["prompt"]), "chosen": _turn("assistant", plain["chosen"]),
+                "rejected": _turn("assistant", plain["rejected"]), "source": "mine"}
+    implicit = {"chosen": _turn("user", plain["prompt"]) + _turn("assistant", plain["chosen"]),
+                "rejected": _turn("user", plain["prompt"]) + _turn("assistant", plain["rejected"])}
+    for record, extra in ((explicit, {"source": "mine"}), (implicit, {})):
+        path = write_jsonl(tmp_path / "c.jsonl", [json.dumps(record, ensure_ascii=False)])
+        assert load_preferences(str(path)) == [{**plain, **extra}]
+
+
+def test_trls_conversational_sft_records_and_its_completion_name_read_as_prompt_and_response():
+    records = [{"messages": _turn("user", "Say hi") + _turn("assistant", "hi")},
+               {"prompt": _turn("user", "Say bye"), "completion": _turn("assistant", "bye")},
+               {"prompt": "Say yes", "completion": "yes"}]
+    assert load_sft(records) == [{"prompt": "Say hi", "response": "hi"}, {"prompt": "Say bye", "response": "bye"},
+                                 {"prompt": "Say yes", "response": "yes"}]
+
+
+@pytest.mark.parametrize("record, named", [
+    ({"prompt": _turn("system", "Be terse.") + _turn("user", "Hi?"), "chosen": _turn("assistant", "Hi."),
+      "rejected": _turn("assistant", "No.")}, "'prompt' is a conversation of 2 message(s) with roles ['system', 'user']"),
+    ({"prompt": _turn("user", "Hi?") + _turn("assistant", "Hi.") + _turn("user", "And?"),
+      "chosen": _turn("assistant", "Yes."), "rejected": _turn("assistant", "No.")}, "of 3 message(s)"),
+    ({"prompt": _turn("user", "Hi?"), "chosen": _turn("assistant", "Hi.") + _turn("assistant", "Again."),
+      "rejected": _turn("assistant", "No.")}, "'chosen' is a conversation of 2 message(s)"),
+    ({"chosen": _turn("user", "Hi?") + _turn("assistant", "Hi."), "rejected": _turn("user", "Yo?") +
+      _turn("assistant", "No.")}, "start with different user turns"),
+    ({"prompt": [{"role": "user", "content": [{"type": "text", "text": "Hi?"}]}], "chosen": "a", "rejected": "b"},
+     "the user message's 'content' must be a string, got list"),
+])
+def test_a_conversation_one_prompt_cannot_hold_is_refused_by_name_with_its_line(tmp_path, record, named):
+    path = write_jsonl(tmp_path / "c.jsonl", [line(**GOOD), json.dumps(record)])
+    with pytest.raises(ValueError) as err:
+        load_preferences(str(path))
+    assert str(err.value).startswith(f"{path}:2: ") and named in str(err.value), str(err.value)
+    if "conversation of" in named:
+        assert "one user message as the prompt" in str(err.value)       # what is supported instead
+    records, report = load_preferences(str(path), skip_invalid=True)
+    assert records == [GOOD] and set(report["skipped"]) <= set(REASONS)
+
+
+def test_sft_messages_other_than_one_question_and_its_answer_are_refused():
+    with pytest.raises(ValueError, match=r"records\[0\]: 'messages' holds roles \['system', 'user', 'assistant'\]"):
+        load_sft([{"messages": _turn("system", "s") + _turn("user", "q") + _turn("assistant", "a")}])
+
+
+# ---- the prompt template and what the length limits cut ---------------------------------------
+
+def test_a_tokenizers_prompt_template_is_the_one_its_records_are_written_in():
+    tok = CharTokenizer.from_corpus([string.ascii_letters, string.punctuation, " \n"])
+    tok.prompt_template = "User: {prompt}\nBot: "
+    f = tokenize_sft(tok, {"prompt": "hi", "response": "yo"}, 40, 20)
+    assert tok.decode(f["prompt_ids"]) == "User: hi\nBot: " == format_prompt("hi", tok.prompt_template)
+    assert format_prompt("hi") == "Q: hi\nA: "                             # the default is unchanged
+
+
+@pytest.mark.parametrize("template, shown", [("no field", "fields: none"), ("{prompt} and {prompt}", "{prompt}, {prompt}"),
+                                             ("{prompt} {other}", "{other}"), ("{prompt!r}", "{prompt!r}"),
+                                             ("{0}", "{0}"), ("{prompt", "expected '}'")])
+def test_a_prompt_template_needs_exactly_one_prompt_field(template, shown):
+    from dpo_np.tokenizer import check_prompt_template
+    with pytest.raises(ValueError, match="prompt_template") as err:
+        check_prompt_template(template)
+    assert shown in str(err.value)
+    assert check_prompt_template("{{json}} {prompt}\n") == "{{json}} {prompt}\n"    # literal braces doubled
+
+
+def test_the_truncation_report_counts_what_each_limit_removed():
+    from dpo_np.data import truncation_report
+    tok = CharTokenizer.from_corpus([string.ascii_letters, string.punctuation, " \n"])
+    records = [{"prompt": "a" * 30, "chosen": "b" * 50, "rejected": "c"},        # prompt and chosen cut
+               {"prompt": "a", "chosen": "b", "rejected": "c"}]                  # nothing cut
+    cuts = [{} for _ in records]
+    for r, c in zip(records, cuts):
+        tokenize_preference(tok, r, max_length=40, max_prompt_length=16, cut=c)
+    report = truncation_report(cuts)
+    prompt_1 = len(format_prompt("a" * 30))                                      # 30 + 7 template characters
+    assert cuts[0]["prompt"] == (prompt_1 - 16, prompt_1)
+    assert cuts[0]["chosen"] == (51 - (40 - 16), 51) and cuts[0]["rejected"] == (0, 2)     # eos counted
+    assert report == {"records": 2, "records_cut": 1, "prompts_cut": 1, "prompt_tokens_removed": prompt_1 - 16,
+                      "prompt_tokens": prompt_1 + len(format_prompt("a")), "responses_cut": 1,
+                      "response_tokens_removed": 27, "response_tokens": 51 + 2 + 2 + 2}
+
+
+def test_a_large_share_of_cut_records_is_warned_about_and_a_small_one_is_not():
+    from dpo_np.data import TRUNCATION_WARNING_SHARE, DataWarning, TruncationWarning, warn_truncation
+    base = dict(records=100, prompts_cut=0, prompt_tokens_removed=0, prompt_tokens=1000, responses_cut=0,
+                response_tokens_removed=0, response_tokens=1000)
+    cut = int(TRUNCATION_WARNING_SHARE * 100)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_truncation({**base, "records_cut": cut}, "x.jsonl", 160, 64)
+    with pytest.warns(TruncationWarning) as caught:
+        warn_truncation({**base, "records_cut": cut + 1, "responses_cut": cut + 1, "response_tokens_removed": 300},
+                        "x.jsonl", 160, 64)
+    message = str(caught[0].message)
+    assert issubclass(caught[0].category, DataWarning)
+    assert f"cut {cut + 1} of 100 records" in message and "300 of 1,000" in message
+    assert "max_length=160 (--max-length)" in message and "max_prompt_length=64" in message

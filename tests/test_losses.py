@@ -281,6 +281,26 @@ def test_rpo_is_sigmoid_plus_sft_and_mpo_is_the_weighted_sum():
     np.testing.assert_allclose(mpo, sum(w * p for w, p in zip(weights, parts)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("formula, calls", [
+    ("sigmoid_loss", [dict(loss_type="sigmoid"),                                        # the paper's DPO
+                      dict(loss_type=["sigmoid", "sft"]),                               # RPO
+                      dict(loss_type="sigmoid", f_divergence_type="js_divergence"),     # f-DPO
+                      dict(loss_type="sigmoid_norm"), dict(loss_type="aot"), dict(loss_type="aot_unpaired")]),
+    ("ipo_loss", [dict(loss_type="ipo"), dict(loss_type=["ipo", "sft"]),
+                  dict(loss_type="ipo", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.5)]),
+])
+def test_each_paper_formula_has_one_home_that_every_variant_reads(formula, calls, monkeypatch):
+    """Editing losses.sigmoid_loss (or ipo_loss), where ARCHITECTURE.md points, changes every loss
+    built on it: the plain loss, RPO's list, the f-divergence variants and AOT, by the same edit."""
+    pw, pl, rw, rl = random_logps(np.random.default_rng(15))
+    before = [dpo_loss(pw, pl, rw, rl, beta=0.3, **c)[0] for c in calls]
+    original = getattr(losses_module, formula)
+    monkeypatch.setattr(losses_module, formula, lambda *args: original(*args) + 1.0)
+    after = [dpo_loss(pw, pl, rw, rl, beta=0.3, **c)[0] for c in calls]
+    for c, b, a in zip(calls, before, after):
+        np.testing.assert_allclose(a, b + 1.0, rtol=1e-12, err_msg=str(c))
+
+
 def test_helpers_read_like_the_notes():
     pw, pl, rw, rl = random_logps(np.random.default_rng(13))
     np.testing.assert_array_equal(log_ratio(pw, rw), pw - rw)

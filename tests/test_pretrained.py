@@ -359,3 +359,45 @@ def test_one_trl_dpo_step_on_an_exported_model(hf, tmp_path):
     assert tok.encode("Tom 🐈") == tokenizer.encode("Tom 🐈") and tok.pad_token_id == tokenizer.pad_token_id
     idx = np.array([tokenizer.encode(records[1]["prompt"] + records[1]["chosen"])])
     assert _rel_diff(ours.forward(idx), _hf_logits(hf, model.eval(), idx)) < TOLERANCE[np.float32]
+
+
+# ---- the prompt template as transformers' chat template ------------------------------------------
+
+TEMPLATES = ["Q: {prompt}\nA: ", "User: «{prompt}» {{json}} \"quoted\" \\ back}}\n<|assistant|> ", "{prompt}",
+             "Frage 👋: {prompt}\n"]
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_the_chat_template_written_on_export_reads_back_as_the_prompt_template(template, tmp_path):
+    from dpo_np.pretrained import chat_template, prompt_template_from_chat
+    assert prompt_template_from_chat(chat_template(template)) == template
+    assert prompt_template_from_chat("{{ messages[0]['content'] }}") is None
+    tokenizer = ByteTokenizer()
+    tokenizer.prompt_template = template
+    save_pretrained(random_gpt(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
+                                         n_embd=8)), tmp_path, tokenizer=tokenizer)
+    assert load_model(tmp_path)[1].prompt_template == template
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_transformers_writes_a_user_message_as_the_model_was_trained_to_read_it(hf, template, tmp_path):
+    """apply_chat_template on an exported tokenizer gives the prompt template's text, with or without a
+    generation prompt; an assistant turn follows as the response and the end token; a system
+    message is refused; and what transformers saves again reads back with the same template."""
+    _, transformers = hf
+    tokenizer = ByteTokenizer()
+    tokenizer.prompt_template = template
+    model = random_gpt(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    save_pretrained(model, tmp_path / "x", tokenizer=tokenizer)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "x")
+    x, y = "Wo liegt Wien? {not a field} \\n", "In Österreich."
+    for generation_prompt in (True, False):
+        assert theirs.apply_chat_template([{"role": "user", "content": x}], tokenize=False,
+                                          add_generation_prompt=generation_prompt) == template.format(prompt=x)
+    pair = [{"role": "user", "content": x}, {"role": "assistant", "content": y}]
+    assert theirs.apply_chat_template(pair, tokenize=False) == template.format(prompt=x) + y + EOS_TOKEN
+    with pytest.raises(Exception, match="no place for a message of another role"):
+        theirs.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": x}], tokenize=False)
+    theirs.save_pretrained(tmp_path / "y")                     # transformers 5: chat_template.jinja
+    transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "x").save_pretrained(tmp_path / "y")
+    assert load_model(tmp_path / "y")[1].prompt_template == template

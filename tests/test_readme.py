@@ -42,3 +42,17 @@ def test_the_documented_jsonl_formats_load(tmp_path):
         assert len(records) == 3
         if keys:
             assert all(set(json.loads(line)) == keys for line in lines)
+
+
+def test_the_quick_start_files_are_sixteen_pairs_their_sft_lines_and_unseen_held_out_pairs():
+    """The README's own-data numbers come from examples/: 16 pairs in more than one language, SFT on
+    both answers of each, and held-out pairs whose prompts are never trained on."""
+    folder = os.path.join(ROOT, "examples")
+    pairs = load_preferences(os.path.join(folder, "prefs.jsonl"))
+    held_out = load_preferences(os.path.join(folder, "held_out.jsonl"))
+    sft = load_sft(os.path.join(folder, "sft.jsonl"))
+    assert len(pairs) == 16 and len(held_out) == 8
+    assert sorted((r["prompt"], r["response"]) for r in sft) == \
+        sorted((p["prompt"], y) for p in pairs for y in (p["chosen"], p["rejected"]))
+    assert not {r["prompt"] for r in held_out} & {p["prompt"] for p in pairs}
+    assert any(not p["prompt"].isascii() for p in pairs) and "examples/prefs.jsonl" in _readme()

@@ -254,3 +254,28 @@ def test_saving_a_checkpoint_over_a_foreign_directory_inside_a_run_is_refused(tm
         trainer.train()
     assert (tmp_path / "run" / "checkpoint-2" / "thesis.tex").read_text() == "precious"
     save_checkpoint(tmp_path / "elsewhere", trainer.model)                        # the model itself is fine
+
+
+# ---- what a refusal says to do -------------------------------------------------------------------
+
+@pytest.mark.parametrize("max_steps", [2, 8])
+def test_a_resume_that_would_change_the_runs_length_says_how_to_end_the_run_where_it_stopped(tmp_path, max_steps):
+    """Ctrl-C at step 4 of 6, then "finish at step 2 (or 8) instead": not the same run (its learning
+    rate decays to 0 at its own end), so it is refused, and the refusal names the checkpoint as a model."""
+    sft(tmp_path / "run", max_steps=6, save_steps=4).train()
+    with pytest.raises(ValueError) as err:
+        sft(tmp_path / "run", max_steps=max_steps, save_steps=4).train(resume_from_checkpoint="last")
+    checkpoint = os.path.join(tmp_path / "run", "checkpoint-4")
+    assert f"use the checkpoint as it is, a whole model (on the command line: --model {checkpoint})" in str(err.value)
+
+
+def test_lock_holder_names_a_live_owner_and_ignores_a_stale_lock(tmp_path):
+    from dpo_np.training import lock_holder
+    os.makedirs(tmp_path / "run")
+    assert lock_holder(tmp_path / "run") is None
+    lock = tmp_path / "run" / LOCK_FILE
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(), "trainer": "sft"}))
+    assert lock_holder(tmp_path / "run")["pid"] == os.getpid()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": __import__("socket").gethostname()}))
+    assert lock_holder(tmp_path / "run") is None

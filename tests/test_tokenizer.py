@@ -482,3 +482,19 @@ def test_bpe_training_checks_its_arguments():
     with pytest.raises(TypeError, match="text must be a str"):
         BPETokenizer.train(["ok", None], 300)
     assert BPETokenizer.train(BPE_TEXTS, 300, specials=("<|sep|>",)).vocab["<|sep|>"] == 299
+
+
+@pytest.mark.parametrize("make", [lambda: CharTokenizer.from_corpus("abc"), lambda: ByteTokenizer(),
+                                  lambda: BPETokenizer.train(["abcabc ab"], 260)], ids=["char", "byte", "bpe"])
+def test_the_prompt_template_is_saved_with_the_tokenizer_and_the_default_is_not_written(make, tmp_path):
+    """A checkpoint answers in the format it was trained in: the template travels in tokenizer.json;
+    the default leaves the file as it was before templates existed, so older fingerprints still match."""
+    from dpo_np.tokenizer import PROMPT_TEMPLATE, load_tokenizer
+    tok = make()
+    assert tok.prompt_template == PROMPT_TEMPLATE and "prompt_template" not in tok.to_dict()
+    tok.prompt_template = "User: {prompt}\nBot: "
+    tok.save(tmp_path / "t.json")
+    back = load_tokenizer(tmp_path / "t.json")
+    assert back.prompt_template == "User: {prompt}\nBot: " and back == tok and back != make()
+    with pytest.raises(ValueError, match="exactly once"):
+        tok.prompt_template = "no field"

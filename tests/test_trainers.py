@@ -425,3 +425,24 @@ def test_dpo_on_toy_preferences_raises_heldout_reward_accuracy_above_chance(tmp_
 def test_config_names_a_loss_weight_that_is_not_a_number():
     with pytest.raises(TypeError, match=r"DPOConfig: .*loss_weights"):
         DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=["a", 1.0])
+
+
+@pytest.mark.parametrize("kind", ["dpo", "sft", "reward"])
+def test_trls_processing_class_is_the_tokenizer_and_two_different_ones_are_refused(tmp_path, kind):
+    """DPOTrainer(..., processing_class=tok) as TRL writes it tokenizes exactly as tokenizer=tok."""
+    from dpo_np.reward_model import RewardModel, RewardTrainer
+    from dpo_np.sft import SFTTrainer
+
+    def make(**tokenizers):
+        args = dict(output_dir=str(tmp_path / kind), max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH,
+                    show_progress=False)
+        if kind == "dpo":
+            return DPOTrainer(GPT(TINY, seed=0), None, args, train_dataset=PAIRS, **tokenizers)
+        if kind == "reward":
+            return RewardTrainer(RewardModel(TINY), args, train_dataset=PAIRS, **tokenizers)
+        return SFTTrainer(GPT(TINY, seed=0), args, train_dataset=[{"prompt": "ab", "response": "c"}], **tokenizers)
+
+    assert make(processing_class=TOK).train_features == make(tokenizer=TOK).train_features
+    assert make(processing_class=TOK, tokenizer=CharTokenizer.from_corpus(format_prompt("") + "abc")).tokenizer == TOK
+    with pytest.raises(ValueError, match="tokenizer and processing_class are two names for one argument"):
+        make(processing_class=TOK, tokenizer=CharTokenizer.from_corpus(format_prompt("") + "abcd"))

@@ -6,28 +6,47 @@
     python -m dpo_np evaluate --model runs/dpo/final --ref runs/sft/final --data held_out.jsonl
 
 Each returns a dict of what it measured (the numbers it prints, the configuration, the seed), so a
-script or ``--json`` can compare runs. Models come from a dpo_np checkpoint or a Hugging Face GPT-2
-directory (``pretrained.load_model``). A model trained from scratch on one's own text gets the byte
-tokenizer, which encodes any UTF-8 text; the toy corpus keeps its character tokenizer.
+script or ``--json`` can compare runs.
+
+How long a run trains, unless ``steps`` fixes it: ``epochs`` passes over the data, but at least and
+at most the command's ``STEP_BOUNDS``, so 16 pairs still train for a useful number of steps and a
+file of a million stays bounded. With ``eval_data`` the run evaluates ``EVALUATIONS`` times along
+the way, keeps its best point (``best/``, and ``final/`` is that model) and stops after
+``PATIENCE`` evaluations without a better eval loss, as the demo's stages do.
+
+Models come from a dpo_np checkpoint or a Hugging Face GPT-2 directory (``pretrained.load_model``).
+A model trained from scratch on one's own text gets the byte tokenizer, which encodes any UTF-8
+text; the toy corpus keeps its character tokenizer. Every prompt is written in the model's prompt
+template (its tokenizer's ``prompt_template``), which ``prompt_template`` may replace for a run.
 """
 
+import math
 import time
 
 from dpo_np import checks
-from dpo_np.data import load_preferences
+from dpo_np.data import describe_truncation, load_located, load_preferences, prompt_template_of
 from dpo_np.experiments import toy_preferences
 from dpo_np.experiments.evaluation import estimate_kl, implicit_reward_metrics, reward_model_scores
 from dpo_np.generate import greedy_answer
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.pretrained import load_model
+from dpo_np.progress import plural
 from dpo_np.reward_model import RewardConfig, RewardModel, RewardTrainer, load_reward_model
 from dpo_np.sft import SFTConfig, SFTTrainer
-from dpo_np.tokenizer import ByteTokenizer, CharTokenizer
+from dpo_np.tokenizer import PROMPT_TEMPLATE, ByteTokenizer, CharTokenizer
 from dpo_np.trainers import DPOConfig, DPOTrainer
 from dpo_np.training import frozen_copy, pair_metrics
 
 #: what every run shares (the trainer's names), with its default
 RUN_DEFAULTS = dict(output_dir=None, seed=0, save_steps=None, resume=False, overwrite=False, show_progress=True)
+
+#: without ``steps``: ``epochs`` passes over the data, but at least and at most these many steps
+STEP_BOUNDS = {"sft": (300, 2000), "dpo": (50, 1000), "reward": (100, 1000)}
+DEFAULT_EPOCHS = 3
+#: with eval data: evaluations along a run, and how many without a better eval loss stop it
+EVALUATIONS, PATIENCE = 10, 3
+#: a new model's context, and the part of it a prompt may take (its end is kept)
+NEW_MODEL_LENGTH, PROMPT_LENGTH = 160, 64
 
 
 def _options(options, output_dir):
@@ -38,10 +57,55 @@ def _options(options, output_dir):
     return {**RUN_DEFAULTS, "output_dir": output_dir, **options}
 
 
-def _training_args(options, **fields):
-    """The shared TrainingConfig fields from a run's options."""
+def run_length(command, data, kind, batch_size, steps=None, epochs=DEFAULT_EPOCHS):
+    """``(steps, how)``: ``steps`` when given; else ``epochs`` passes over the records of ``data`` in
+    batches of ``batch_size``, raised to the command's minimum or cut to its maximum
+    (``STEP_BOUNDS``); ``how`` says which, in words."""
+    if steps is not None:
+        return checks.integer(steps, "steps", low=1), "as asked"
+    n = len(data) if isinstance(data, (list, tuple)) else len(load_located(data, kind)[0])
+    per_epoch = math.ceil(n / checks.integer(batch_size, "batch_size", low=1))
+    low, high = STEP_BOUNDS[command]
+    wanted = checks.integer(epochs, "epochs", low=1) * per_epoch
+    steps = min(max(wanted, low), high)
+    what = f"{plural(epochs, 'epoch')} of {plural(per_epoch, 'step')}"
+    how = (what if steps == wanted else
+           f"{what} raised to the minimum of {low}" if steps > wanted else f"{what} cut to the maximum of {high}")
+    return steps, how
+
+
+def _training_args(options, steps, eval_data, **fields):
+    """The shared TrainingConfig fields from a run's options; with ``eval_data``, evaluations along
+    the run that keep the best point and stop when it stops improving."""
+    evaluation = dict(eval_steps=max(1, steps // EVALUATIONS), load_best_model_at_end=True,
+                      early_stopping_patience=PATIENCE) if eval_data is not None else dict(eval_steps=None)
     return dict(output_dir=options["output_dir"], seed=options["seed"], save_steps=options["save_steps"],
-                overwrite_output_dir=options["overwrite"], show_progress=options["show_progress"], **fields)
+                overwrite_output_dir=options["overwrite"], show_progress=options["show_progress"], max_steps=steps,
+                group_by_length=True, **evaluation, **fields)
+
+
+def _use_template(tokenizer, prompt_template, source):
+    """Set the run's prompt template on ``tokenizer`` (it is saved with every checkpoint); returns
+    where it came from, in words."""
+    if prompt_template is None:
+        return source
+    tokenizer.prompt_template = prompt_template
+    return "--prompt-template"
+
+
+def _header(name, trainer, what, how, template_source, eval_data, print_fn):
+    """The lines a run starts with: what it trains on, for how long, in which format, what was cut."""
+    a = trainer.args
+    print_fn(f"{name}: {what}, {plural(trainer.total_steps, 'step')} ({how}); prompt template "
+             f"{prompt_template_of(trainer.tokenizer)!r} ({template_source})")
+    for split, report in trainer.truncation.items():
+        print_fn(f"{name}: {split} data at max_length {a.max_length}, max_prompt_length {a.max_prompt_length}: cut "
+                 f"{describe_truncation(report)}")
+    if eval_data is not None:
+        every = "every step" if a.eval_steps == 1 else f"every {a.eval_steps} steps"
+        on = eval_data if isinstance(eval_data, str) else "the eval records"
+        print_fn(f"{name}: evaluated {every} on {on}; final/ is the best evaluation, and the run stops after "
+                 f"{a.early_stopping_patience} without a better one")
 
 
 def _train(trainer, options):
@@ -57,23 +121,43 @@ def _answers(model, tokenizer, prompts, print_fn):
     return answers
 
 
-def _summary(trainer, seconds):
-    rows = trainer.state["log_history"]
-    last = lambda key: next((r[key] for r in reversed(rows) if key in r), None)      # noqa: E731
-    return {"steps": trainer.state["step"], "seconds": seconds, "final_loss": last("loss"),
-            "eval_loss": last("eval/loss"), "best_step": trainer.state["counters"].get("best_step"),
-            "checkpoint": trainer.final_checkpoint}
+def _summary(name, trainer, seconds, print_fn):
+    """The run's numbers: the last logged training loss (labelled with the steps it averages, which
+    the progress bar's last-step loss need not equal), and, with eval data, the evaluation of the
+    model the run ends with (its best point) under ``eval``; printed and returned."""
+    rows = [r for r in trainer.state["log_history"] if "loss" in r]
+    last = rows[-1] if rows else None
+    first = rows[-2]["step"] + 1 if len(rows) > 1 else 1
+    result = {"steps": trainer.state["step"], "seconds": seconds, "final_loss": last and last["loss"],
+              "final_loss_steps": last and [first, last["step"]], "eval": None,
+              "best_step": trainer.state["counters"].get("best_step"), "checkpoint": trainer.final_checkpoint,
+              "truncation": trainer.truncation}
+    if last is not None:
+        over = f"step {last['step']}" if first == last["step"] else f"mean of steps {first}–{last['step']}"
+        print_fn(f"{name}: {plural(result['steps'], 'step')} in {seconds:.0f} s; last logged training loss "
+                 f"{last['loss']:.4f} ({over})")
+    if trainer.eval_features:
+        result["eval"] = trainer.evaluate()
+        best = result["best_step"]
+        print_fn(f"{name}: eval data, the model it ends with" + (f" (best at step {best})" if best else "") + ": "
+                 + ", ".join(f"{k} {v:.4f}" for k, v in result["eval"].items() if isinstance(v, float)))
+    print_fn(f"{name}: checkpoint {trainer.final_checkpoint}")
+    return result
 
 
-def run_sft(data=None, eval_data=None, model=None, steps=2000, lr=3e-3, batch_size=16, max_length=None,
-            max_prompt_length=None, n_layer=3, n_head=4, n_embd=96, prompts=None, print_fn=print, **options):
+def run_sft(data=None, eval_data=None, model=None, steps=None, epochs=DEFAULT_EPOCHS, lr=3e-3, batch_size=16,
+            max_length=None, max_prompt_length=None, n_layer=3, n_head=4, n_embd=96, prompts=None,
+            prompt_template=None, print_fn=print, **options):
     """Supervised fine-tuning: the model that becomes π_ref (the command ``sft``).
 
     ``data``: a JSONL file of ``{"prompt", "response"}`` or ``{"text"}`` lines (None: the toy
     corpus, with its validation split as ``eval_data``). ``model``: a checkpoint to continue from;
-    without one, a new GPT (``n_layer``, ``n_head``, ``n_embd``, context ``max_length``) with the
-    byte tokenizer (the character tokenizer for the toy corpus). Prints the greedy answers to
-    ``prompts`` (the notes' three for the toy corpus) and returns the run's numbers.
+    without one, a new GPT (``n_layer``, ``n_head``, ``n_embd``, context ``max_length``, default
+    ``NEW_MODEL_LENGTH``) with the byte tokenizer (the character tokenizer for the toy corpus).
+    ``steps``/``epochs``: see ``run_length``. ``prompt_template``: how a prompt is written before
+    its response (default: the model's, ``tokenizer.PROMPT_TEMPLATE`` for a new one); it is saved
+    with the checkpoints. Prints the greedy answers to ``prompts`` (the notes' three for the toy
+    corpus) and returns the run's numbers.
     """
     options = _options(options, "runs/sft")
     if data is None:
@@ -82,25 +166,25 @@ def run_sft(data=None, eval_data=None, model=None, steps=2000, lr=3e-3, batch_si
         prompts = list(toy_preferences.NOTES_PROMPTS) if prompts is None else prompts
     else:
         train, tokenizer = data, ByteTokenizer()
-    max_length = checks.integer(160 if max_length is None else max_length, "max_length", low=2)
     if model is None:
+        max_length = checks.integer(NEW_MODEL_LENGTH if max_length is None else max_length, "max_length", low=2)
         config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=max_length, n_layer=n_layer,
                            n_head=n_head, n_embd=n_embd)
-        model = GPT(config, seed=options["seed"])
+        model, source = GPT(config, seed=options["seed"]), "the default"
     else:
         model, tokenizer = load_model(model)
-    max_prompt_length = min(64, max_length // 2) if max_prompt_length is None else max_prompt_length
+        max_length, source = model.config.block_size if max_length is None else max_length, "the model's"
+    source = _use_template(tokenizer, prompt_template, source)
+    max_prompt_length = min(PROMPT_LENGTH, max_length // 2) if max_prompt_length is None else max_prompt_length
+    steps, how = run_length("sft", train, "sft", batch_size, steps, epochs)
     trainer = SFTTrainer(model, SFTConfig(**_training_args(
-        options, max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch_size, max_length=max_length,
-        max_prompt_length=max_prompt_length, eval_steps=max(1, steps // 10) if eval_data else None,
-        group_by_length=True)), train_dataset=train, eval_dataset=eval_data, tokenizer=tokenizer)
-    print_fn(f"sft: {len(trainer.train_features)} examples, GPT {model.config.n_layer} layers × "
-             f"{model.config.n_embd} channels ({model.num_params():,} parameters), {trainer.total_steps} steps")
+        options, steps, eval_data, learning_rate=lr, per_device_train_batch_size=batch_size, max_length=max_length,
+        max_prompt_length=max_prompt_length)), train_dataset=train, eval_dataset=eval_data, tokenizer=tokenizer)
+    _header("sft", trainer, f"{plural(len(trainer.train_features), 'example')}, GPT {plural(model.config.n_layer, 'layer')} × "
+            f"{model.config.n_embd} channels ({model.num_params():,} parameters)", how, source, eval_data, print_fn)
     start = time.perf_counter()
     _train(trainer, options)
-    result = _summary(trainer, time.perf_counter() - start)
-    print_fn(f"sft: final training loss {result['final_loss']:.4f} in {result['seconds']:.0f} s; "
-             f"checkpoint: {trainer.final_checkpoint}")
+    result = _summary("sft", trainer, time.perf_counter() - start, print_fn)
     result["answers"] = _answers(model, tokenizer, prompts or [], print_fn)
     return {**result, "model": model, "tokenizer": tokenizer, "trainer": trainer}
 
@@ -112,57 +196,59 @@ def _need_model(model, command):
                          f"--model runs/sft/final")
 
 
-def run_dpo(data, model=None, ref=None, eval_data=None, beta=0.1, loss_type="sigmoid", steps=None, epochs=1,
-            lr=1e-4, batch_size=8, max_length=None, max_prompt_length=None, prompts=None, print_fn=print, **options):
+def _lengths(model, max_length, max_prompt_length):
+    max_length = model.config.block_size if max_length is None else max_length
+    return max_length, min(PROMPT_LENGTH, max_length // 2) if max_prompt_length is None else max_prompt_length
+
+
+def run_dpo(data, model=None, ref=None, eval_data=None, beta=0.1, loss_type="sigmoid", label_smoothing=0.0,
+            steps=None, epochs=DEFAULT_EPOCHS, lr=5e-5, batch_size=8, max_length=None, max_prompt_length=None,
+            prompts=None, prompt_template=None, print_fn=print, **options):
     """DPO of ``model`` (π_θ's start) against ``ref`` (π_ref; default: the same weights, frozen) on
-    the preference file ``data`` (the command ``dpo``). ``steps`` None: ``epochs`` over the data.
-    Evaluates on ``eval_data`` when given; prints greedy answers to ``prompts``."""
+    the preference file ``data`` (the command ``dpo``), with ``label_smoothing`` ε (conservative
+    DPO). ``steps``/``epochs``: see ``run_length``; with ``eval_data``, evaluated along the way and
+    ended at the best point. ``prompt_template``: default the model's. Prints greedy answers to ``prompts``."""
     _need_model(model, "dpo")
     options = _options(options, "runs/dpo")
     policy, tokenizer = load_model(model)
+    source = _use_template(tokenizer, prompt_template, "the model's")
     reference = frozen_copy(policy) if ref is None else load_model(ref)[0]
-    max_length = policy.config.block_size if max_length is None else max_length
-    max_prompt_length = min(64, max_length // 2) if max_prompt_length is None else max_prompt_length
+    max_length, max_prompt_length = _lengths(policy, max_length, max_prompt_length)
+    steps, how = run_length("dpo", data, "preference", batch_size, steps, epochs)
     trainer = DPOTrainer(policy, reference, DPOConfig(**_training_args(
-        options, beta=beta, loss_type=loss_type, learning_rate=lr, per_device_train_batch_size=batch_size,
-        max_steps=-1 if steps is None else steps, num_train_epochs=epochs, max_length=max_length,
-        max_prompt_length=max_prompt_length, precompute_ref_log_probs=True, logging_steps=1,
-        eval_steps=None, group_by_length=True)), train_dataset=data, eval_dataset=eval_data, tokenizer=tokenizer)
-    print_fn(f"dpo: {len(trainer.train_features)} pairs, β = {beta:g}, loss {loss_type}, {trainer.total_steps} steps")
+        options, steps, eval_data, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+        learning_rate=lr, per_device_train_batch_size=batch_size, max_length=max_length,
+        max_prompt_length=max_prompt_length, precompute_ref_log_probs=True, logging_steps=1)),
+        train_dataset=data, eval_dataset=eval_data, tokenizer=tokenizer)
+    smoothing = f", label smoothing {label_smoothing:g}" if label_smoothing else ""
+    _header("dpo", trainer, f"{plural(len(trainer.train_features), 'pair')}, β = {beta:g}, loss {loss_type}{smoothing}",
+            how, source, eval_data, print_fn)
     start = time.perf_counter()
     _train(trainer, options)
-    result = _summary(trainer, time.perf_counter() - start)
-    if eval_data is not None:
-        result["eval"] = {k: v for k, v in trainer.evaluate().items()}
-        print_fn("dpo: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in result["eval"].items()))
-    print_fn(f"dpo: final training loss {result['final_loss']:.4f} in {result['seconds']:.0f} s; "
-             f"checkpoint: {trainer.final_checkpoint}")
+    result = _summary("dpo", trainer, time.perf_counter() - start, print_fn)
     result["answers"] = _answers(policy, tokenizer, prompts or [], print_fn)
     return {**result, "model": policy, "tokenizer": tokenizer, "trainer": trainer}
 
 
-def run_reward(data, model=None, eval_data=None, steps=None, epochs=1, lr=3e-4, batch_size=8, max_length=None,
-               max_prompt_length=None, print_fn=print, **options):
+def run_reward(data, model=None, eval_data=None, steps=None, epochs=DEFAULT_EPOCHS, lr=3e-4, batch_size=8,
+               max_length=None, max_prompt_length=None, prompt_template=None, print_fn=print, **options):
     """A Bradley–Terry reward model r_φ on the preference file ``data``, its body from ``model``
-    (the command ``reward``); reports its pair accuracy on ``eval_data`` when given."""
+    (the command ``reward``); ``steps``/``epochs`` as in ``run_length``; with ``eval_data`` it
+    reports the pair accuracy there and ends at the best evaluation."""
     _need_model(model, "reward")
     options = _options(options, "runs/reward")
     body, tokenizer = load_model(model)
-    max_length = body.config.block_size if max_length is None else max_length
-    max_prompt_length = min(64, max_length // 2) if max_prompt_length is None else max_prompt_length
+    source = _use_template(tokenizer, prompt_template, "the model's")
+    max_length, max_prompt_length = _lengths(body, max_length, max_prompt_length)
+    steps, how = run_length("reward", data, "preference", batch_size, steps, epochs)
     trainer = RewardTrainer(RewardModel(body, seed=options["seed"]), RewardConfig(**_training_args(
-        options, learning_rate=lr, per_device_train_batch_size=batch_size, max_steps=-1 if steps is None else steps,
-        num_train_epochs=epochs, max_length=max_length, max_prompt_length=max_prompt_length, logging_steps=1,
-        group_by_length=True)), train_dataset=data, eval_dataset=eval_data, tokenizer=tokenizer)
-    print_fn(f"reward: {len(trainer.train_features)} pairs, {trainer.total_steps} steps")
+        options, steps, eval_data, learning_rate=lr, per_device_train_batch_size=batch_size, max_length=max_length,
+        max_prompt_length=max_prompt_length, logging_steps=1)), train_dataset=data, eval_dataset=eval_data,
+        tokenizer=tokenizer)
+    _header("reward", trainer, plural(len(trainer.train_features), "pair"), how, source, eval_data, print_fn)
     start = time.perf_counter()
     _train(trainer, options)
-    result = _summary(trainer, time.perf_counter() - start)
-    if eval_data is not None:
-        result["eval"] = trainer.evaluate()
-        print_fn(f"reward: held-out accuracy {result['eval']['eval/accuracy']:.3f}, "
-                 f"margin {result['eval']['eval/margin']:.3f}")
-    print_fn(f"reward: final training loss {result['final_loss']:.4f}; checkpoint: {trainer.final_checkpoint}")
+    result = _summary("reward", trainer, time.perf_counter() - start, print_fn)
     return {**result, "model": trainer.model, "tokenizer": tokenizer, "trainer": trainer}
 
 
@@ -171,29 +257,36 @@ def run_evaluate(model, ref, data, prompts=(), beta=0.1, kl_samples=4, reward_mo
     """How ``model`` (π_θ) compares with ``ref`` (π_ref) on the preference file ``data`` (the command
     ``evaluate``): implicit-reward accuracy and margin, the policy's own accuracy, the DPO loss at
     ``beta``, KL(π_θ ‖ π_ref) sampled (``kl_samples`` per prompt), a reward model's accuracy
-    (``reward_model``, optional) and greedy answers to ``prompts``."""
+    (``reward_model``, optional) and greedy answers to ``prompts``, each prompt written in the
+    model's own prompt template."""
     _need_model(model, "evaluate")
     if ref is None:
         raise ValueError("evaluate needs the reference model too (--ref): the model DPO started from")
     policy, tokenizer = load_model(model)
     reference, _ = load_model(ref)
     records = load_preferences(data)
-    max_length = policy.config.block_size if max_length is None else max_length
+    max_length, max_prompt_length = _lengths(policy, max_length, None)
     trainer = DPOTrainer(policy, reference, DPOConfig(output_dir="unused", beta=beta, max_length=max_length,
-                                                      max_prompt_length=min(64, max_length // 2), show_progress=False),
+                                                      max_prompt_length=max_prompt_length, show_progress=False),
                          tokenizer=tokenizer)
     m = implicit_reward_metrics(trainer, records)
     result = {k: m[k] for k in ("pairs", "implicit_reward_accuracy", "implicit_reward_ties", "implicit_reward_margin",
                                 "logp_accuracy", "dpo_loss")}
-    prompts_of_data = list(dict.fromkeys(r["prompt"] for r in records))
-    kl = estimate_kl(policy, reference, tokenizer, prompts_of_data, kl_samples, seed)
-    result.update(kl=kl["kl"], kl_stderr=kl["stderr"], beta=beta, seed=seed, kl_samples=kl_samples)
+    if prompt_template_of(tokenizer) == PROMPT_TEMPLATE:
+        prompts_of_data = list(dict.fromkeys(r["prompt"] for r in records))
+        kl = estimate_kl(policy, reference, tokenizer, prompts_of_data, kl_samples, seed)
+        result.update(kl=kl["kl"], kl_stderr=kl["stderr"])
+    else:      # the sampler writes prompts in the default template: a KL of other prompts would mislead
+        print_fn(f"  kl: not measured: the model's prompt template {prompt_template_of(tokenizer)!r} is not the "
+                 f"one the KL's sampler writes ({PROMPT_TEMPLATE!r})")
+        result.update(kl=None, kl_stderr=None)
+    result.update(beta=beta, seed=seed, kl_samples=kl_samples)
     if reward_model is not None:
         rm = RewardTrainer(load_reward_model(reward_model)["model"], RewardConfig(
-            output_dir="unused", max_length=max_length, max_prompt_length=min(64, max_length // 2)), tokenizer=tokenizer)
+            output_dir="unused", max_length=max_length, max_prompt_length=max_prompt_length), tokenizer=tokenizer)
         result["reward_model_accuracy"] = pair_metrics(*reward_model_scores(rm, records))["accuracy"]
     for key, value in result.items():
-        print_fn(f"  {key:<26} {value:.4f}" if isinstance(value, float) else f"  {key:<26} {value}")
+        if value is not None:
+            print_fn(f"  {key:<26} {value:.4f}" if isinstance(value, float) else f"  {key:<26} {value}")
     result["answers"] = _answers(policy, tokenizer, prompts, print_fn)
     return result
-
