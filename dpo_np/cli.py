@@ -651,7 +651,11 @@ def build_parser():
 
     p = sub.add_parser("evaluate", help="a policy against its reference on a preference file",
                        description="Implicit-reward accuracy and margin, the policy's own accuracy, the DPO loss, "
-                                   "KL(π_θ ‖ π_ref) sampled, a reward model's accuracy, greedy answers.")
+                                   "KL(π_θ ‖ π_ref) sampled, a reward model's accuracy, greedy answers. On the toy "
+                                   "data's own pairs (lines that carry their \"family\"), also the gold judge's "
+                                   "shares: which rule the policy's and the reference's sampled and greedy answers "
+                                   "follow, y_w's or y_l's. A file of one's own has no rule to judge its answers by, "
+                                   "so there is no judge option: compare the answers yourself (--prompt).")
     p.add_argument("--model", required=True, help="π_θ: a checkpoint or GPT-2 directory")
     p.add_argument("--ref", required=True, help="π_ref: the model DPO started from")
     p.add_argument("--data", required=True, help="preference JSONL file to measure on")
