@@ -4,13 +4,23 @@ reward model that DPO does without.
     python -m dpo_np demo        # run_demo(): the table below, figures/, runs/demo/
 
 1. Supervised fine-tuning (``sft.py``) of a small GPT on ``toy_preferences.sft_corpus``: both the chosen
-   and the rejected answer of every train pair, so the SFT model can say either.
+   and the rejected answer of every train pair, trained to its last step, so the SFT model writes
+   either answer to a trained prompt (the notes' pairs are sampled from π_ref: a reference that
+   writes only y_w leaves DPO nothing to change, one that writes neither nothing to choose). Its
+   tokenizer is a byte-level BPE learned from the train split, so the same seconds buy a model that
+   writes whole answers. Its validation loss, on answers to unseen prompts, is lowest long before the
+   last step; stopping there (``sft_patience``) gives a reference that ranks new pairs a little
+   better and writes almost nothing whole.
 2. π_ref = a frozen copy of the SFT model (the DPO paper, §4: π_ref = π^SFT).
-3. DPO (``trainers.DPOTrainer``) from π_θ = π_ref on the train pairs.
+3. DPO (``trainers.DPOTrainer``) from π_θ = π_ref on the train pairs, stopped at its best
+   validation loss.
 4. The Bradley–Terry reward model r_φ (``reward_model.py``, body initialised from the SFT model)
    on the same pairs: what RLHF would fit first, and DPO skips.
 
-Then everything is measured on the held-out (eval) pairs, before and after DPO:
+Then what the model *says* is judged, before and after DPO, by the toy data's gold judge
+(``toy_preferences.judge``: which rule an answer follows, y_w's, y_l's or neither): answers sampled
+at temperature 1 to the first ``judge_train_prompts`` prompts DPO trains on and to every held-out
+prompt, and the greedy answer to each held-out prompt. And the held-out (eval) pairs are measured:
 
 - the implicit reward r̂(x, y) = β log π_θ(y|x)/π_ref(y|x) (DPO paper eq. 5): its pair accuracy
   r̂(x, y_w) > r̂(x, y_l) and its mean margin. Before DPO π_θ = π_ref, so every r̂ is exactly 0 and
@@ -61,14 +71,15 @@ TABLE_ROWS = (
     ("reward_model_accuracy_facts", "  the same, pairs that need an unseen fact"),
 )
 
-#: the default run and the quick one (seconds; a model too small to answer, for tests). Every
-#: stage evaluates on the validation split every ``eval_every`` steps, keeps its best point and
-#: stops after ``patience`` evaluations without a better one.
-DEFAULTS = dict(tokenizer="char", n_layer=3, n_head=4, n_embd=96, block_size=160,
-                sft_steps=1200, sft_lr=3e-3, sft_batch_size=16,
+#: the default run and the quick one (seconds; a model too small to answer, for tests). DPO and the
+#: reward model evaluate on the validation split every ``eval_every`` steps, keep their best point
+#: and stop after ``patience`` evaluations without a better one; SFT does so only when
+#: ``sft_patience`` is set (see the module docstring for why it trains to its last step).
+DEFAULTS = dict(tokenizer="bpe-512", n_layer=3, n_head=4, n_embd=96, block_size=96,
+                sft_steps=1500, sft_lr=3e-3, sft_batch_size=16,
                 dpo_steps=120, dpo_lr=1e-4, beta=0.5, dpo_batch_size=16, sft_weight=0.0,
                 rm_steps=120, rm_lr=3e-4, rm_batch_size=16,
-                kl_samples=4, max_new_tokens=None, eval_every=20, sft_eval_every=100, patience=3, sft_patience=3,
+                kl_samples=4, max_new_tokens=None, eval_every=20, sft_eval_every=100, patience=3, sft_patience=None,
                 judge_train_prompts=64)
 QUICK = dict(tokenizer="char", n_layer=1, n_head=2, n_embd=16, block_size=160,
              sft_steps=20, sft_lr=1e-2, sft_batch_size=16,
