@@ -207,12 +207,15 @@ def _demo(args):
     if args.seeds:
         return _demo_seeds(args)
     _check_run_dir_for_demo(args, args.output_dir)
-    overrides = {k: v for k, v in (("sft_steps", args.sft_steps), ("dpo_steps", args.dpo_steps),
-                                   ("beta", args.beta)) if v is not None}
     result = run_demo(output_dir=args.output_dir, figures_dir=args.figures_dir, quick=args.quick, seed=args.seed,
-                      show_progress=not args.quiet, overwrite=args.overwrite, **overrides)
+                      show_progress=not args.quiet, overwrite=args.overwrite, **_demo_overrides(args))
     _json(args, {k: result[k] for k in ("before", "after", "answers", "families", "config", "seconds", "best_steps")})
     return 0
+
+
+def _demo_overrides(args):
+    return {k: v for k, v in (("sft_steps", args.sft_steps), ("dpo_steps", args.dpo_steps), ("beta", args.beta))
+            if v is not None}
 
 
 def _check_run_dir_for_demo(args, output_dir):
@@ -232,7 +235,7 @@ def _demo_seeds(args):
     for seed in seeds:
         _check_run_dir_for_demo(args, os.path.join(args.output_dir, f"seed-{seed}"))
     result = run_seeds(seeds, output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite,
-                       show_progress=not args.quiet)
+                       show_progress=not args.quiet, **_demo_overrides(args))
     _json(args, result)
     return 0
 
@@ -603,10 +606,12 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("demo", help="the whole pipeline on toy data: SFT → π_ref → DPO, and a reward model",
-                       description="Supervised fine-tuning of the NumPy GPT on the embedded toy corpus, a frozen "
-                                   "reference snapshot, DPO on the toy preference pairs and a Bradley–Terry "
-                                   "reward model, each stopped at its best validation point; then a before/after "
-                                   "table on held-out pairs and figures of the metric curves.")
+                       description="Supervised fine-tuning of the NumPy GPT on both answers of the embedded toy "
+                                   "pairs, a frozen reference snapshot, DPO on the toy preference pairs and a "
+                                   "Bradley–Terry reward model, the last two stopped at their best validation "
+                                   "point; then what the model says before and after DPO, judged by the rules that "
+                                   "wrote the toy data, a before/after table on held-out pairs, and figures of the "
+                                   "metric curves.")
     p.add_argument("--output-dir", default="runs/demo", help="runs, metrics, checkpoints (default runs/demo)")
     p.add_argument("--figures-dir", default=None, help="where figures go (default OUTPUT_DIR/figures; '' for none)")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: seconds, not minutes")
@@ -675,7 +680,11 @@ def build_parser():
 
     p = sub.add_parser("evaluate", help="a policy against its reference on a preference file",
                        description="Implicit-reward accuracy and margin, the policy's own accuracy, the DPO loss, "
-                                   "KL(π_θ ‖ π_ref) sampled, a reward model's accuracy, greedy answers.")
+                                   "KL(π_θ ‖ π_ref) sampled, a reward model's accuracy, greedy answers. On the toy "
+                                   "data's own pairs (lines that carry their \"family\"), also the gold judge's "
+                                   "shares: which rule the policy's and the reference's sampled and greedy answers "
+                                   "follow, y_w's or y_l's. A file of one's own has no rule to judge its answers by, "
+                                   "so there is no judge option: compare the answers yourself (--prompt).")
     p.add_argument("--model", required=True, help="π_θ: a checkpoint or GPT-2 directory")
     p.add_argument("--ref", required=True, help="π_ref: the model DPO started from")
     p.add_argument("--data", required=True, help="preference JSONL file to measure on")

@@ -301,3 +301,25 @@ def test_one_step_is_one_step_and_the_last_loss_says_which_steps_it_averages(tmp
     out = capsys.readouterr().out
     (row,) = [r for r in read_metrics(tmp_path / "three") if "loss" in r]        # sft logs every 10 steps
     assert f"last logged training loss {row['loss']:.4f} (mean of steps 1–3)" in out
+
+
+def test_evaluate_judges_the_toy_datas_answers_by_their_rules_and_nothing_else(tmp_path, pipeline):
+    from dpo_np.experiments import toy_preferences
+    from dpo_np.experiments.evaluation import answer_texts, sample_responses
+    toy = [r for r in toy_preferences.preference_dataset(0)["eval"] if r["family"] in ("arithmetic", "manners")][:6]
+    data = _jsonl(tmp_path / "toy.jsonl", toy)
+    assert main(["sft", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--output-dir", str(tmp_path / "sft"),
+                 "--max-length", "96", "--steps", "3", "--quiet"]) == 0
+    model = str(tmp_path / "sft" / "final")
+    assert main(["evaluate", "--model", model, "--ref", model, "--data", data, "--kl-samples", "3", "--seed", "5",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    policy, tok = load_model(model)
+    prompts = list(dict.fromkeys(r["prompt"] for r in toy))
+    texts = answer_texts(sample_responses(policy, tok, prompts, 3, 5), tok)
+    verdicts = [toy_preferences.judge(prompts[i // 3], t) if t is not None else "neither" for i, t in enumerate(texts)]
+    for name in ("judge_policy", "judge_reference"):        # the same weights: the same judged samples
+        assert report[name] == {j: verdicts.count(j) / len(verdicts) for j in toy_preferences.JUDGEMENTS}
+    assert set(report["judge_greedy_policy"]) == set(toy_preferences.JUDGEMENTS)
+    own = json.loads((pipeline[0] / "evaluate.json").read_text())     # a file of one's own has no rule to judge by
+    assert not [k for k in own if k.startswith("judge")]

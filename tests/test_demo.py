@@ -265,3 +265,30 @@ def test_every_panel_has_a_y_label_and_a_curve_100_times_smaller_gets_its_own_ax
     assert [line.get_label() for line in left.get_lines()] == ["rewards/chosen (train)"]
     assert [line.get_label() for line in right.get_lines()] == ["rewards/rejected (train) (right axis)"]
     assert right.get_ylabel().startswith("r̂ (β·nats)")
+
+
+# ---- the demo on several seeds ------------------------------------------------------------------
+
+def test_demo_seeds_json_holds_the_judges_shares_and_the_notes_answers_per_seed(tmp_path):
+    from dpo_np.cli import main
+    from dpo_np.experiments.seeds import COLUMNS, value
+    path = tmp_path / "seeds.json"
+    assert main(["demo", "--quick", "--seeds", "0,1", "--dpo-steps", "3", "--quiet", "--output-dir",
+                 str(tmp_path / "runs"), "--json", str(path)]) == 0
+    import json
+    out = json.loads(path.read_text())
+    assert [r["seed"] for r in out["rows"]] == [0, 1] and out["config"]["dpo_steps"] == 3   # the option reached each seed
+    for row in out["rows"]:
+        for key in ("judge", "judge_greedy", "judge_train"):
+            assert set(row[key]) == {"reference", "policy"} and all(0 <= v <= 1 for v in row[key].values())
+        assert set(row["notes_answers"]) == {"reference", "policy"}
+        assert all(n in (0, 1, 2, 3) for n in row["notes_answers"].values())
+        assert 0 <= row["implicit_reward_accuracy"] <= 1
+    # the summary is the rows' own mean, sample s.d. and worst seed
+    for key, _ in COLUMNS:
+        values = np.array([value(r, key) for r in out["rows"]])
+        s = out["summary"][key]
+        assert s["mean"] == pytest.approx(values.mean()) and s["sd"] == pytest.approx(values.std(ddof=1))
+        worst = values.max() if key == "kl" else values.min()
+        assert s["worst"] == worst
+    assert "notes' answers, π_ref → π_θ" in out["table"]

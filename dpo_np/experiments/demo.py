@@ -4,13 +4,23 @@ reward model that DPO does without.
     python -m dpo_np demo        # run_demo(): the table below, figures/, runs/demo/
 
 1. Supervised fine-tuning (``sft.py``) of a small GPT on ``toy_preferences.sft_corpus``: both the chosen
-   and the rejected answer of every train pair, so the SFT model can say either.
+   and the rejected answer of every train pair, trained to its last step, so the SFT model writes
+   either answer to a trained prompt (the notes' pairs are sampled from π_ref: a reference that
+   writes only y_w leaves DPO nothing to change, one that writes neither nothing to choose). Its
+   tokenizer is a byte-level BPE learned from the train split, so the same seconds buy a model that
+   writes whole answers. Its validation loss, on answers to unseen prompts, is lowest long before the
+   last step; stopping there (``sft_patience``) gives a reference that ranks new pairs a little
+   better and writes almost nothing whole.
 2. π_ref = a frozen copy of the SFT model (the DPO paper, §4: π_ref = π^SFT).
-3. DPO (``trainers.DPOTrainer``) from π_θ = π_ref on the train pairs.
+3. DPO (``trainers.DPOTrainer``) from π_θ = π_ref on the train pairs, stopped at its best
+   validation loss.
 4. The Bradley–Terry reward model r_φ (``reward_model.py``, body initialised from the SFT model)
    on the same pairs: what RLHF would fit first, and DPO skips.
 
-Then everything is measured on the held-out (eval) pairs, before and after DPO:
+Then what the model *says* is judged, before and after DPO, by the toy data's gold judge
+(``toy_preferences.judge``: which rule an answer follows, y_w's, y_l's or neither): answers sampled
+at temperature 1 to the first ``judge_train_prompts`` prompts DPO trains on and to every held-out
+prompt, and the greedy answer to each held-out prompt. And the held-out (eval) pairs are measured:
 
 - the implicit reward r̂(x, y) = β log π_θ(y|x)/π_ref(y|x) (DPO paper eq. 5): its pair accuracy
   r̂(x, y_w) > r̂(x, y_l) and its mean margin. Before DPO π_θ = π_ref, so every r̂ is exactly 0 and
@@ -47,8 +57,9 @@ from dpo_np.training import check_output_dir, frozen_copy, read_metrics
 
 #: rows of the printed table, in order (the keys of ``result["before"]`` / ``result["after"]``)
 TABLE_ROWS = (
-    ("judge", "sampled answers, by the rule: y_w's / y_l's / neither"),
-    ("judge_greedy", "greedy answers, by the rule: y_w's / y_l's / neither"),
+    ("judge_train", "trained prompts, sampled answers: y_w's / y_l's rule / neither"),
+    ("judge", "held-out prompts, sampled answers: y_w's / y_l's rule / neither"),
+    ("judge_greedy", "held-out prompts, greedy answers: y_w's / y_l's rule / neither"),
     ("implicit_reward_accuracy", "implicit-reward accuracy  r̂(y_w) > r̂(y_l), learnable rules"),
     ("implicit_reward_accuracy_facts", "  the same, pairs that need an unseen fact"),
     ("implicit_reward_ties", "  pairs with r̂(y_w) = r̂(y_l) exactly"),
@@ -60,19 +71,22 @@ TABLE_ROWS = (
     ("reward_model_accuracy_facts", "  the same, pairs that need an unseen fact"),
 )
 
-#: the default run and the quick one (seconds; a model too small to answer, for tests). Every
-#: stage evaluates on the validation split every ``eval_every`` steps, keeps its best point and
-#: stops after ``patience`` evaluations without a better one.
-DEFAULTS = dict(tokenizer="char", n_layer=3, n_head=4, n_embd=96, block_size=160,
-                sft_steps=1200, sft_lr=3e-3, sft_batch_size=16,
+#: the default run and the quick one (seconds; a model too small to answer, for tests). DPO and the
+#: reward model evaluate on the validation split every ``eval_every`` steps, keep their best point
+#: and stop after ``patience`` evaluations without a better one; SFT does so only when
+#: ``sft_patience`` is set (see the module docstring for why it trains to its last step).
+DEFAULTS = dict(tokenizer="bpe-512", n_layer=3, n_head=4, n_embd=96, block_size=96,
+                sft_steps=1500, sft_lr=3e-3, sft_batch_size=16,
                 dpo_steps=120, dpo_lr=1e-4, beta=0.5, dpo_batch_size=16, sft_weight=0.0,
                 rm_steps=120, rm_lr=3e-4, rm_batch_size=16,
-                kl_samples=4, max_new_tokens=None, eval_every=20, sft_eval_every=100, patience=3)
+                kl_samples=4, max_new_tokens=None, eval_every=20, sft_eval_every=100, patience=3, sft_patience=None,
+                judge_train_prompts=64)
 QUICK = dict(tokenizer="char", n_layer=1, n_head=2, n_embd=16, block_size=160,
              sft_steps=20, sft_lr=1e-2, sft_batch_size=16,
              dpo_steps=6, dpo_lr=1e-3, beta=0.1, dpo_batch_size=8, sft_weight=0.0,
              rm_steps=6, rm_lr=1e-3, rm_batch_size=8,
-             kl_samples=1, max_new_tokens=12, eval_every=3, sft_eval_every=10, patience=3)
+             kl_samples=1, max_new_tokens=12, eval_every=3, sft_eval_every=10, patience=3, sft_patience=3,
+             judge_train_prompts=8)
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -115,11 +129,11 @@ def run_demo(output_dir="runs/demo", figures_dir=None, quick=False, seed=0, show
     answers = {p: {"before": greedy_answer(model, tokenizer, p, cfg["max_new_tokens"])}
                for p in toy_preferences.NOTES_PROMPTS}
     dpo = _dpo_trainer(model, reference, tokenizer, data, cfg, common, runs["dpo"])
-    before = _measure(dpo, data["eval"], reference, tokenizer, cfg, seed)
+    before = _measure(dpo, data["eval"], data["train"], reference, tokenizer, cfg, seed)
     clock.lap("before")
     dpo.train()
     clock.lap("dpo")
-    after = _measure(dpo, data["eval"], reference, tokenizer, cfg, seed)
+    after = _measure(dpo, data["eval"], data["train"], reference, tokenizer, cfg, seed)
     for p in toy_preferences.NOTES_PROMPTS:
         answers[p]["after"] = greedy_answer(model, tokenizer, p, cfg["max_new_tokens"])
         for when in ("before", "after"):
@@ -160,11 +174,15 @@ def toy_tokenizer(kind, seed=0):
 
 
 def _sft_stage(model, tokenizer, data, cfg, common, output_dir, seed):
-    """1. SFT on both answers of every train pair, stopped at its best validation loss."""
+    """1. SFT on both answers of every train pair; stopped at its best validation loss when
+    ``sft_patience`` is set, else trained to its last step (π_ref should then write the train answers
+    out, which DPO then ranks: the validation loss, which scores answers to unseen prompts, is lowest
+    long before that)."""
+    stop = dict(load_best_model_at_end=cfg["sft_patience"] is not None, early_stopping_patience=cfg["sft_patience"])
     sft = SFTTrainer(model, SFTConfig(output_dir=output_dir, max_steps=cfg["sft_steps"], learning_rate=cfg["sft_lr"],
                                       per_device_train_batch_size=cfg["sft_batch_size"], logging_steps=10,
                                       warmup_steps=min(20, cfg["sft_steps"] // 10),
-                                      eval_steps=cfg["sft_eval_every"], **common),
+                                      eval_steps=cfg["sft_eval_every"], **{**common, **stop}),
                      train_dataset=toy_preferences.sft_corpus(seed, "train"),
                      eval_dataset=toy_preferences.sft_corpus(seed, "validation"), tokenizer=tokenizer)
     sft.train()
@@ -184,8 +202,9 @@ def _dpo_trainer(model, reference, tokenizer, data, cfg, common, output_dir):
     return dpo
 
 
-def _measure(dpo, held_out, reference, tokenizer, cfg, seed):
-    """The held-out numbers of the table for the policy as it is now."""
+def _measure(dpo, held_out, dpo_train, reference, tokenizer, cfg, seed):
+    """The held-out numbers of the table for the policy as it is now, and the judge on the first
+    ``judge_train_prompts`` prompts DPO trains on."""
     out = implicit_reward_metrics(dpo, held_out)
     learnable = np.array([r["family"] in toy_preferences.LEARNABLE for r in held_out])
     wins = out["chosen_rewards"] > out["rejected_rewards"]
@@ -195,8 +214,11 @@ def _measure(dpo, held_out, reference, tokenizer, cfg, seed):
     estimate = estimate_kl(dpo.model, reference, tokenizer, prompts, cfg["kl_samples"], seed, cfg["max_new_tokens"])
     judged = judged_answers(dpo.model, tokenizer, prompts, cfg["kl_samples"], seed, cfg["max_new_tokens"],
                             samples=estimate.pop("samples"))
+    trained = list(dict.fromkeys(r["prompt"] for r in dpo_train))[:cfg["judge_train_prompts"]]
+    on_train = judged_answers(dpo.model, tokenizer, trained, cfg["kl_samples"], seed, cfg["max_new_tokens"])
     out.update(kl=estimate["kl"], kl_stderr=estimate["stderr"], kl_estimate=estimate, judge=judged["sampled"],
-               judge_greedy=judged["greedy"], greedy_answers=judged["greedy_answers"])
+               judge_greedy=judged["greedy"], greedy_answers=judged["greedy_answers"],
+               judge_train=on_train["sampled"], judge_train_greedy=on_train["greedy"])
     return out
 
 
@@ -243,7 +265,7 @@ def format_table(before, after, answers, cfg, families=None):
             return f"{side['kl']:.3f} ± {side['kl_stderr']:.3f}"
         if key == "dpo_loss":
             return f"{side[key]:.4f}"
-        if key in ("judge", "judge_greedy"):
+        if key.startswith("judge"):
             return " / ".join(f"{side[key][j]:.2f}" for j in toy_preferences.JUDGEMENTS)
         return f"{side[key]:.3f}"
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from dpo_np import autograd as ag
 from dpo_np import backend, checks
-from dpo_np.data import format_prompt
+from dpo_np.data import format_prompt, prompt_template_of
 from dpo_np.experiments import toy_preferences
 from dpo_np.generate import generate
 
@@ -37,7 +37,7 @@ def sample_responses(model, tokenizer, prompts, n_samples=1, seed=0, max_new_tok
     ``(prompt_ids, response_ids)``, ``n_samples`` consecutive entries per prompt, in prompt order.
     """
     checks.integer(n_samples, "n_samples", low=1)
-    encoded = [tokenizer.encode(format_prompt(p)) for p in prompts]
+    encoded = [tokenizer.encode(format_prompt(p, prompt_template_of(tokenizer))) for p in prompts]
     out = [None] * (len(encoded) * n_samples)
     by_length = {}
     for i, ids in enumerate(encoded):

@@ -26,14 +26,14 @@ import time
 from dpo_np import checks
 from dpo_np.data import describe_truncation, load_located, load_preferences, prompt_template_of
 from dpo_np.experiments import toy_preferences
-from dpo_np.experiments.evaluation import estimate_kl, implicit_reward_metrics, reward_model_scores
+from dpo_np.experiments.evaluation import estimate_kl, implicit_reward_metrics, judged_answers, reward_model_scores
 from dpo_np.generate import greedy_answer
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.pretrained import load_model
 from dpo_np.progress import plural
 from dpo_np.reward_model import RewardConfig, RewardModel, RewardTrainer, load_reward_model
 from dpo_np.sft import SFTConfig, SFTTrainer
-from dpo_np.tokenizer import PROMPT_TEMPLATE, ByteTokenizer, CharTokenizer
+from dpo_np.tokenizer import ByteTokenizer, CharTokenizer
 from dpo_np.trainers import DPOConfig, DPOTrainer
 from dpo_np.training import frozen_copy, pair_metrics
 
@@ -258,7 +258,9 @@ def run_evaluate(model, ref, data, prompts=(), beta=0.1, kl_samples=4, reward_mo
     ``evaluate``): implicit-reward accuracy and margin, the policy's own accuracy, the DPO loss at
     ``beta``, KL(π_θ ‖ π_ref) sampled (``kl_samples`` per prompt), a reward model's accuracy
     (``reward_model``, optional) and greedy answers to ``prompts``, each prompt written in the
-    model's own prompt template."""
+    model's own prompt template. On the toy data (records that carry their ``family``), also the
+    gold judge's shares of the policy's and the reference's sampled and greedy answers
+    (``toy_preferences.judge``): which rule they follow, y_w's or y_l's."""
     _need_model(model, "evaluate")
     if ref is None:
         raise ValueError("evaluate needs the reference model too (--ref): the model DPO started from")
@@ -272,21 +274,22 @@ def run_evaluate(model, ref, data, prompts=(), beta=0.1, kl_samples=4, reward_mo
     m = implicit_reward_metrics(trainer, records)
     result = {k: m[k] for k in ("pairs", "implicit_reward_accuracy", "implicit_reward_ties", "implicit_reward_margin",
                                 "logp_accuracy", "dpo_loss")}
-    if prompt_template_of(tokenizer) == PROMPT_TEMPLATE:
-        prompts_of_data = list(dict.fromkeys(r["prompt"] for r in records))
-        kl = estimate_kl(policy, reference, tokenizer, prompts_of_data, kl_samples, seed)
-        result.update(kl=kl["kl"], kl_stderr=kl["stderr"])
-    else:      # the sampler writes prompts in the default template: a KL of other prompts would mislead
-        print_fn(f"  kl: not measured: the model's prompt template {prompt_template_of(tokenizer)!r} is not the "
-                 f"one the KL's sampler writes ({PROMPT_TEMPLATE!r})")
-        result.update(kl=None, kl_stderr=None)
-    result.update(beta=beta, seed=seed, kl_samples=kl_samples)
+    prompts_of_data = list(dict.fromkeys(r["prompt"] for r in records))
+    kl = estimate_kl(policy, reference, tokenizer, prompts_of_data, kl_samples, seed)
+    result.update(kl=kl["kl"], kl_stderr=kl["stderr"], beta=beta, seed=seed, kl_samples=kl_samples)
+    if all(r.get("family") in toy_preferences.FAMILIES for r in records):
+        # the toy data's own rules can judge its answers; a file of one's own has no rule to judge by
+        for name, model, samples in (("policy", policy, kl["samples"]), ("reference", reference, None)):
+            judged = judged_answers(model, tokenizer, prompts_of_data, kl_samples, seed, samples=samples)
+            result[f"judge_{name}"] = {k: judged["sampled"][k] for k in toy_preferences.JUDGEMENTS}
+            result[f"judge_greedy_{name}"] = {k: judged["greedy"][k] for k in toy_preferences.JUDGEMENTS}
     if reward_model is not None:
         rm = RewardTrainer(load_reward_model(reward_model)["model"], RewardConfig(
             output_dir="unused", max_length=max_length, max_prompt_length=max_prompt_length), tokenizer=tokenizer)
         result["reward_model_accuracy"] = pair_metrics(*reward_model_scores(rm, records))["accuracy"]
     for key, value in result.items():
-        if value is not None:
-            print_fn(f"  {key:<26} {value:.4f}" if isinstance(value, float) else f"  {key:<26} {value}")
+        if isinstance(value, dict):          # the judge's shares: y_w's rule / y_l's rule / neither
+            value = " / ".join(f"{value[k]:.3f}" for k in toy_preferences.JUDGEMENTS) + "  (y_w's / y_l's rule / neither)"
+        print_fn(f"  {key:<26} {value:.4f}" if isinstance(value, float) else f"  {key:<26} {value}")
     result["answers"] = _answers(policy, tokenizer, prompts, print_fn)
     return result

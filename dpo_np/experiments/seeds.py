@@ -3,11 +3,13 @@
     python -m dpo_np demo --seeds 0-4 --json seeds.json
 
 Each seed draws its own data split and its own model initialisation (``run_demo(seed=...)``). The
-table gives, per seed, the held-out implicit-reward accuracy on the pairs whose rule can be
-learned and on the pairs that need an unseen fact, the reward model's accuracy likewise, whether
-the greedy answers to the notes' three prompts are the chosen ones, and the time; then the mean ±
-sample standard deviation and the worst seed of each column, and the machine (the BLAS thread
-count can change the last bits of a result).
+table gives, per seed, what the model says: the share of sampled answers that follow y_w's rule by
+the gold judge (``toy_preferences.judge``), under π_ref and π_θ, on prompts DPO trained on and on
+held-out ones, and greedily on held-out ones; KL(π_θ‖π_ref); the held-out implicit-reward accuracy
+on the pairs whose rule can be learned and on the pairs that need an unseen fact, the reward model's
+accuracy likewise; how many of the notes' three prompts π_ref and π_θ answer with the chosen answer;
+and the time. Then the mean ± sample standard deviation and the worst seed of each column, and the
+machine (the BLAS thread count can change the last bits of a result).
 """
 
 import os
@@ -18,8 +20,9 @@ from dpo_np.bench import machine
 from dpo_np.experiments.demo import run_demo
 
 #: (key, title) of the per-seed columns; "judge.policy" reads row["judge"]["policy"]
-COLUMNS = (("judge.reference", "y_w's rule, π_ref sampled"), ("judge.policy", "y_w's rule, π_θ sampled"),
-           ("judge_greedy.reference", "π_ref greedy"), ("judge_greedy.policy", "π_θ greedy"),
+COLUMNS = (("judge_train.reference", "trained prompts: π_ref"), ("judge_train.policy", "π_θ"),
+           ("judge.reference", "held-out prompts: π_ref"), ("judge.policy", "π_θ"),
+           ("judge_greedy.reference", "held-out greedy: π_ref"), ("judge_greedy.policy", "π_θ"),
            ("kl", "KL(π_θ‖π_ref)"),
            ("implicit_reward_accuracy", "r̂ acc. (rules)"), ("implicit_reward_accuracy_facts", "r̂ acc. (facts)"),
            ("reward_model_accuracy", "r_φ acc. (rules)"), ("reward_model_accuracy_facts", "r_φ acc. (facts)"))
@@ -37,9 +40,8 @@ def run_seeds(seeds, output_dir="runs/demo", quick=False, overwrite=False, show_
         row = {"seed": seed, **{key: r["after"][key] for key in ("implicit_reward_accuracy",
                                                                  "implicit_reward_accuracy_facts",
                                                                  "reward_model_accuracy", "reward_model_accuracy_facts")},
-               "judge": {"reference": r["before"]["judge"]["preferred"], "policy": r["after"]["judge"]["preferred"]},
-               "judge_greedy": {"reference": r["before"]["judge_greedy"]["preferred"],
-                                "policy": r["after"]["judge_greedy"]["preferred"]},
+               **{key: {"reference": r["before"][key]["preferred"], "policy": r["after"][key]["preferred"]}
+                  for key in ("judge_train", "judge", "judge_greedy")},
                "notes_answers": {who: sum(a[when + "_is"] == "chosen" for a in r["answers"].values())
                                  for who, when in (("reference", "before"), ("policy", "after"))},
                "answers": {p: a["after"] for p, a in r["answers"].items()},
