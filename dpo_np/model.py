@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from dpo_np import backend, checks
+from dpo_np import backend, checks, parallel
 
 LN_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)   # a Python float: NumPy float64 scalars would upcast float32
@@ -91,15 +91,35 @@ def embedding_backward(dout, cache):
 def layernorm_forward(x, w, b):
     """out = (x − μ) / sqrt(σ² + ε) · w + b over the last axis (ε = 1e-5, biased variance)."""
     xp = backend.xp()
-    mean_of = xp.full((x.shape[-1], 1), 1.0 / x.shape[-1], dtype=x.dtype)   # row means as a mat-vec
-    xc = x - x @ mean_of               # x − μ
-    var = (xc * xc) @ mean_of          # σ², (..., 1)
-    rstd = 1.0 / xp.sqrt(var + LN_EPS)
-    xhat = xc
-    xhat *= rstd                       # (..., C), in place of xc; reused by the backward
-    out = xhat * w
-    out += b
+    out, xhat = xp.empty(x.shape, dtype=x.dtype), xp.empty(x.shape, dtype=x.dtype)
+    rstd = xp.empty((*x.shape[:-1], 1), dtype=x.dtype)
+    parallel.over_rows(_layernorm_rows, _flat(x), w, b, _flat(out), _flat(xhat), _flat(rstd))
     return out, (xhat, w, rstd)
+
+
+def _layernorm_rows(x, w, b, out, xhat, rstd):
+    """The forward on rows of (N, C), into ``out``, ``xhat`` and ``rstd``."""
+    xp = backend.xp()
+    xp.subtract(x, _row_means(x), out=xhat)                    # x − μ
+    xp.multiply(xhat, xhat, out=out)                           # (x − μ)², in out until out is due
+    rstd[...] = _row_means(out)                                # σ²
+    rstd += LN_EPS
+    xp.sqrt(rstd, out=rstd)
+    xp.divide(1.0, rstd, out=rstd)                             # 1 / sqrt(σ² + ε)
+    xhat *= rstd                                               # reused by the backward
+    xp.multiply(xhat, w, out=out)
+    out += b
+
+
+def _row_means(a, weights=None):
+    """Σ_c a[n, c]·weights[c] / C per row, (N, 1) (weights None: the mean): einsum's dot product
+    per row is several times faster than ``a.mean(axis=-1)``, whose reduction over a short last
+    axis runs one row at a time, and, unlike a BLAS mat-vec, sums every row in the same order
+    whatever the number of rows (so blocks of rows in threads give the one call's numbers)."""
+    xp = backend.xp()
+    C = a.shape[-1]
+    w = xp.full(C, 1.0 / C, dtype=a.dtype) if weights is None else weights / C
+    return xp.einsum("nc,c->n", a, w)[:, None]
 
 
 # in the forward pass this was: xhat = (x - mean) * rstd;  out = xhat * w + b
@@ -107,20 +127,27 @@ def layernorm_forward(x, w, b):
 # xhat depends on x directly and through mean and rstd:
 #   dx = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))
 # (the two means are the mean's and the variance's paths back to every x in the row).
-# Both means are mat-vecs with w / C: mean(dxhat) = dout @ w/C, mean(dxhat·xhat) = (dout·xhat) @ w/C,
-# and dout·xhat is dw's product too, so it is made once.
+# Both means are dot products with w: mean(dxhat) = Σ_c dout·w / C, mean(dxhat·xhat) =
+# Σ_c (dout·xhat)·w / C, and dout·xhat is dw's product too, so it is made once.
 def layernorm_backward(dout, cache):
     xhat, w, rstd = cache
-    w_mean = (w / w.shape[0])[:, None]                         # (C, 1)
-    dout_xhat = dout * xhat
+    xp = backend.xp()
+    dx, dout_xhat = xp.empty(dout.shape, dtype=dout.dtype), xp.empty(dout.shape, dtype=dout.dtype)
+    parallel.over_rows(_layernorm_backward_rows, _flat(dout), _flat(xhat), w, _flat(rstd), _flat(dx),
+                       _flat(dout_xhat), xp.empty(_flat(dout).shape, dtype=dout.dtype))
     dw = _flat(dout_xhat).sum(axis=0)
     db = _flat(dout).sum(axis=0)
-    dx = dout * w                                              # dxhat
-    dx -= dout @ w_mean                                        # − mean(dxhat)
-    xhat_term = backend.xp().multiply(xhat, dout_xhat @ w_mean, out=dout_xhat)
-    dx -= xhat_term                                            # − xhat · mean(dxhat · xhat)
-    dx *= rstd
     return dx, dw, db
+
+
+def _layernorm_backward_rows(dout, xhat, w, rstd, dx, dout_xhat, scratch):
+    xp = backend.xp()
+    xp.multiply(dout, xhat, out=dout_xhat)
+    xp.multiply(dout, w, out=dx)                               # dxhat
+    dx -= _row_means(dout, w)                                  # − mean(dxhat)
+    xp.multiply(xhat, _row_means(dout_xhat, w), out=scratch)
+    dx -= scratch                                              # − xhat · mean(dxhat · xhat)
+    dx *= rstd
 
 
 def linear_forward(x, w, b):
@@ -146,17 +173,24 @@ def gelu_forward(x):
 
     x is the model's largest activation, (B, T, 4C): the line above, written as one expression,
     makes a new array per operation; here each step works in place on two (tests hold the two
-    ways to the same numbers).
+    ways to the same numbers), on blocks of rows in threads (``parallel.over_rows``).
     """
-    t = x * x
+    xp = backend.xp()
+    out, t = xp.empty(x.shape, dtype=x.dtype), xp.empty(x.shape, dtype=x.dtype)
+    parallel.over_rows(_gelu_rows, _flat(x), _flat(out), _flat(t))
+    return out, (x, t)
+
+
+def _gelu_rows(x, out, t):
+    xp = backend.xp()
+    xp.multiply(x, x, out=t)
     t *= GELU_SCALE * GELU_COEF
     t += GELU_SCALE
     t *= x                             # √(2/π)·(x + 0.044715·x³)
-    backend.xp().tanh(t, out=t)
-    out = t + 1.0
+    xp.tanh(t, out=t)
+    xp.add(t, 1.0, out=out)
     out *= x
     out *= 0.5
-    return out, (x, t)
 
 
 # in the forward pass this was: out = 0.5·x·(1 + t),  t = tanh(√(2/π)·(x + 0.044715·x³))
@@ -164,18 +198,25 @@ def gelu_forward(x):
 # computed in place, as the forward, on two arrays instead of one per operation
 def gelu_backward(dout, cache):
     x, t = cache
-    dx = x * x
+    xp = backend.xp()
+    dx, sech2 = xp.empty(x.shape, dtype=x.dtype), xp.empty(x.shape, dtype=x.dtype)
+    parallel.over_rows(_gelu_backward_rows, _flat(dout), _flat(x), _flat(t), _flat(dx), _flat(sech2))
+    return dx
+
+
+def _gelu_backward_rows(dout, x, t, dx, sech2):
+    xp = backend.xp()
+    xp.multiply(x, x, out=dx)
     dx *= 3.0 * GELU_COEF * GELU_SCALE
     dx += GELU_SCALE                   # √(2/π)·(1 + 3·0.044715·x²)
-    sech2 = t * t
-    backend.xp().subtract(1.0, sech2, out=sech2)
+    xp.multiply(t, t, out=sech2)
+    xp.subtract(1.0, sech2, out=sech2)
     dx *= sech2                        # before x: a saturated tanh makes it exactly 0 for any large x
     dx *= x                            # x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)
     dx += t
     dx += 1.0
     dx *= 0.5
     dx *= dout
-    return dx
 
 
 def attention_allowed(T, attention_mask=None, n_past=0):
@@ -214,17 +255,25 @@ def attention_forward(qkv, n_head, attention_mask=None, past=None):
         n_past = past[0].shape[2]
         k, v = xp.concatenate([past[0], k], axis=2), xp.concatenate([past[1], v], axis=2)
     scale = 1.0 / math.sqrt(hs)
-    att = q @ k.transpose(0, 1, 3, 2)                          # (B, nh, T, n_past + T)
-    att *= scale
     allowed = attention_allowed(T, attention_mask, n_past)
+    att = xp.empty((B, n_head, T, n_past + T), dtype=qkv.dtype)
+    out = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
+    # y = att @ v lands in each head's columns of out (B, T, C), the heads side by side again
+    parallel.over_rows(_attention_rows, q, k, v, allowed, scale, att, out.transpose(0, 2, 1, 3))
+    out = out.reshape(B, T, C)
+    return out, (q, k, v, att, out, scale)
+
+
+def _attention_rows(q, k, v, allowed, scale, att, y):
+    """The forward on a block of the batch, into ``att`` (B, nh, T, T') and ``y`` (B, nh, T, hs)."""
+    xp = backend.xp()
+    xp.matmul(q, k.transpose(0, 1, 3, 2), out=att)             # s = q @ kᵀ
+    att *= scale
     xp.copyto(att, np.finfo(att.dtype).min / 2, where=~allowed)
     att -= att.max(axis=-1, keepdims=True)                     # stable softmax, in place: att is the
     xp.exp(att, out=att)                                       # largest activation of the model
     att *= 1.0 / _row_sums(att)
-    out = xp.empty((B, T, n_head, hs), dtype=att.dtype)
-    xp.matmul(att, v, out=out.transpose(0, 2, 1, 3))           # y = att @ v, each head written straight
-    out = out.reshape(B, T, C)                                 # into its columns of (B, T, C)
-    return out, (q, k, v, att, out, scale)
+    xp.matmul(att, v, out=y)
 
 
 def _row_sums(a):
@@ -250,16 +299,23 @@ def attention_backward(dout, cache):
     dqkv = xp.empty((B, T, 3, nh, hs), dtype=dout.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                 # views, each (B, nh, T, hs)
     dyh = dout.reshape(B, T, nh, hs)
+    parallel.over_rows(_attention_backward_rows, dyh, out.reshape(B, T, nh, hs), q, k, v, att, scale,
+                       xp.empty(att.shape, dtype=att.dtype), dq, dk, dv)
+    return dqkv.reshape(B, T, 3 * nh * hs)
+
+
+def _attention_backward_rows(dyh, yh, q, k, v, att, scale, datt, dq, dk, dv):
+    """The backward on a block of the batch; dy and y with the heads side by side, (B, T, nh, hs)."""
+    xp = backend.xp()
     dy = dyh.transpose(0, 2, 1, 3)                             # (B, nh, T, hs) view
     xp.matmul(att.transpose(0, 1, 3, 2), dy, out=dv)           # dv = attᵀ @ dy
-    datt = dy @ v.transpose(0, 1, 3, 2)                        # (B, nh, T, T)
-    dy_dot_y = xp.einsum("bthd,bthd->bth", dyh, out.reshape(B, T, nh, hs))   # (B, T, nh)
+    xp.matmul(dy, v.transpose(0, 1, 3, 2), out=datt)           # datt = dy @ vᵀ
+    dy_dot_y = xp.einsum("bthd,bthd->bth", dyh, yh)            # (B, T, nh)
     datt -= dy_dot_y.transpose(0, 2, 1)[..., None]
     datt *= att
     datt *= scale                                              # ds · scale
     xp.matmul(datt, k, out=dq)                                 # dq = ds @ k · scale
     xp.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)           # dk = dsᵀ @ q · scale
-    return dqkv.reshape(B, T, 3 * nh * hs)
 
 
 def lm_head_forward(h, wte):
