@@ -4,6 +4,7 @@ import json
 import os
 import re
 
+from dpo_np.bench.table import load_report, performance_table
 from dpo_np.data import load_preferences, load_sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,3 +43,14 @@ def test_the_documented_jsonl_formats_load(tmp_path):
         assert len(records) == 3
         if keys:
             assert all(set(json.loads(line)) == keys for line in lines)
+
+
+def test_the_performance_table_is_the_one_bench_table_writes():
+    m = re.search(r"<!-- bench-table -->\n(.*?)<!-- /bench-table -->", _readme(), re.S)
+    assert m, "README.md has no <!-- bench-table --> block"
+    path = os.path.join(ROOT, "figures", "bench.json")
+    if os.path.exists(path):
+        assert m.group(1) == performance_table(load_report(path)), \
+            "README's table differs from `python -m dpo_np bench table figures/bench.json`: paste its output"
+    else:
+        assert "Not measured yet" in m.group(1) and "|" not in m.group(1)     # no numbers without their JSON
