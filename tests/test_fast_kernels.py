@@ -171,3 +171,9 @@ def test_row_sums_are_the_sums_over_the_last_axis():
     a = np.random.default_rng(4).normal(size=(2, 3, 5, 7))
     np.testing.assert_allclose(M._row_sums(a), a.sum(-1, keepdims=True), rtol=1e-14, atol=1e-14)
     assert M._row_sums(a.astype(np.float32)).dtype == np.float32
+
+
+def test_column_sums_are_the_sums_over_the_rows():
+    a = np.random.default_rng(5).normal(size=(37, 6))
+    np.testing.assert_allclose(M._column_sums(a), a.sum(axis=0), rtol=1e-13, atol=1e-13)
+    assert M._column_sums(a.astype(np.float32)).shape == (6,)
