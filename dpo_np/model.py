@@ -104,11 +104,12 @@ def layernorm_forward(x, w, b):
 
 
 def _layernorm_rows(x, w, b, out, xhat, rstd):
-    """The forward on rows of (N, C), into ``out``, ``xhat`` and ``rstd``."""
+    """The forward on rows of (N, C), into ``out``, ``xhat`` and ``rstd``: the operations of the
+    docstring's line in its order, so the same numbers to the last bit, without its temporaries."""
     xp = backend.xp()
-    xp.subtract(x, _row_means(x), out=xhat)                    # x − μ
+    xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)  # x − μ
     xp.multiply(xhat, xhat, out=out)                           # (x − μ)², in out until out is due
-    rstd[...] = _row_means(out)                                # σ²
+    rstd[...] = out.mean(axis=-1, keepdims=True)               # σ²
     rstd += LN_EPS
     xp.sqrt(rstd, out=rstd)
     xp.divide(1.0, rstd, out=rstd)                             # 1 / sqrt(σ² + ε)
@@ -117,15 +118,12 @@ def _layernorm_rows(x, w, b, out, xhat, rstd):
     out += b
 
 
-def _row_means(a, weights=None):
-    """Σ_c a[n, c]·weights[c] / C per row, (N, 1) (weights None: the mean): einsum's dot product
-    per row is several times faster than ``a.mean(axis=-1)``, whose reduction over a short last
-    axis runs one row at a time, and, unlike a BLAS mat-vec, sums every row in the same order
-    whatever the number of rows (so blocks of rows in threads give the one call's numbers)."""
-    xp = backend.xp()
-    C = a.shape[-1]
-    w = xp.full(C, 1.0 / C, dtype=a.dtype) if weights is None else weights / C
-    return xp.einsum("nc,c->n", a, w)[:, None]
+def _row_means(a, weights):
+    """Σ_c a[n, c]·weights[c] / C per row, (N, 1): einsum's dot product per row is several times
+    faster than ``(a * weights).mean(axis=-1)`` (no temporary, and NumPy's reduction over a short last
+    axis runs one row at a time) and, unlike a BLAS mat-vec, sums every row in the same order whatever
+    the number of rows (so blocks of rows in threads give the one call's numbers)."""
+    return backend.xp().einsum("nc,c->n", a, weights / a.shape[-1])[:, None]
 
 
 # in the forward pass this was: xhat = (x - mean) * rstd;  out = xhat * w + b

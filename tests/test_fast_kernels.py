@@ -100,6 +100,20 @@ def test_layernorm_is_the_one_line_formula_in_value_and_gradient(seed, offset, s
         np.testing.assert_allclose(ours, plain, rtol=1e-9, atol=1e-9 / scale)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layernorm_forward_is_its_line_to_the_last_bit(dtype):
+    """The forward runs the docstring's operations in their order, so its rounding is the plain
+    line's: a check that differentiates through it (the reward model's ln_f.bias, whose true
+    gradient is 0, meets central differences only because both sides round alike) keeps holding."""
+    r = np.random.default_rng(6)
+    x = (r.normal(size=(4, 9, 16)) * 3 + 1).astype(dtype)
+    w, b = r.normal(size=16).astype(dtype), r.normal(size=16).astype(dtype)
+    xc = x - x.mean(axis=-1, keepdims=True)
+    xhat = xc * (1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + M.LN_EPS))
+    out, (cached_xhat, _, _) = M.layernorm_forward(x, w, b)
+    assert np.array_equal(out, xhat * w + b) and np.array_equal(cached_xhat, xhat)
+
+
 def test_layernorm_gradient_matches_central_differences_and_leaves_its_inputs_alone():
     r = np.random.default_rng(2)
     x, w, b = r.normal(size=(3, 7)) * 2 + 0.5, r.normal(size=7), r.normal(size=7)

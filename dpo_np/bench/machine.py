@@ -51,8 +51,17 @@ def blas():
 
 
 def blas_threads():
-    """How many threads BLAS uses: the first thread variable set, else the library's default (the
-    cores this process may use)."""
+    """How many threads BLAS uses: the count in force as threadpoolctl reads it from the library
+    (where threadpoolctl is installed: a limit set at run time is then seen too), else the first
+    thread variable set, else the library's default (the cores this process may use)."""
+    try:
+        import threadpoolctl
+        blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+        blas.sort(key=lambda i: "numpy" not in i.get("filepath", ""))        # NumPy's own BLAS first
+        if blas:
+            return {"threads": blas[0]["num_threads"], "from": "in force (threadpoolctl)"}
+    except ImportError:
+        pass
     for name in THREAD_VARIABLES:
         if os.environ.get(name):
             return {"threads": int(os.environ[name]), "from": name}
