@@ -5,7 +5,7 @@ A training step of the hand-written model allocates its activations and gradient
 starts. glibc's malloc hands freed memory at the top of its heap back to the kernel once more
 than a few MB of it are free (its trim threshold follows the largest block freed so far), so
 the next step takes every page back again: one page fault per 4 KiB, 35,000 per step at that
-shape, and a third of the step's CPU time spent in the kernel zeroing pages. CuPy keeps freed
+shape, and about 30% of the step's CPU time spent in the kernel handing out pages. CuPy keeps freed
 device memory in a pool for the same reason; ``keep_freed_memory`` asks glibc to do the same for
 host memory. The process then keeps its peak size instead of shrinking between steps.
 
