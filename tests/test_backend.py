@@ -5,8 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from dpo_np import backend
 
@@ -122,22 +120,3 @@ def test_the_main_public_names_import_from_the_package_and_load_numpy_alone():
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 7), n=st.integers(1, 40), cols=st.sampled_from([(), (3,), (2, 4)]))
-def test_scatter_add_of_whole_rows_is_np_add_at(seed, rows, n, cols):
-    r = np.random.default_rng(seed)
-    target = r.normal(size=(rows, *cols))
-    index = r.integers(0, rows, size=n)                     # repeats when n > rows
-    values = r.normal(size=(n, *cols))
-    expected = target.copy()
-    np.add.at(expected, index, values)
-    np.testing.assert_allclose(backend.scatter_add(target, index, values), expected, rtol=1e-13, atol=1e-13)
-
-
-def test_scatter_add_still_refuses_an_index_out_of_range():
-    with pytest.raises(IndexError):
-        backend.scatter_add(np.zeros((3, 2)), np.array([0, 3]), np.ones((2, 2)))
-    out = backend.scatter_add(np.zeros((3, 2)), np.array([-1, 2]), np.ones((2, 2)))    # as np.add.at: -1 is row 2
-    np.testing.assert_array_equal(out, [[0, 0], [0, 0], [2, 2]])
