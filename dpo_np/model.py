@@ -68,12 +68,6 @@ def _flat(a):
     return a.reshape(-1, a.shape[-1])
 
 
-def _column_sums(a):
-    """Σ over the rows of (N, n): a vector–matrix product with ones, five times faster in NumPy than
-    ``a.sum(axis=0)`` at (2048, 512) (BLAS instead of NumPy's reduction loop)."""
-    return backend.xp().ones(a.shape[0], dtype=a.dtype) @ a
-
-
 def embedding_forward(idx, wte, wpe):
     """x[b, t] = wte[idx[b, t]] + wpe[t]: token embedding plus learned position embedding."""
     T = idx.shape[1]
@@ -118,39 +112,31 @@ def _layernorm_rows(x, w, b, out, xhat, rstd):
     out += b
 
 
-def _row_means(a, weights):
-    """Σ_c a[n, c]·weights[c] / C per row, (N, 1): einsum's dot product per row is several times
-    faster than ``(a * weights).mean(axis=-1)`` (no temporary, and NumPy's reduction over a short last
-    axis runs one row at a time) and, unlike a BLAS mat-vec, sums every row in the same order whatever
-    the number of rows (so blocks of rows in threads give the one call's numbers)."""
-    return backend.xp().einsum("nc,c->n", a, weights / a.shape[-1])[:, None]
-
-
 # in the forward pass this was: xhat = (x - mean) * rstd;  out = xhat * w + b
 # dw = Σ dout·xhat,  db = Σ dout  (sums over every position);  dxhat = dout·w.
 # xhat depends on x directly and through mean and rstd:
 #   dx = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))
 # (the two means are the mean's and the variance's paths back to every x in the row).
-# Both means are dot products with w: mean(dxhat) = Σ_c dout·w / C, mean(dxhat·xhat) =
-# Σ_c (dout·xhat)·w / C, and dout·xhat is dw's product too, so it is made once.
 def layernorm_backward(dout, cache):
     xhat, w, rstd = cache
     xp = backend.xp()
-    dx, dout_xhat = xp.empty(dout.shape, dtype=dout.dtype), xp.empty(dout.shape, dtype=dout.dtype)
-    parallel.over_rows(_layernorm_backward_rows, _flat(dout), _flat(xhat), w, _flat(rstd), _flat(dx),
-                       _flat(dout_xhat), xp.empty(_flat(dout).shape, dtype=dout.dtype))
-    dw = _column_sums(_flat(dout_xhat))
-    db = _column_sums(_flat(dout))
+    dx, scratch = xp.empty(dout.shape, dtype=dout.dtype), xp.empty(dout.shape, dtype=dout.dtype)
+    parallel.over_rows(_layernorm_backward_rows, _flat(dout), _flat(xhat), w, _flat(rstd), _flat(dx), _flat(scratch))
+    xp.multiply(_flat(dout), _flat(xhat), out=_flat(scratch))
+    dw = _flat(scratch).sum(axis=0)
+    db = _flat(dout).sum(axis=0)
     return dx, dw, db
 
 
-def _layernorm_backward_rows(dout, xhat, w, rstd, dx, dout_xhat, scratch):
+def _layernorm_backward_rows(dout, xhat, w, rstd, dx, scratch):
     xp = backend.xp()
-    xp.multiply(dout, xhat, out=dout_xhat)
     xp.multiply(dout, w, out=dx)                               # dxhat
-    dx -= _row_means(dout, w)                                  # − mean(dxhat)
-    xp.multiply(xhat, _row_means(dout_xhat, w), out=scratch)
-    dx -= scratch                                              # − xhat · mean(dxhat · xhat)
+    mean_dxhat = dx.mean(axis=-1, keepdims=True)
+    xp.multiply(dx, xhat, out=scratch)
+    mean_dxhat_xhat = scratch.mean(axis=-1, keepdims=True)
+    dx -= mean_dxhat
+    xp.multiply(xhat, mean_dxhat_xhat, out=scratch)
+    dx -= scratch
     dx *= rstd
 
 
@@ -168,58 +154,61 @@ def linear_backward(dout, cache):
     d2 = _flat(dout)                   # (N, out)
     dx = (d2 @ w.T).reshape(x.shape)
     dw = _flat(x).T @ d2               # (in, out)
-    db = _column_sums(d2)
+    db = d2.sum(axis=0)
     return dx, dw, db
 
 
 def gelu_forward(x):
     """GELU, tanh approximation as in GPT-2: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 
-    x is the model's largest activation, (B, T, 4C): the line above, written as one expression,
-    makes a new array per operation; here each step works in place on two (tests hold the two
-    ways to the same numbers), on blocks of rows in threads (``parallel.over_rows``).
+    x is the model's largest activation, (B, T, 4C): written as one expression, the line above
+    makes a new array per operation; here the same operations, in the same order (so the same
+    numbers, to the last bit), write into three arrays, on blocks of rows (``parallel.over_rows``).
     """
     xp = backend.xp()
-    out, t = xp.empty(x.shape, dtype=x.dtype), xp.empty(x.shape, dtype=x.dtype)
-    parallel.over_rows(_gelu_rows, _flat(x), _flat(out), _flat(t))
+    out, t, scratch = (xp.empty(x.shape, dtype=x.dtype) for _ in range(3))
+    parallel.over_rows(_gelu_rows, _flat(x), _flat(out), _flat(t), _flat(scratch))
     return out, (x, t)
 
 
-def _gelu_rows(x, out, t):
+def _gelu_rows(x, out, t, scratch):
     xp = backend.xp()
-    xp.multiply(x, x, out=t)
-    t *= GELU_SCALE * GELU_COEF
-    t += GELU_SCALE
-    t *= x                             # √(2/π)·(x + 0.044715·x³)
+    xp.multiply(x, GELU_COEF, out=t)
+    t *= x
+    t *= x
+    t += x
+    t *= GELU_SCALE                    # √(2/π)·(x + 0.044715·x³)
     xp.tanh(t, out=t)
-    xp.add(t, 1.0, out=out)
-    out *= x
-    out *= 0.5
+    xp.add(t, 1.0, out=scratch)        # 1 + t
+    xp.multiply(x, 0.5, out=out)
+    out *= scratch                     # 0.5·x·(1 + t)
 
 
 # in the forward pass this was: out = 0.5·x·(1 + t),  t = tanh(√(2/π)·(x + 0.044715·x³))
 # dout/dx = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)       (tanh' = 1 − tanh²)
-# computed in place, as the forward, on two arrays instead of one per operation
+# the line's operations in its order, into three arrays instead of one per operation
 def gelu_backward(dout, cache):
     x, t = cache
     xp = backend.xp()
-    dx, sech2 = xp.empty(x.shape, dtype=x.dtype), xp.empty(x.shape, dtype=x.dtype)
-    parallel.over_rows(_gelu_backward_rows, _flat(dout), _flat(x), _flat(t), _flat(dx), _flat(sech2))
+    dx, a, b = (xp.empty(x.shape, dtype=x.dtype) for _ in range(3))
+    parallel.over_rows(_gelu_backward_rows, _flat(dout), _flat(x), _flat(t), _flat(dx), _flat(a), _flat(b))
     return dx
 
 
-def _gelu_backward_rows(dout, x, t, dx, sech2):
+def _gelu_backward_rows(dout, x, t, dx, a, b):
     xp = backend.xp()
-    xp.multiply(x, x, out=dx)
-    dx *= 3.0 * GELU_COEF * GELU_SCALE
-    dx += GELU_SCALE                   # √(2/π)·(1 + 3·0.044715·x²)
-    xp.multiply(t, t, out=sech2)
-    xp.subtract(1.0, sech2, out=sech2)
-    dx *= sech2                        # before x: a saturated tanh makes it exactly 0 for any large x
-    dx *= x                            # x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)
-    dx += t
-    dx += 1.0
-    dx *= 0.5
+    xp.multiply(t, t, out=a)
+    xp.subtract(1.0, a, out=a)         # 1 − t²
+    xp.multiply(x, 0.5, out=b)
+    b *= a
+    b *= GELU_SCALE                    # 0.5·x·(1 − t²)·√(2/π)
+    xp.multiply(x, 3.0 * GELU_COEF, out=a)
+    a *= x
+    a += 1.0                           # 1 + 3·0.044715·x²
+    b *= a
+    xp.add(t, 1.0, out=dx)
+    dx *= 0.5                          # 0.5·(1 + t)
+    dx += b
     dx *= dout
 
 
@@ -276,14 +265,8 @@ def _attention_rows(q, k, v, allowed, scale, att, y):
     xp.copyto(att, np.finfo(att.dtype).min / 2, where=~allowed)
     att -= att.max(axis=-1, keepdims=True)                     # stable softmax, in place: att is the
     xp.exp(att, out=att)                                       # largest activation of the model
-    att *= 1.0 / _row_sums(att)
+    att /= att.sum(axis=-1, keepdims=True)
     xp.matmul(att, v, out=y)
-
-
-def _row_sums(a):
-    """Σ over the last axis, keepdims: a matrix–vector product, several times faster in NumPy than
-    ``a.sum(axis=-1)`` over a short last axis (a reduction there runs one row at a time)."""
-    return a @ backend.xp().ones((a.shape[-1], 1), dtype=a.dtype)
 
 
 # in the forward pass this was:
@@ -304,17 +287,17 @@ def attention_backward(dout, cache):
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                 # views, each (B, nh, T, hs)
     dyh = dout.reshape(B, T, nh, hs)
     parallel.over_rows(_attention_backward_rows, dyh, out.reshape(B, T, nh, hs), q, k, v, att, scale,
-                       xp.empty(att.shape, dtype=att.dtype), dq, dk, dv)
+                       xp.empty(att.shape, dtype=att.dtype), xp.empty(dyh.shape, dtype=dyh.dtype), dq, dk, dv)
     return dqkv.reshape(B, T, 3 * nh * hs)
 
 
-def _attention_backward_rows(dyh, yh, q, k, v, att, scale, datt, dq, dk, dv):
+def _attention_backward_rows(dyh, yh, q, k, v, att, scale, datt, scratch, dq, dk, dv):
     """The backward on a block of the batch; dy and y with the heads side by side, (B, T, nh, hs)."""
     xp = backend.xp()
     dy = dyh.transpose(0, 2, 1, 3)                             # (B, nh, T, hs) view
     xp.matmul(att.transpose(0, 1, 3, 2), dy, out=dv)           # dv = attᵀ @ dy
     xp.matmul(dy, v.transpose(0, 1, 3, 2), out=datt)           # datt = dy @ vᵀ
-    dy_dot_y = xp.einsum("bthd,bthd->bth", dyh, yh)            # (B, T, nh)
+    dy_dot_y = xp.multiply(dyh, yh, out=scratch).sum(axis=-1)  # (B, T, nh)
     datt -= dy_dot_y.transpose(0, 2, 1)[..., None]
     datt *= att
     datt *= scale                                              # ds · scale

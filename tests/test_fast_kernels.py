@@ -1,10 +1,11 @@
-"""The fast layers of model.py held to the one-line formulas they implement.
+"""The fast layers of model.py held to the one-line formulas they implement, to the last bit.
 
-GELU, LayerNorm and attention work in place, in fewer passes, with mat-vecs for row sums and
-without the copies of a direct transcription. Each is checked here against the plain formula
-quoted in its docstring or in its "in the forward pass this was" comment, written out directly
-(values and gradients, float64), and against float64 central differences; float32 against the
-float64 formula within float32's precision.
+GELU, LayerNorm and attention write into a few preallocated arrays (and, with ``DPO_NP_THREADS``,
+on blocks of rows) instead of making a new array per operation, and attention writes its outputs
+straight into their final layout instead of copying them there. They run the same operations in
+the same order as the formula written out in one line (the docstring's, or the "in the forward
+pass this was" comment's), so here each is compared with that line, written plainly, for exact
+equality (float32 and float64, values and gradients), and with float64 central differences.
 """
 
 import math
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 from dpo_np import model as M
 from dpo_np.gradcheck import central_difference, relative_error
 
-S, C = math.sqrt(2.0 / math.pi), 0.044715
+S, C = M.GELU_SCALE, M.GELU_COEF
+DTYPES = [np.float32, np.float64]
 
 
 def _numeric(forward, x, dout):
@@ -27,26 +29,34 @@ def _numeric(forward, x, dout):
 # -- GELU ---------------------------------------------------------------------------------------
 
 def plain_gelu(x):
-    """The docstring's line: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
-    return 0.5 * x * (1.0 + np.tanh(S * (x + C * x ** 3)))
+    """The docstring's line: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))); and t."""
+    t = np.tanh(S * (x + C * x * x * x))
+    return 0.5 * x * (1.0 + t), t
 
 
-def plain_gelu_grad(x):
-    """The comment's line: 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)."""
-    t = np.tanh(S * (x + C * x ** 3))
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t ** 2) * S * (1.0 + 3.0 * C * x ** 2)
+def plain_gelu_backward(dout, x, t):
+    """The comment's line: dout·(0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²))."""
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * S * (1.0 + 3.0 * C * x * x))
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([0.1, 1.0, 3.0, 30.0]))
-def test_gelu_is_the_one_line_formula_in_value_and_gradient(seed, scale):
+@given(seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([0.1, 1.0, 3.0, 30.0]), dtype=st.sampled_from(DTYPES))
+def test_gelu_is_its_one_line_formula_to_the_last_bit(seed, scale, dtype):
     r = np.random.default_rng(seed)
-    x = r.normal(size=(3, 5, 8)) * scale            # the tanh's linear, curved and saturated parts
-    dout = r.normal(size=x.shape)
-    out, cache = M.gelu_forward(x)
-    np.testing.assert_allclose(out, plain_gelu(x), rtol=1e-14, atol=1e-15)
-    np.testing.assert_allclose(M.gelu_backward(dout, cache), dout * plain_gelu_grad(x), rtol=1e-13, atol=1e-15)
-    assert x.shape == out.shape and np.all(np.isfinite(out))
+    x = (r.normal(size=(3, 5, 8)) * scale).astype(dtype)    # the tanh's linear, curved and saturated parts
+    dout = r.normal(size=x.shape).astype(dtype)
+    out, (_, t) = M.gelu_forward(x)
+    plain_out, plain_t = plain_gelu(x)
+    assert out.dtype == dtype and np.array_equal(out, plain_out) and np.array_equal(t, plain_t)
+    assert np.array_equal(M.gelu_backward(dout, (x, t)), plain_gelu_backward(dout, x, plain_t))
+
+
+def test_gelu_far_out_is_finite_and_still_the_line():
+    x = np.array([-1e4, -300.0, -12.0, 12.0, 300.0, 1e4, 3e12, -3e12], dtype=np.float32)
+    out, (_, t) = M.gelu_forward(x)
+    dx = M.gelu_backward(np.ones_like(x), (x, t))
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(dx))
+    assert np.array_equal(out, plain_gelu(x)[0]) and np.array_equal(dx, plain_gelu_backward(np.ones_like(x), x, t))
 
 
 def test_gelu_gradient_matches_central_differences_and_leaves_its_inputs_alone():
@@ -61,57 +71,39 @@ def test_gelu_gradient_matches_central_differences_and_leaves_its_inputs_alone()
     assert np.array_equal(M.gelu_backward(dout, cache), dx)          # the cache survives a backward
 
 
-def test_gelu_in_float32_follows_the_float64_formula_even_far_out():
-    x = np.concatenate([np.linspace(-12, 12, 241), [-1e4, -300.0, 300.0, 1e4, 3e12, -3e12]])
-    out, cache = M.gelu_forward(x.astype(np.float32))
-    dx = M.gelu_backward(np.ones_like(out), cache)
-    assert out.dtype == dx.dtype == np.float32 and np.all(np.isfinite(out)) and np.all(np.isfinite(dx))
-    np.testing.assert_allclose(out, plain_gelu(x), rtol=2e-6, atol=2e-7)
-    np.testing.assert_allclose(dx, plain_gelu_grad(x), rtol=2e-6, atol=2e-6)
-
-
 # -- LayerNorm ----------------------------------------------------------------------------------
 
 def plain_layernorm(x, w, b):
-    """(x − μ) / sqrt(σ² + ε) · w + b over the last axis, biased variance."""
-    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + M.LN_EPS) * w + b
+    """The docstring's line, as the forward computes it: xhat = (x − μ)·rstd, out = xhat·w + b."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + M.LN_EPS)
+    xhat = xc * rstd
+    return xhat * w + b, xhat, rstd
 
 
-def plain_layernorm_grads(x, w, dout):
+def plain_layernorm_backward(dout, xhat, w, rstd):
     """The comment's lines: dx = rstd·(dxhat − mean(dxhat) − xhat·mean(dxhat·xhat)), dw, db."""
-    rstd = 1.0 / np.sqrt(x.var(-1, keepdims=True) + M.LN_EPS)
-    xhat = (x - x.mean(-1, keepdims=True)) * rstd
     dxhat = dout * w
-    dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True) - xhat * (dxhat * xhat).mean(-1, keepdims=True))
-    axes = tuple(range(x.ndim - 1))
-    return dx, (dout * xhat).sum(axes), dout.sum(axes)
+    dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
+    dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    dx *= rstd
+    flat = lambda a: a.reshape(-1, a.shape[-1])                       # noqa: E731
+    return dx, (flat(dout) * flat(xhat)).sum(axis=0), flat(dout).sum(axis=0)
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), offset=st.sampled_from([0.0, 5.0, 1e3]), scale=st.sampled_from([1e-2, 1.0, 10.0]))
-def test_layernorm_is_the_one_line_formula_in_value_and_gradient(seed, offset, scale):
+@given(seed=st.integers(0, 2**31 - 1), offset=st.sampled_from([0.0, 5.0, 1e3]), scale=st.sampled_from([1e-2, 1.0, 10.0]),
+       dtype=st.sampled_from(DTYPES))
+def test_layernorm_is_its_one_line_formula_to_the_last_bit(seed, offset, scale, dtype):
     r = np.random.default_rng(seed)
-    x = offset + scale * r.normal(size=(2, 4, 16))  # a large common offset: the mean must not lose x − μ
-    w, b, dout = r.normal(size=16), r.normal(size=16), r.normal(size=x.shape)
+    x = (offset + scale * r.normal(size=(2, 4, 16))).astype(dtype)
+    w, b, dout = (r.normal(size=s).astype(dtype) for s in (16, 16, x.shape))
     out, cache = M.layernorm_forward(x, w, b)
-    np.testing.assert_allclose(out, plain_layernorm(x, w, b), rtol=1e-10, atol=1e-10)
-    for ours, plain in zip(M.layernorm_backward(dout, cache), plain_layernorm_grads(x, w, dout)):
-        np.testing.assert_allclose(ours, plain, rtol=1e-9, atol=1e-9 / scale)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_layernorm_forward_is_its_line_to_the_last_bit(dtype):
-    """The forward runs the docstring's operations in their order, so its rounding is the plain
-    line's: a check that differentiates through it (the reward model's ln_f.bias, whose true
-    gradient is 0, meets central differences only because both sides round alike) keeps holding."""
-    r = np.random.default_rng(6)
-    x = (r.normal(size=(4, 9, 16)) * 3 + 1).astype(dtype)
-    w, b = r.normal(size=16).astype(dtype), r.normal(size=16).astype(dtype)
-    xc = x - x.mean(axis=-1, keepdims=True)
-    xhat = xc * (1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + M.LN_EPS))
-    out, (cached_xhat, _, _) = M.layernorm_forward(x, w, b)
-    assert np.array_equal(out, xhat * w + b) and np.array_equal(cached_xhat, xhat)
+    plain_out, xhat, rstd = plain_layernorm(x, w, b)
+    assert out.dtype == dtype and np.array_equal(out, plain_out)
+    assert np.array_equal(cache[0], xhat) and np.array_equal(cache[2], rstd)
+    for ours, plain in zip(M.layernorm_backward(dout, cache), plain_layernorm_backward(dout, xhat, w, rstd)):
+        assert np.array_equal(ours, plain)
 
 
 def test_layernorm_gradient_matches_central_differences_and_leaves_its_inputs_alone():
@@ -128,66 +120,57 @@ def test_layernorm_gradient_matches_central_differences_and_leaves_its_inputs_al
 
 # -- attention ----------------------------------------------------------------------------------
 
-def _heads(qkv, nh):
-    B, T, C3 = qkv.shape
-    return qkv.reshape(B, T, 3, nh, C3 // 3 // nh).transpose(2, 0, 3, 1, 4)          # q, k, v (B, nh, T, hs)
-
-
 def plain_attention(qkv, nh, mask):
-    """y = softmax(where(allowed, q kᵀ/√hs, −big)) v, heads side by side; and att."""
-    q, k, v = _heads(qkv, nh)
-    B, _, T, hs = q.shape
-    s = np.einsum("bhtd,bhsd->bhts", q, k) / math.sqrt(hs)
-    allowed = M.attention_allowed(T, mask)
-    s = np.where(allowed, s, np.finfo(s.dtype).min / 2)
-    att = np.exp(s - s.max(-1, keepdims=True))
-    att = att / att.sum(-1, keepdims=True)
-    y = np.einsum("bhts,bhsd->bhtd", att, v)
-    return y.transpose(0, 2, 1, 3).reshape(B, T, nh * hs), att
+    """y = softmax(where(allowed, q kᵀ/√hs, −big)) v, one line at a time, heads side by side; and att."""
+    B, T, C3 = qkv.shape
+    hs = C3 // 3 // nh
+    q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)
+    att = q @ k.transpose(0, 1, 3, 2)
+    att *= 1.0 / math.sqrt(hs)
+    att = np.where(M.attention_allowed(T, mask), att, np.finfo(att.dtype).min / 2)
+    att = np.exp(att - att.max(axis=-1, keepdims=True))
+    att = att / att.sum(axis=-1, keepdims=True)
+    return (att @ v).transpose(0, 2, 1, 3).reshape(B, T, nh * hs), att
 
 
-def plain_attention_grad(qkv, nh, mask, dout):
-    """The comment's lines, each written out: datt = dy vᵀ, dv = attᵀ dy, ds = att·(datt − Σ datt·att),
-    dq = ds k·scale, dk = dsᵀ q·scale, back into c_attn's layout."""
-    q, k, v = _heads(qkv, nh)
-    B, _, T, hs = q.shape
-    _, att = plain_attention(qkv, nh, mask)
-    dy = dout.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)
-    datt = np.einsum("bhtd,bhsd->bhts", dy, v)
-    dv = np.einsum("bhts,bhtd->bhsd", att, dy)
-    ds = att * (datt - (datt * att).sum(-1, keepdims=True))
-    dq = np.einsum("bhts,bhsd->bhtd", ds, k) / math.sqrt(hs)
-    dk = np.einsum("bhts,bhtd->bhsd", ds, q) / math.sqrt(hs)
+def plain_attention_backward(dout, qkv, nh, att, y):
+    """The comment's lines: dv = attᵀ dy, datt = dy vᵀ, ds = att·(datt − dy·y), dq = ds k·scale,
+    dk = dsᵀ q·scale, stacked back into c_attn's layout."""
+    B, T, C3 = qkv.shape
+    hs = C3 // 3 // nh
+    q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)
+    dyh = dout.reshape(B, T, nh, hs)
+    dy = dyh.transpose(0, 2, 1, 3)
+    dv = att.transpose(0, 1, 3, 2) @ dy
+    datt = dy @ v.transpose(0, 1, 3, 2)
+    datt -= (dyh * y.reshape(B, T, nh, hs)).sum(axis=-1).transpose(0, 2, 1)[..., None]
+    datt *= att
+    datt *= 1.0 / math.sqrt(hs)
+    dq, dk = datt @ k, datt.transpose(0, 1, 3, 2) @ q
     return np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hs)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lengths", [None, (6, 4, 1, 0)], ids=["causal", "causal+padding"])
-def test_attention_is_the_one_line_formula_in_value_and_gradient(lengths):
+def test_attention_is_its_one_line_formula_to_the_last_bit(lengths, dtype):
     r = np.random.default_rng(3)
     B, T, C_, nh = 4, 6, 12, 3
     mask = None if lengths is None else (np.arange(T)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
-    qkv = r.normal(size=(B, T, 3 * C_)) * 2
-    dout = r.normal(size=(B, T, C_))
+    qkv = (r.normal(size=(B, T, 3 * C_)) * 2).astype(dtype)
+    dout = r.normal(size=(B, T, C_)).astype(dtype)
     qkv0, dout0 = qkv.copy(), dout.copy()
     out, cache = M.attention_forward(qkv, nh, mask)
     y, att = plain_attention(qkv, nh, mask)
-    np.testing.assert_allclose(out, y, rtol=1e-13, atol=1e-14)
-    np.testing.assert_allclose(cache[3], att, rtol=1e-13, atol=1e-15)
+    assert out.dtype == dtype and np.array_equal(out, y) and np.array_equal(cache[3], att)
     dqkv = M.attention_backward(dout, cache)
-    np.testing.assert_allclose(dqkv, plain_attention_grad(qkv, nh, mask, dout), rtol=1e-11, atol=1e-13)
-    num = _numeric(lambda a: M.attention_forward(a, nh, mask)[0], qkv, dout)
-    assert relative_error(dqkv, num) < 1e-8
+    assert np.array_equal(dqkv, plain_attention_backward(dout, qkv, nh, att, y))
     assert np.array_equal(qkv, qkv0) and np.array_equal(dout, dout0)
     assert np.array_equal(M.attention_backward(dout, cache), dqkv)
 
 
-def test_row_sums_are_the_sums_over_the_last_axis():
-    a = np.random.default_rng(4).normal(size=(2, 3, 5, 7))
-    np.testing.assert_allclose(M._row_sums(a), a.sum(-1, keepdims=True), rtol=1e-14, atol=1e-14)
-    assert M._row_sums(a.astype(np.float32)).dtype == np.float32
-
-
-def test_column_sums_are_the_sums_over_the_rows():
-    a = np.random.default_rng(5).normal(size=(37, 6))
-    np.testing.assert_allclose(M._column_sums(a), a.sum(axis=0), rtol=1e-13, atol=1e-13)
-    assert M._column_sums(a.astype(np.float32)).shape == (6,)
+def test_attention_gradient_matches_central_differences_with_padding():
+    r = np.random.default_rng(4)
+    mask = (np.arange(5)[None, :] < np.array([5, 2, 0])[:, None]).astype(np.int64)
+    qkv, dout = r.normal(size=(3, 5, 12)), r.normal(size=(3, 5, 4))
+    dqkv = M.attention_backward(dout, M.attention_forward(qkv, 2, mask)[1])
+    assert relative_error(dqkv, _numeric(lambda a: M.attention_forward(a, 2, mask)[0], qkv, dout)) < 1e-8
