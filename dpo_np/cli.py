@@ -25,6 +25,8 @@ from dpo_np.bench.dpo import bench_dpo
 from dpo_np.bench.generate import bench_generate
 from dpo_np.bench.model import bench_model
 from dpo_np.bench.report import run_all
+from dpo_np.bench.table import load_report, performance_table
+from dpo_np.bench.torch_peer import bench_torch
 from dpo_np.checkpoint import STATE
 from dpo_np.experiments import runs
 from dpo_np.experiments.closed_form import COMPARE as CLOSED_FORM_COMPARE
@@ -529,8 +531,15 @@ def _diagnose(args):
 
 
 def _bench(args):
+    if (args.what == "table") != (args.report is not None):
+        raise ValueError("bench: a REPORT path goes with `bench table REPORT` only (the JSON `bench all --json` wrote)")
+    if args.what == "table":
+        if args.json:
+            raise ValueError("bench table: --json does not apply (the table is printed)")
+        print(performance_table(load_report(args.report)), end="")
+        return 0
     run = {"closed-form": bench_closed_form, "model": bench_model, "dpo": bench_dpo, "generate": bench_generate,
-           "all": run_all}[args.what]
+           "torch": bench_torch, "all": run_all}[args.what]
     # the threads in force are the CLI's (threadpoolctl), which the environment alone may not show
     _json(args, {"machine": {**machine.describe(), "blas_threads": args.blas_threads}, "result": run()})
     return 0
@@ -897,10 +906,14 @@ def build_parser():
 
     p = sub.add_parser("bench", help="benchmarks (timings, not tests)",
                        description="Time the heavy paths on this machine and print a report.")
-    p.add_argument("what", choices=["closed-form", "model", "dpo", "generate", "all"],
+    p.add_argument("what", choices=["closed-form", "model", "dpo", "generate", "torch", "all", "table"],
                    help="closed-form: exact π*, log Z, J for V=8, L=6; model: the GPT's training step against "
-                        "NumPy's own matmul on the same shapes; dpo: a DPO step against an SFT step; generate: "
-                        "tokens/s with and without the key/value cache; all: every one, and GPT-2 small's step")
+                        "NumPy's own matmul on the same shapes, and where its time goes; dpo: a DPO step against "
+                        "an SFT step; generate: tokens/s with and without the key/value cache; torch: the toy "
+                        "step and a DPO step against PyTorch eager and torch.compile (needs torch and "
+                        "transformers); all: every one, and GPT-2 small's step; table: the README's performance "
+                        "table from the JSON of `bench all --json`")
+    p.add_argument("report", nargs="?", help="table only: the JSON file `bench all --json` wrote (default: none)")
     p.add_argument("--json", metavar="PATH", help="write the report (and the machine it ran on) to PATH (default: none)")
     p.set_defaults(func=_bench)
     _thread_args(parser)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from dpo_np import backend, checks
+from dpo_np import backend, checks, parallel
 
 LN_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)   # a Python float: NumPy float64 scalars would upcast float32
@@ -91,13 +91,25 @@ def embedding_backward(dout, cache):
 def layernorm_forward(x, w, b):
     """out = (x − μ) / sqrt(σ² + ε) · w + b over the last axis (ε = 1e-5, biased variance)."""
     xp = backend.xp()
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    var = (xc * xc).mean(axis=-1, keepdims=True)
-    rstd = 1.0 / xp.sqrt(var + LN_EPS)
-    xhat = xc * rstd                   # (..., C), reused by the backward
-    out = xhat * w + b
+    out, xhat = xp.empty(x.shape, dtype=x.dtype), xp.empty(x.shape, dtype=x.dtype)
+    rstd = xp.empty((*x.shape[:-1], 1), dtype=x.dtype)
+    parallel.over_rows(_layernorm_rows, _flat(x), w, b, _flat(out), _flat(xhat), _flat(rstd))
     return out, (xhat, w, rstd)
+
+
+def _layernorm_rows(x, w, b, out, xhat, rstd):
+    """The forward on rows of (N, C), into ``out``, ``xhat`` and ``rstd``: the operations of the
+    docstring's line in its order, so the same numbers to the last bit, without its temporaries."""
+    xp = backend.xp()
+    xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)  # x − μ
+    xp.multiply(xhat, xhat, out=out)                           # (x − μ)², in out until out is due
+    rstd[...] = out.mean(axis=-1, keepdims=True)               # σ²
+    rstd += LN_EPS
+    xp.sqrt(rstd, out=rstd)
+    xp.divide(1.0, rstd, out=rstd)                             # 1 / sqrt(σ² + ε)
+    xhat *= rstd                                               # reused by the backward
+    xp.multiply(xhat, w, out=out)
+    out += b
 
 
 # in the forward pass this was: xhat = (x - mean) * rstd;  out = xhat * w + b
@@ -107,13 +119,25 @@ def layernorm_forward(x, w, b):
 # (the two means are the mean's and the variance's paths back to every x in the row).
 def layernorm_backward(dout, cache):
     xhat, w, rstd = cache
-    dxhat = dout * w
-    dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
-    dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
-    dx *= rstd
-    dw = (_flat(dout) * _flat(xhat)).sum(axis=0)
+    xp = backend.xp()
+    dx, scratch = xp.empty(dout.shape, dtype=dout.dtype), xp.empty(dout.shape, dtype=dout.dtype)
+    parallel.over_rows(_layernorm_backward_rows, _flat(dout), _flat(xhat), w, _flat(rstd), _flat(dx), _flat(scratch))
+    xp.multiply(_flat(dout), _flat(xhat), out=_flat(scratch))
+    dw = _flat(scratch).sum(axis=0)
     db = _flat(dout).sum(axis=0)
     return dx, dw, db
+
+
+def _layernorm_backward_rows(dout, xhat, w, rstd, dx, scratch):
+    xp = backend.xp()
+    xp.multiply(dout, w, out=dx)                               # dxhat
+    mean_dxhat = dx.mean(axis=-1, keepdims=True)
+    xp.multiply(dx, xhat, out=scratch)
+    mean_dxhat_xhat = scratch.mean(axis=-1, keepdims=True)
+    dx -= mean_dxhat
+    xp.multiply(xhat, mean_dxhat_xhat, out=scratch)
+    dx -= scratch
+    dx *= rstd
 
 
 def linear_forward(x, w, b):
@@ -135,16 +159,57 @@ def linear_backward(dout, cache):
 
 
 def gelu_forward(x):
-    """GELU, tanh approximation as in GPT-2: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
-    t = backend.xp().tanh(GELU_SCALE * (x + GELU_COEF * x * x * x))
-    return 0.5 * x * (1.0 + t), (x, t)
+    """GELU, tanh approximation as in GPT-2: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+
+    x is the model's largest activation, (B, T, 4C): written as one expression, the line above
+    makes a new array per operation; here the same operations, in the same order (so the same
+    numbers, to the last bit), write into three arrays, on blocks of rows (``parallel.over_rows``).
+    """
+    xp = backend.xp()
+    out, t, scratch = (xp.empty(x.shape, dtype=x.dtype) for _ in range(3))
+    parallel.over_rows(_gelu_rows, _flat(x), _flat(out), _flat(t), _flat(scratch))
+    return out, (x, t)
+
+
+def _gelu_rows(x, out, t, scratch):
+    xp = backend.xp()
+    xp.multiply(x, GELU_COEF, out=t)
+    t *= x
+    t *= x
+    t += x
+    t *= GELU_SCALE                    # √(2/π)·(x + 0.044715·x³)
+    xp.tanh(t, out=t)
+    xp.add(t, 1.0, out=scratch)        # 1 + t
+    xp.multiply(x, 0.5, out=out)
+    out *= scratch                     # 0.5·x·(1 + t)
 
 
 # in the forward pass this was: out = 0.5·x·(1 + t),  t = tanh(√(2/π)·(x + 0.044715·x³))
 # dout/dx = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)       (tanh' = 1 − tanh²)
+# the line's operations in its order, into three arrays instead of one per operation
 def gelu_backward(dout, cache):
     x, t = cache
-    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_COEF * x * x))
+    xp = backend.xp()
+    dx, a, b = (xp.empty(x.shape, dtype=x.dtype) for _ in range(3))
+    parallel.over_rows(_gelu_backward_rows, _flat(dout), _flat(x), _flat(t), _flat(dx), _flat(a), _flat(b))
+    return dx
+
+
+def _gelu_backward_rows(dout, x, t, dx, a, b):
+    xp = backend.xp()
+    xp.multiply(t, t, out=a)
+    xp.subtract(1.0, a, out=a)         # 1 − t²
+    xp.multiply(x, 0.5, out=b)
+    b *= a
+    b *= GELU_SCALE                    # 0.5·x·(1 − t²)·√(2/π)
+    xp.multiply(x, 3.0 * GELU_COEF, out=a)
+    a *= x
+    a += 1.0                           # 1 + 3·0.044715·x²
+    b *= a
+    xp.add(t, 1.0, out=dx)
+    dx *= 0.5                          # 0.5·(1 + t)
+    dx += b
+    dx *= dout
 
 
 def attention_allowed(T, attention_mask=None, n_past=0):
@@ -183,16 +248,25 @@ def attention_forward(qkv, n_head, attention_mask=None, past=None):
         n_past = past[0].shape[2]
         k, v = xp.concatenate([past[0], k], axis=2), xp.concatenate([past[1], v], axis=2)
     scale = 1.0 / math.sqrt(hs)
-    att = q @ k.transpose(0, 1, 3, 2)                          # (B, nh, T, n_past + T)
-    att *= scale
     allowed = attention_allowed(T, attention_mask, n_past)
+    att = xp.empty((B, n_head, T, n_past + T), dtype=qkv.dtype)
+    out = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
+    # y = att @ v lands in each head's columns of out (B, T, C), the heads side by side again
+    parallel.over_rows(_attention_rows, q, k, v, allowed, scale, att, out.transpose(0, 2, 1, 3))
+    out = out.reshape(B, T, C)
+    return out, (q, k, v, att, out, scale)
+
+
+def _attention_rows(q, k, v, allowed, scale, att, y):
+    """The forward on a block of the batch, into ``att`` (B, nh, T, T') and ``y`` (B, nh, T, hs)."""
+    xp = backend.xp()
+    xp.matmul(q, k.transpose(0, 1, 3, 2), out=att)             # s = q @ kᵀ
+    att *= scale
     xp.copyto(att, np.finfo(att.dtype).min / 2, where=~allowed)
     att -= att.max(axis=-1, keepdims=True)                     # stable softmax, in place: att is the
     xp.exp(att, out=att)                                       # largest activation of the model
     att /= att.sum(axis=-1, keepdims=True)
-    y = att @ v                                                # (B, nh, T, hs)
-    out = y.transpose(0, 2, 1, 3).reshape(B, T, C)             # heads side by side again
-    return out, (q, k, v, att, out, scale)
+    xp.matmul(att, v, out=y)
 
 
 # in the forward pass this was:
@@ -203,22 +277,32 @@ def attention_forward(qkv, n_head, attention_mask=None, past=None):
 #   (B, nh, T, T) one. Masked entries have att exactly 0, so ds is 0 there: the mask from the
 #   forward travels in att, nothing is recomputed.
 # s = q @ kᵀ · scale: dq = ds @ k · scale,  dk = dsᵀ @ q · scale
+# dq, dk, dv are written straight into their columns of dqkv, c_attn's layout (B, T, 3C): the
+# inverse of the forward's split into q, k, v, without a copy.
 def attention_backward(dout, cache):
     q, k, v, att, out, scale = cache
     xp = backend.xp()
     B, nh, T, hs = q.shape
+    dqkv = xp.empty((B, T, 3, nh, hs), dtype=dout.dtype)
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                 # views, each (B, nh, T, hs)
     dyh = dout.reshape(B, T, nh, hs)
+    parallel.over_rows(_attention_backward_rows, dyh, out.reshape(B, T, nh, hs), q, k, v, att, scale,
+                       xp.empty(att.shape, dtype=att.dtype), xp.empty(dyh.shape, dtype=dyh.dtype), dq, dk, dv)
+    return dqkv.reshape(B, T, 3 * nh * hs)
+
+
+def _attention_backward_rows(dyh, yh, q, k, v, att, scale, datt, scratch, dq, dk, dv):
+    """The backward on a block of the batch; dy and y with the heads side by side, (B, T, nh, hs)."""
+    xp = backend.xp()
     dy = dyh.transpose(0, 2, 1, 3)                             # (B, nh, T, hs) view
-    dv = att.transpose(0, 1, 3, 2) @ dy
-    datt = dy @ v.transpose(0, 1, 3, 2)                        # (B, nh, T, T)
-    dy_dot_y = (dyh * out.reshape(B, T, nh, hs)).sum(axis=-1)  # (B, T, nh)
+    xp.matmul(att.transpose(0, 1, 3, 2), dy, out=dv)           # dv = attᵀ @ dy
+    xp.matmul(dy, v.transpose(0, 1, 3, 2), out=datt)           # datt = dy @ vᵀ
+    dy_dot_y = xp.multiply(dyh, yh, out=scratch).sum(axis=-1)  # (B, T, nh)
     datt -= dy_dot_y.transpose(0, 2, 1)[..., None]
     datt *= att
     datt *= scale                                              # ds · scale
-    dq = datt @ k
-    dk = datt.transpose(0, 1, 3, 2) @ q
-    # back to c_attn's layout (B, T, 3C): the inverse of the forward's split into q, k, v
-    return xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hs)
+    xp.matmul(datt, k, out=dq)                                 # dq = ds @ k · scale
+    xp.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)           # dk = dsᵀ @ q · scale
 
 
 def lm_head_forward(h, wte):

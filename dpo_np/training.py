@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from dpo_np import backend, checks
+from dpo_np import backend, checks, memory
 from dpo_np.checkpoint import check_replaceable, load_checkpoint, save_checkpoint
 from dpo_np.data import (batch_indices, find_damage, load_located, tokenize_preference, tokenize_sft,
                          tokenize_unpaired, truncation_report, warn_damage, warn_truncation)
@@ -636,6 +636,7 @@ class Trainer:
         norm clipped, AdamW at ``lr``. Returns the step's metrics with ``lr`` and ``grad_norm``.
         A NaN/inf loss or gradient raises ``NonFiniteLossError`` before the parameters change,
         naming the tensor; a parameter the update made non-finite is named after it."""
+        memory.keep_freed_memory()         # each step reuses the memory the last one freed (memory.py)
         self.model.zero_grad()
         metrics = self.training_step(idx)
         grads = self.model.grads

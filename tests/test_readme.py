@@ -4,6 +4,7 @@ import json
 import os
 import re
 
+from dpo_np.bench.table import load_report, performance_table
 from dpo_np.data import load_preferences, load_sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,3 +57,14 @@ def test_the_quick_start_files_are_sixteen_pairs_their_sft_lines_and_unseen_held
         sorted((p["prompt"], y) for p in pairs for y in (p["chosen"], p["rejected"]))
     assert not {r["prompt"] for r in held_out} & {p["prompt"] for p in pairs}
     assert any(not p["prompt"].isascii() for p in pairs) and "examples/prefs.jsonl" in _readme()
+
+
+def test_the_performance_table_is_the_one_bench_table_writes():
+    m = re.search(r"<!-- bench-table -->\n(.*?)<!-- /bench-table -->", _readme(), re.S)
+    assert m, "README.md has no <!-- bench-table --> block"
+    path = os.path.join(ROOT, "figures", "bench.json")
+    if os.path.exists(path):
+        assert m.group(1) == performance_table(load_report(path)), \
+            "README's table differs from `python -m dpo_np bench table figures/bench.json`: paste its output"
+    else:
+        assert "Not measured yet" in m.group(1) and "|" not in m.group(1)     # no numbers without their JSON

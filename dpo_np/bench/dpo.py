@@ -34,6 +34,35 @@ from dpo_np.training import frozen_copy
 TARGET_RATIO = 1.15
 
 
+def toy_pairs(n_pairs, seed=0):
+    """The first ``n_pairs`` train pairs of the toy preference data, and its character tokenizer."""
+    checks.integer(n_pairs, "n_pairs", low=1)
+    tokenizer = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
+    pairs = toy_preferences.preference_dataset(seed)["train"]
+    if n_pairs > len(pairs):
+        raise ValueError(f"n_pairs ({n_pairs}) is more than the {len(pairs)} toy train pairs")
+    return pairs[:n_pairs], tokenizer
+
+
+def _common(block_size):
+    return dict(output_dir="runs/bench_dpo", max_length=block_size, max_prompt_length=min(64, block_size - 1),
+                learning_rate=1e-4, show_progress=False, save_at_end=False, max_grad_norm=1.0)
+
+
+def toy_dpo_trainer(n_pairs=16, n_layer=3, n_head=4, n_embd=96, block_size=160, seed=0,
+                    precompute_ref_log_probs=True):
+    """A ``DPOTrainer`` of a fresh GPT (π_ref its frozen copy) on ``toy_pairs(n_pairs)``, all of them
+    in one batch: the DPO step the benchmarks time."""
+    pairs, tokenizer = toy_pairs(n_pairs, seed)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=n_layer,
+                       n_head=n_head, n_embd=n_embd)
+    model = GPT(config, seed=seed)
+    return DPOTrainer(model, frozen_copy(model), DPOConfig(per_device_train_batch_size=n_pairs,
+                                                           precompute_ref_log_probs=precompute_ref_log_probs,
+                                                           **_common(block_size)),
+                      train_dataset=pairs, tokenizer=tokenizer)
+
+
 def bench_dpo(n_pairs=16, n_layer=3, n_head=4, n_embd=96, block_size=160, repeats=15, warmup=3, seed=0,
               profile=False, verbose=True, print_fn=print):
     """Time one DPO step on ``n_pairs`` toy pairs and one SFT step on the same 2·n_pairs sequences.
@@ -44,22 +73,12 @@ def bench_dpo(n_pairs=16, n_layer=3, n_head=4, n_embd=96, block_size=160, repeat
     """
     for name, value, low in (("n_pairs", n_pairs, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
         checks.integer(value, name, low=low)
-    tokenizer = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
-    pairs = toy_preferences.preference_dataset(seed)["train"]
-    if n_pairs > len(pairs):
-        raise ValueError(f"n_pairs ({n_pairs}) is more than the {len(pairs)} toy train pairs")
-    pairs = pairs[:n_pairs]
+    dpo = toy_dpo_trainer(n_pairs, n_layer, n_head, n_embd, block_size, seed)
+    pairs, tokenizer = toy_pairs(n_pairs, seed)
+    model, config = dpo.model, dpo.model.config
     # the same 2N sequences as SFT records: every x ⊕ y_w, then every x ⊕ y_l (the DPO row order)
     sequences = [{"prompt": r["prompt"], "response": r[side]} for side in ("chosen", "rejected") for r in pairs]
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=n_layer,
-                       n_head=n_head, n_embd=n_embd)
-    model = GPT(config, seed=seed)
-    common = dict(output_dir="runs/bench_dpo", max_length=block_size, max_prompt_length=min(64, block_size - 1),
-                  learning_rate=1e-4, show_progress=False, save_at_end=False, max_grad_norm=1.0)
-    dpo = DPOTrainer(model, frozen_copy(model), DPOConfig(per_device_train_batch_size=n_pairs,
-                                                          precompute_ref_log_probs=True, **common),
-                     train_dataset=pairs, tokenizer=tokenizer)
-    sft = SFTTrainer(model, SFTConfig(per_device_train_batch_size=2 * n_pairs, **common),
+    sft = SFTTrainer(model, SFTConfig(per_device_train_batch_size=2 * n_pairs, **_common(block_size)),
                      train_dataset=sequences, tokenizer=tokenizer)
     dpo.precompute_reference_logps("train")          # once, outside the timed step (as train() does)
     dpo_idx, sft_idx = np.arange(n_pairs), np.arange(2 * n_pairs)

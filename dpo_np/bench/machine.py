@@ -26,6 +26,21 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def vector_extensions():
+    """Which of AVX2 and AVX-512 (foundation) the CPU reports (Linux /proc/cpuinfo), or None where
+    that cannot be read. GEMMs and NumPy's loops run other kernels with AVX-512, so a ratio
+    measured on one kind of CPU need not hold on the other."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [name for name in ("avx2", "avx512f") if name in flags]
+    except OSError:
+        pass
+    return None
+
+
 def blas():
     """The BLAS NumPy was built with (name and version), read from NumPy's own build record."""
     try:
@@ -36,8 +51,17 @@ def blas():
 
 
 def blas_threads():
-    """How many threads BLAS uses: the first thread variable set, else the library's default (the
-    cores this process may use)."""
+    """How many threads BLAS uses: the count in force as threadpoolctl reads it from the library
+    (where threadpoolctl is installed: a limit set at run time is then seen too), else the first
+    thread variable set, else the library's default (the cores this process may use)."""
+    try:
+        import threadpoolctl
+        blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+        blas.sort(key=lambda i: "numpy" not in i.get("filepath", ""))        # NumPy's own BLAS first
+        if blas:
+            return {"threads": blas[0]["num_threads"], "from": "in force (threadpoolctl)"}
+    except ImportError:
+        pass
     for name in THREAD_VARIABLES:
         if os.environ.get(name):
             return {"threads": int(os.environ[name]), "from": name}
@@ -45,12 +69,23 @@ def blas_threads():
             "from": "library default (all usable cores)"}
 
 
+def load_average():
+    """The 1-, 5- and 15-minute load averages (runnable processes), or None where the OS has none.
+    A load near the core count means other work shared the cores: timings taken then are not results."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def describe():
-    """A dict: cpu, cores, python, numpy, blas, blas_threads, array library and its version, GPU."""
+    """A dict: cpu, cores, python, numpy, blas, blas_threads, array library and its version, GPU,
+    and the load average when it was asked."""
     xp = backend.xp()
     out = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
            "numpy": np.__version__, "blas": blas(), "blas_threads": blas_threads(),
-           "array_library": backend.backend_name(), "array_library_version": xp.__version__}
+           "array_library": backend.backend_name(), "array_library_version": xp.__version__,
+           "vector_extensions": vector_extensions(), "load_average": load_average()}
     if backend.backend_name() == "cupy":
         props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
         out["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
@@ -61,5 +96,10 @@ def one_line(info=None):
     info = describe() if info is None else info
     t = info["blas_threads"]
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
-    return (f"{info['cpu']}, {info['cores']} cores; {info['blas']} on {t['threads']} thread(s) ({t['from']}); "
-            f"{info['array_library']} {info['array_library_version']}{gpu}")
+    ext = info.get("vector_extensions")
+    simd = "" if ext is None else (" with " + ", ".join(e.upper().replace("AVX512F", "AVX-512") for e in ext)
+                                   if ext else " without AVX2 or AVX-512")
+    load = info.get("load_average")
+    busy = f"; load average {load[0]:.2f}" if load else ""
+    return (f"{info['cpu']}{simd}, {info['cores']} cores; {info['blas']} on {t['threads']} thread(s) ({t['from']}); "
+            f"{info['array_library']} {info['array_library_version']}{gpu}{busy}")

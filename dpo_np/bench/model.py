@@ -6,7 +6,10 @@ distinct matrix product the step performs is timed alone, with the same shapes a
 operand layouts (transposed views, strided head slices), and their summed time is the floor the
 step could reach on this machine. ``ratio`` = that floor / the measured forward+backward time
 = (model FLOP/s) / (NumPy's matmul FLOP/s on the model's shapes). The rest is LayerNorm, GELU,
-softmax, the embedding scatter and Python overhead.
+softmax, the embedding scatter and Python overhead: after the rounds, a few more steps run with
+a timer around every layer function, and the report splits the step by op family (``FAMILIES``),
+each family's time against what its GEMMs take alone. In every round the step is also timed with
+``parallel``'s other thread setting, so the report says whether the threads pay on this machine.
 
     python -m dpo_np bench model            # the default toy GPT-2, batch 32
 
@@ -22,7 +25,8 @@ import tracemalloc
 
 import numpy as np
 
-from dpo_np import backend, logprobs
+from dpo_np import backend, logprobs, memory, parallel
+from dpo_np import model as model_module
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.optim import AdamW
 
@@ -80,6 +84,61 @@ def _next_token_dlogits(logits, targets):
     return -float(logps.sum()) / n, logprobs.batch_logps_backward(np.full(len(logps), -1.0 / n, logits.dtype), cache)
 
 
+def next_token_step(model, idx, targets):
+    """One forward+backward of ``model`` on the next-token loss (gradients zeroed first); the loss."""
+    model.zero_grad()
+    loss, dlogits = _next_token_dlogits(model.forward(idx), targets)
+    model.backward(dlogits)
+    return loss
+
+
+# the model's layer functions by the family the breakdown reports, and the log-prob pair of the loss
+FAMILIES = {"linear": (model_module, "linear"), "attention": (model_module, "attention"),
+            "gelu": (model_module, "gelu"), "layernorm": (model_module, "layernorm"),
+            "lm_head": (model_module, "lm_head"), "embedding": (model_module, "embedding"),
+            "log-probs": (logprobs, "batch_logps")}
+OTHER = "other"                      # residual adds, zero_grad, the input checks, Python
+
+
+def gemm_family(label):
+    """The family a GEMM of ``model_gemms`` belongs to: the four linear layers, attention, the head."""
+    first = label.split()[0]
+    return {"attn": "attention", "lm_head": "lm_head"}.get(first, "linear")
+
+
+def time_by_family(step, steps):
+    """Seconds per call of ``step`` spent inside each family's functions (``FAMILIES``), the rest
+    under ``OTHER``, and the total, over ``steps`` calls. The functions are wrapped with a timer
+    for these calls only (a few µs per call, about 60 calls per step)."""
+    spent = dict.fromkeys([*FAMILIES, OTHER], 0.0)
+    patched = []
+
+    def timed(fn, family):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[family] += time.perf_counter() - t
+        return wrapper
+
+    for family, (module, prefix) in FAMILIES.items():
+        for name in (f"{prefix}_forward", f"{prefix}_backward"):
+            patched.append((module, name, getattr(module, name)))
+            setattr(module, name, timed(getattr(module, name), family))
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = (time.perf_counter() - t0) / steps
+    finally:
+        for module, name, fn in patched:
+            setattr(module, name, fn)
+    per_step = {k: v / steps for k, v in spent.items()}
+    per_step[OTHER] = total - sum(per_step.values())
+    return per_step, total
+
+
 def _median_of_block(fn, n):
     """Run ``fn`` n + 1 times in a row and return the median time of the last n: the first of a
     block pays for caches and threads that another library (or another shape) left cold."""
@@ -101,10 +160,13 @@ def bench_model(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, v
     round gives a ratio (GEMM floor / forward+backward); the report is the median over rounds and
     their spread, so one disturbed round cannot move the headline. Returns a dict of measurements:
     median times (s), tokens/s, model FLOP/s (matmul FLOPs counted from the shapes), the GEMM
-    ceiling, the ratio (and its min/max over rounds) against ``TARGET_RATIO``, peak memory.
+    ceiling, the ratio (and its min/max over rounds) against ``TARGET_RATIO``, peak memory, and
+    ``breakdown``: per op family (``FAMILIES``), the seconds per step inside its functions, the
+    part its GEMMs take alone (``gemm_s``, from the median round) and the rest (``rest_s``).
     """
     if backend.backend_name() != "numpy":
         raise RuntimeError("bench_model measures the NumPy backend; call backend.set_backend('numpy')")
+    memory.keep_freed_memory()                 # as the training loop's step does
     cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
     model = GPT(cfg, seed=seed, dtype=np.float32)
     rng = np.random.default_rng(seed)
@@ -114,26 +176,32 @@ def bench_model(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, v
     losses = []
 
     def fwd_bwd():
-        model.zero_grad()
-        loss, dlogits = _next_token_dlogits(model.forward(idx), targets)
-        model.backward(dlogits)
-        losses.append(loss)
+        losses.append(next_token_step(model, idx, targets))
 
     gemms = model_gemms(cfg, batch_size, np.float32, seed)
     say = progress_file if progress_file is not None else sys.stderr
     rows = []
+    threads, other_threads = parallel.threads(), (parallel.usable_cores() if parallel.threads() == 1 else 1)
     for r in range(rounds):
         print(f"bench model: round {r + 1} of {rounds} ({steps} steps, then {len(gemms)} GEMMs alone)",
               file=say, flush=True)
+        t_other = None
+        if other_threads != threads:           # the same steps with the other thread setting, for its A/B
+            parallel.set_threads(other_threads)
+            try:
+                t_other = _median_of_block(fwd_bwd, steps)
+            finally:
+                parallel.set_threads(threads)
         t_fb = _median_of_block(fwd_bwd, steps)
         t_opt = _median_of_block(lambda: opt.step(model.grads), steps) if opt is not None else 0.0
         t_gemms = [_median_of_block(fn, gemm_inner) for _, _, _, fn in gemms]
         t_floor = sum(count * t for (_, count, _, _), t in zip(gemms, t_gemms))
         rows.append({"fwd_bwd_s": t_fb, "adamw_s": t_opt, "gemm_s": t_gemms, "floor_s": t_floor,
-                     "ratio": t_floor / t_fb})
+                     "ratio": t_floor / t_fb, "other_threads_s": t_other})
     pick = sorted(rows, key=lambda row: row["ratio"])[len(rows) // 2]         # the median round
     flops = sum(count * f for _, count, f, _ in gemms)
     t_fb, t_opt, t_floor = pick["fwd_bwd_s"], pick["adamw_s"], pick["floor_s"]
+    breakdown, breakdown_step = _breakdown(fwd_bwd, steps, gemms, pick["gemm_s"])
 
     # memory: one more step under tracemalloc (NumPy reports its buffers to it)
     tracemalloc.start()
@@ -151,7 +219,10 @@ def bench_model(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, v
            "step_s": t_fb + t_opt, "tokens_per_s": batch_size * block_size / (t_fb + t_opt),
            "model_flops_per_step": flops, "model_flops_per_s": flops / t_fb, "gemm_ceiling_s": t_floor,
            "gemm_ceiling_flops_per_s": flops / t_floor, "ratio": statistics.median(ratios),
-           "ratio_min": min(ratios), "ratio_max": max(ratios), "ratio_with_adamw": t_floor / (t_fb + t_opt),
+           "ratio_min": min(ratios), "ratio_max": max(ratios), "ratio_rounds": ratios,
+           "ratio_with_adamw": t_floor / (t_fb + t_opt), "outside_gemm_s": t_fb - t_floor,
+           "breakdown": breakdown, "breakdown_step_s": breakdown_step, "memory": memory.status(),
+           "threads": _threads_ab(rows, threads, other_threads),
            "target": TARGET_RATIO, "tracemalloc_peak_bytes": peak - base, "maxrss_bytes": maxrss,
            "gemms": [(label, count, f / t) for (label, count, f, _), t in zip(gemms, pick["gemm_s"])]}
     if verbose:
@@ -168,6 +239,26 @@ def bench_model(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, v
     return res
 
 
+def _threads_ab(rows, threads, other):
+    """The step with ``parallel``'s other thread setting, against this run's, round by round."""
+    out = {"threads": threads, "other_threads": other}
+    if rows[0]["other_threads_s"] is None:
+        return out
+    ratios = [row["other_threads_s"] / row["fwd_bwd_s"] for row in rows]
+    return {**out, "other_fwd_bwd_s": statistics.median(row["other_threads_s"] for row in rows),
+            "ratio_other": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                            "rounds": ratios}}
+
+
+def _breakdown(step, steps, gemms, gemm_times):
+    """{family: {"s", "gemm_s", "rest_s"}} per step, and the step's time while being broken down."""
+    spent, total = time_by_family(step, steps)
+    gemm_s = dict.fromkeys(spent, 0.0)
+    for (label, count, _, _), t in zip(gemms, gemm_times):
+        gemm_s[gemm_family(label)] += count * t
+    return {k: {"s": v, "gemm_s": gemm_s[k], "rest_s": v - gemm_s[k]} for k, v in spent.items()}, total
+
+
 def _report(r, print_fn=print):
     c = r["config"]
     print_fn(f"GPT L={c['n_layer']} nh={c['n_head']} C={c['n_embd']} T={c['block_size']} V={c['vocab_size']}"
@@ -182,6 +273,24 @@ def _report(r, print_fn=print):
              f"≥ {r['target']:.2f}: the model's matmul FLOP/s over NumPy's own matmul on the same shapes "
              f"(1 = nothing but GEMMs); {r['ratio_with_adamw']:.3f} with AdamW")
     print_fn(f"  peak memory: tracemalloc {r['tracemalloc_peak_bytes'] / 2**20:.1f} MiB during a step, "
-             f"maxrss {r['maxrss_bytes'] / 2**20:.1f} MiB")
+             f"maxrss {r['maxrss_bytes'] / 2**20:.1f} MiB; {r['memory']}")
+    t = r["threads"]
+    if "ratio_other" in t:
+        q = t["ratio_other"]
+        print_fn(f"  elementwise threads (parallel.py): {t['other_threads']} thread(s) "
+                 f"{t['other_fwd_bwd_s'] * 1e3:.2f} ms against this run's {t['threads']}: {q['median']:.2f}x "
+                 f"(rounds {q['min']:.2f}–{q['max']:.2f}; below 1: {t['other_threads']} is faster)")
+    _report_breakdown(r, print_fn)
     for label, count, fps in r["gemms"]:
         print_fn(f"    {label:<44s} x{count}  {fps / 1e9:6.1f} GFLOP/s")
+
+
+def _report_breakdown(r, print_fn):
+    print_fn(f"  where the time goes: {r['gemm_ceiling_s'] * 1e3:.2f} ms of GEMMs (timed alone), "
+             f"{r['outside_gemm_s'] * 1e3:.2f} ms outside them; per op family, forward+backward "
+             f"(a step under the timers took {r['breakdown_step_s'] * 1e3:.2f} ms):")
+    print_fn(f"    {'family':<10s} {'total ms':>9s} {'GEMM ms':>9s} {'rest ms':>9s} {'share':>6s}")
+    rows = sorted(r["breakdown"].items(), key=lambda kv: -kv[1]["s"])
+    for family, b in rows:
+        print_fn(f"    {family:<10s} {b['s'] * 1e3:9.2f} {b['gemm_s'] * 1e3:9.2f} {b['rest_s'] * 1e3:9.2f} "
+                 f"{b['s'] / r['breakdown_step_s']:6.1%}")

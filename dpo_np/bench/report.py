@@ -7,7 +7,12 @@
   matrix-multiply throughput the same array library reaches on the same shapes in the same run;
 - a DPO step against an SFT step on the same sequences;
 - the exact closed-form optimum over 262,144 responses;
-- generation, with the key/value cache and without.
+- generation, with the key/value cache and without;
+- where torch and transformers are installed, the toy forward+backward and a DPO step against
+  PyTorch eager and ``torch.compile`` in the same process (``torch_peer``); without them the
+  report says so under "torch".
+
+``table.performance_table(report)`` turns the report into the README's table.
 
 Each benchmark is timed in blocks of consecutive calls with the first of each block dropped (see
 ``model._median_of_block``), so one library's or one shape's warm-up never lands in another's.
@@ -21,13 +26,18 @@ from dpo_np.bench.closed_form import bench_closed_form
 from dpo_np.bench.dpo import bench_dpo
 from dpo_np.bench.generate import bench_generate
 from dpo_np.bench.model import bench_model
+from dpo_np.bench.torch_peer import bench_torch
 
 GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
+QUICK_TORCH = dict(rounds=1, steps=1, compile=False, n_pairs=2, batch_size=2,
+                   toy=dict(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=50),
+                   dpo_model=dict(n_layer=1, n_head=2, n_embd=16))
 
 
 def run_all(print_fn=print, quick=False):
     """Run every benchmark; returns ``{"machine", "model_toy", "model_gpt2_small", "dpo", "closed_form",
-    "generate"}``. ``quick`` shrinks every size (for a test of the report itself, not for numbers)."""
+    "generate", "torch"}``; ``machine`` holds the load average before the first and after the last.
+    ``quick`` shrinks every size (for a test of the report itself, not for numbers)."""
     gpu = backend.backend_name() == "cupy"
     small = dict(n_layer=1, n_head=2, n_embd=16, vocab_size=50) if quick else GPT2_SMALL
     runs = [
@@ -42,10 +52,12 @@ def run_all(print_fn=print, quick=False):
         ("closed_form", lambda: bench_closed_form(**(dict(vocab_size=3, length=3, repeats=1) if quick else {}))),
         ("generate", lambda: bench_generate(**(dict(n_layer=1, n_embd=16, n_head=2, new_tokens=5) if quick else {}),
                                             print_fn=print_fn)),
+        ("torch", lambda: bench_torch(print_fn=print_fn, **(QUICK_TORCH if quick else {}))),
     ]
     report = {"machine": machine.describe()}
     print_fn(f"machine: {machine.one_line(report['machine'])}")
     for k, (name, run) in enumerate(runs):
         print(f"bench all: {name} ({k + 1} of {len(runs)})", file=sys.stderr, flush=True)
         report[name] = run()
+    report["machine"]["load_average_end"] = machine.load_average()
     return report
