@@ -26,7 +26,7 @@ from dpo_np.bench.generate import bench_generate
 from dpo_np.bench.model import bench_model
 from dpo_np.bench.report import run_all
 from dpo_np.bench.table import load_report, performance_table
-from dpo_np.bench.torch_peer import bench_torch
+from dpo_np.bench.peer import bench_torch
 from dpo_np.checkpoint import STATE
 from dpo_np.experiments import runs
 from dpo_np.experiments.closed_form import COMPARE as CLOSED_FORM_COMPARE

@@ -10,7 +10,7 @@ from dpo_np import parallel
 from dpo_np.bench.dpo import TARGET_RATIO, bench_dpo
 from dpo_np.bench.model import FAMILIES, OTHER, gemm_family, time_by_family
 from dpo_np.bench.table import performance_table
-from dpo_np.bench.torch_peer import unavailable
+from dpo_np.bench.peer import unavailable
 
 
 def test_bench_dpo_returns_finite_positive_step_times_and_their_ratio():

@@ -4,14 +4,21 @@ Timings are not asserted; the arithmetic of the report and the sameness of the t
 Skipped without torch and transformers (the benchmark then reports them as not measured).
 """
 
+import importlib.util
+
 import numpy as np
 import pytest
 
-from dpo_np.bench import torch_peer
+from dpo_np.bench import peer
 from dpo_np.model import GPT, GPTConfig
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
+
+# the peer lives beside the package (benchmarks/), never in it: loaded by its path
+_spec = importlib.util.spec_from_file_location("torch_peer", peer.SCRIPT)
+torch_peer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(torch_peer)
 
 
 def test_the_peer_holds_our_parameters_and_gives_our_logits_on_a_padded_batch():
@@ -47,3 +54,9 @@ def test_the_quick_comparison_reports_its_own_times_and_the_same_losses():
 def test_a_peer_with_other_logits_is_refused():
     with pytest.raises(RuntimeError, match="not the same model"):
         torch_peer._same_numbers(np.zeros(3, dtype=np.float32), torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_bench_torch_runs_the_peer_in_a_process_of_its_own_and_reads_its_report():
+    r = peer.bench_torch(quick=True, print_fn=lambda *a: None)
+    assert r["available"] and set(r) >= {"torch", "transformers", "fwd_bwd", "dpo_step"}
+    assert r["dpo_step"]["loss_ours"] == pytest.approx(np.log(2.0), rel=1e-6)

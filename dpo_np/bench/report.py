@@ -9,8 +9,8 @@
 - the exact closed-form optimum over 262,144 responses;
 - generation, with the key/value cache and without;
 - where torch and transformers are installed, the toy forward+backward and a DPO step against
-  PyTorch eager and ``torch.compile`` in the same process (``torch_peer``); without them the
-  report says so under "torch".
+  PyTorch eager and ``torch.compile`` (``benchmarks/torch_peer.py``, run in a process of its own by
+  ``peer``: the package never imports torch); without them the report says so under "torch".
 
 ``table.performance_table(report)`` turns the report into the README's table.
 
@@ -26,12 +26,9 @@ from dpo_np.bench.closed_form import bench_closed_form
 from dpo_np.bench.dpo import bench_dpo
 from dpo_np.bench.generate import bench_generate
 from dpo_np.bench.model import bench_model
-from dpo_np.bench.torch_peer import bench_torch
+from dpo_np.bench.peer import bench_torch
 
 GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
-QUICK_TORCH = dict(rounds=1, steps=1, compile=False, n_pairs=2, batch_size=2,
-                   toy=dict(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=50),
-                   dpo_model=dict(n_layer=1, n_head=2, n_embd=16))
 
 
 def run_all(print_fn=print, quick=False):
@@ -52,7 +49,7 @@ def run_all(print_fn=print, quick=False):
         ("closed_form", lambda: bench_closed_form(**(dict(vocab_size=3, length=3, repeats=1) if quick else {}))),
         ("generate", lambda: bench_generate(**(dict(n_layer=1, n_embd=16, n_head=2, new_tokens=5) if quick else {}),
                                             print_fn=print_fn)),
-        ("torch", lambda: bench_torch(print_fn=print_fn, **(QUICK_TORCH if quick else {}))),
+        ("torch", lambda: bench_torch(quick=quick, print_fn=print_fn)),
     ]
     report = {"machine": machine.describe()}
     print_fn(f"machine: {machine.one_line(report['machine'])}")

@@ -1,6 +1,10 @@
 """The same work in PyTorch, timed beside ours in one process: the peer behind the speed ratios.
 
-    python -m dpo_np bench torch          # needs torch and transformers; says so and stops without them
+    python -m dpo_np bench torch          # runs this file in a process of its own (dpo_np.bench.peer)
+    python benchmarks/torch_peer.py --json torch.json [--quick]
+
+This file lives beside the package, not in it: dpo_np never imports torch. It needs torch and
+transformers; ``dpo_np.bench.peer`` says so and skips it without them.
 
 The peer is Hugging Face's ``GPT2LMHeadModel`` holding our parameters (``pretrained.config_to_hf``,
 GPT-2's names), so both sides compute the same logits, which is checked before any timing. Two
@@ -15,11 +19,11 @@ median of the per-round ratios ours / theirs with its spread:
   logs) against the same in PyTorch (sigmoid loss, the implicit rewards and the response-logit
   sums the trainer logs), eager.
 
-PyTorch runs on as many threads as BLAS does here. Only the benchmarks import this module, and it
-imports torch and transformers inside its functions: the package itself never needs them.
+PyTorch runs on as many threads as BLAS does here (the caller sets OPENBLAS_NUM_THREADS for this
+process).
 """
 
-import importlib.util
+import argparse
 import statistics
 import sys
 import time
@@ -30,22 +34,14 @@ from dpo_np import backend, memory
 from dpo_np.bench import machine
 from dpo_np.bench.dpo import toy_dpo_trainer
 from dpo_np.bench.model import _median_of_block, next_token_step
+from dpo_np.bench.peer import unavailable
 from dpo_np.data import collate_preferences
+from dpo_np.files import write_json_atomic
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.pretrained import PREFIX, config_to_hf
 
 TOY = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=96)    # bench model's default
 SAME_LOGITS_ATOL = 1e-4                # float32 logits of the two implementations, O(1) in size
-
-
-def unavailable():
-    """None when torch and transformers can be imported, else why not (a sentence for the report)."""
-    missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
-    if missing:
-        return f"{' and '.join(missing)} not installed: the PyTorch columns are skipped"
-    if backend.backend_name() != "numpy":
-        return f"the PyTorch peer runs on the CPU; this run's array library is {backend.backend_name()}"
-    return None
 
 
 def hf_model(model):
@@ -222,3 +218,23 @@ def _report(r, print_fn):
         print_fn(line)
         if "compiled_error" in c:
             print_fn(f"    torch.compile failed: {c['compiled_error']}")
+
+
+#: the quick comparison ``bench all --quick`` asks for: a check of the report, not numbers
+QUICK = dict(rounds=1, steps=1, compile=False, n_pairs=2, batch_size=2,
+             toy=dict(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=50),
+             dpo_model=dict(n_layer=1, n_head=2, n_embd=16))
+
+
+def main(argv=None):
+    """``bench_torch`` with its report written to ``--json``, for ``dpo_np.bench.peer``."""
+    parser = argparse.ArgumentParser(description="The PyTorch peer of dpo_np's benchmarks.")
+    parser.add_argument("--json", required=True, metavar="PATH", help="where the report goes")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: a check of the report, not numbers")
+    args = parser.parse_args(argv)
+    write_json_atomic(args.json, bench_torch(**(QUICK if args.quick else {})))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
