@@ -258,7 +258,8 @@ def test_a_chosen_prompt_template_is_trained_saved_and_used_by_every_later_comma
     assert main(["generate", sft, "Say hi", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith("User: Say hi\nBot: ")
     assert main(["evaluate", "--model", sft, "--ref", sft, "--data", prefs, "--json", str(tmp_path / "e.json")]) == 0
-    assert "kl: not measured" in capsys.readouterr().out and json.loads((tmp_path / "e.json").read_text())["kl"] is None
+    # the KL's samples are asked in the model's own template too: π_θ = π_ref here, so it is exactly 0
+    assert json.loads((tmp_path / "e.json").read_text())["kl"] == 0.0
     assert main(["export", sft, str(tmp_path / "hf")]) == 0
     config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert config["chat_template"] == chat_template(template)
