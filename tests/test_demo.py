@@ -235,6 +235,14 @@ def test_sample_responses_are_seeded_in_prompt_order_and_stop_at_the_end_token()
         sample_responses(model, TOK, prompts, n_samples=0)
 
 
+def test_sample_responses_ask_in_the_models_own_prompt_template():
+    tok = CharTokenizer.from_corpus("ab?:QAB \n")
+    tok.prompt_template = "B: {prompt}\nA: "
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=24, n_layer=1, n_head=1, n_embd=8), seed=0)
+    (prompt_ids, _), = sample_responses(model, tok, ["ab"], n_samples=1, seed=0, max_new_tokens=2)
+    assert tok.decode(prompt_ids) == "B: ab\nA: "
+
+
 # ---- figures ---------------------------------------------------------------------------------
 
 def test_plot_metric_curves_writes_a_png_atomically_and_names_bad_input(tmp_path):
