@@ -85,7 +85,7 @@ def log_softmax(logits, temperature=1.0):
     producing inf − inf = NaN.
     """
     z = (logits - logits.max(axis=-1, keepdims=True)) / temperature   # <= 0, max entries exactly 0
-    return z - ag.logsumexp_array(z, keepdims=True)
+    return ag.log_softmax_array(z)
 
 
 def _filter(logp, top_k=None, top_p=None):
