@@ -328,6 +328,17 @@ def gradient_variance(world, theta, gamma, horizon, n_episodes, gen, baseline=No
 
 # -- training ---------------------------------------------------------------------
 
+def variance_ratio(no_baseline, baseline):
+    """How many times less variance the baseline leaves: ``no_baseline / baseline``, or None where the
+    baseline's is 0: a policy that always samples the same episode (a deterministic one, learned with a
+    huge learning rate or with γ = 0, where only the first move counts) has no variance to cut, 0/0."""
+    return no_baseline / baseline if baseline > 0 else None
+
+
+def _times(ratio, fmt):
+    return "n/a" if ratio is None else f"{ratio:{fmt}}×"
+
+
 def train_reinforce(world, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, episodes=DEFAULT_EPISODES,
                     horizon=DEFAULT_HORIZON, lr=DEFAULT_LR, baseline=True, seed=0, baseline_rate=0.2,
                     progress=False):
@@ -424,10 +435,12 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
     for where, theta in (("uniform", np.zeros((world.n_states, len(MOVES)))),
                          ("learned", np.asarray(runs["reinforce_baseline"]["theta"]))):
         v_pi = policy_evaluation(world, policy(theta), gamma)
+        sampling = range(variance_seeds)          # each a backward pass per episode: show them going by
+        bar = progress_bar(sampling, desc=f"variance at the {where} policy", file=sys.stderr) if progress else sampling
         pairs = np.array([[gradient_variance(world, theta, gamma, horizon, variance_episodes, backend.rng([seed, k]),
-                                             baseline=b) for b in (None, v_pi)] for k in range(variance_seeds)])
+                                             baseline=b) for b in (None, v_pi)] for k in bar])
         variance[f"{where}_no_baseline"], variance[f"{where}_baseline"] = pairs.mean(axis=0).tolist()
-        variance["ratio"][where] = (pairs[:, 0] / pairs[:, 1]).tolist()
+        variance["ratio"][where] = [variance_ratio(a, b) for a, b in pairs.tolist()]
     tiny = make_world(TINY_LAYOUT)
     tiny_theta = np.zeros((tiny.n_states, len(MOVES)))
     values = np.stack([backend.to_numpy(v.data) for v in finite_horizon_values(tiny, np.full(tiny_theta.shape, 1.0 / len(MOVES)),
@@ -475,21 +488,24 @@ def gridworld_seeds(seeds, print_fn=None, **settings):
     per-seed results. V*(start) is the same on every seed: value iteration draws nothing.
     """
     def row(r):
-        learned = r["variance"]["ratio"]["learned"]
+        uniform, learned = ([x for x in r["variance"]["ratio"][where] if x is not None]
+                            for where in ("uniform", "learned"))
         return {"policy_return": r["reinforce"]["policy_return"],
                 "policy_return_baseline": r["reinforce_baseline"]["policy_return"],
-                "uniform_ratio": float(np.mean(r["variance"]["ratio"]["uniform"])),
-                "learned_ratio": float(np.mean(learned)), "learned_ratio_min": min(learned),
-                "learned_ratio_max": max(learned)}
+                "uniform_ratio": float(np.mean(uniform)) if uniform else None,
+                "learned_ratio": float(np.mean(learned)) if learned else None,
+                "learned_ratio_min": min(learned, default=None), "learned_ratio_max": max(learned, default=None)}
 
     rows, results = spread.over_seeds(seeds, lambda seed: run_gridworld(seed=seed, progress=False, **settings),
                                       row, print_fn)
-    pooled = {where: spread.spread([x for r in results for x in r["variance"]["ratio"][where]])
+    pooled = {where: [x for r in results for x in r["variance"]["ratio"][where] if x is not None]
               for where in ("uniform", "learned")}
+    pooled = {where: spread.spread(v) if v else None for where, v in pooled.items()}
     table = f"V*(start) = {results[0]['optimal_return']:.4f} on every seed (value iteration draws nothing)\n" + \
         spread.seed_table(rows, SEED_COLUMNS) + "".join(
         f"\nvariance cut at the {where} policy, every estimate ({pooled[where]['n']} = training × sampling "
         f"seeds): {pooled[where]['min']:.2f}–{pooled[where]['max']:.2f}×, mean {pooled[where]['mean']:.2f}×"
+        if pooled[where] else f"\nvariance cut at the {where} policy: none to cut (no estimate had variance)"
         for where in ("uniform", "learned"))
     return {"seeds": list(seeds), "optimal_return": results[0]["optimal_return"], "per_seed": rows,
             "spread": spread.spreads(rows, [k for k in rows[0] if k != "seed"]), "variance_ratio": pooled,
@@ -549,12 +565,17 @@ def print_report(result, file=None):
           file=out)
     for where, label in (("uniform", "uniform policy (start)"), ("learned", "learned policy (end)")):
         a, b, ratio = v[f"{where}_no_baseline"], v[f"{where}_baseline"], v["ratio"][where]
-        print(f"  {label:<24} {a:>10.4g} / {b:<10.4g} ({min(ratio):.1f}–{max(ratio):.1f}× less over "
-              f"{len(ratio)} sampling seed{'s' if len(ratio) > 1 else ''}, mean {np.mean(ratio):.1f}×), sampled",
-              file=out)
+        defined = [x for x in ratio if x is not None]
+        cut = (f"{min(defined):.1f}–{max(defined):.1f}× less over {len(defined)} sampling seed"
+               f"{'s' if len(defined) > 1 else ''}, mean {np.mean(defined):.1f}×" if defined else
+               "no variance to cut: every sampled episode is the same")
+        skipped = len(ratio) - len(defined)
+        print(f"  {label:<24} {a:>10.4g} / {b:<10.4g} ({cut}"
+              + (f"; {skipped} seed{'s' if skipped > 1 else ''} without variance left out" if defined and skipped
+                 else "") + "), sampled", file=out)
     a, b = v["tiny_no_baseline"], v["tiny_baseline"]
-    print(f"  {'tiny grid, uniform':<24} {a:>10.4g} / {b:<10.4g} ({a / b:.2f}× less), exact over all "
-          f"{v['tiny_episodes']} episodes", file=out)
+    print(f"  {'tiny grid, uniform':<24} {a:>10.4g} / {b:<10.4g} ({_times(variance_ratio(a, b), '.2f')} less), "
+          f"exact over all {v['tiny_episodes']} episodes", file=out)
 
 
 def plot_gridworld(result, path="runs/gridworld/gridworld.png"):
