@@ -74,8 +74,9 @@ def beta(value, name="beta", dtype=np.float64):
     if value > float(info.max) or 1.0 / value > float(info.max) or value < float(info.tiny):
         why = "is inf there" if value > float(info.max) else "has an infinite 1/β there"
         raise ValueError(f"{name}={value:g} does not fit {np.dtype(dtype).name} (finite from {float(info.tiny):.3g} to "
-                         f"{float(info.max):.3g}): it {why}, so the loss would be inf or NaN; choose a {name} "
-                         f"inside that range" + (", or float64 inputs" if np.dtype(dtype) != np.float64 else ""))
+                         f"{float(info.max):.3g}): it {why}, so what is computed with it would be inf or NaN; "
+                         f"choose a {name} inside that range" + (", or float64 inputs" if np.dtype(dtype) != np.float64
+                                                                 else ""))
     return value
 
 
