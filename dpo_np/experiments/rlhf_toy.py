@@ -428,6 +428,7 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
     beta = checks.positive(beta, "beta")
     checks.flag(progress, "progress")
     pairs = checks.integer(pairs, "pairs", low=1)
+    checks.integer(samples, "samples", low=2)        # the RL arms' check, here before the DPO runs take their time
     dpo_steps = checks.integer(dpo_steps, "dpo_steps", low=1)
     pair_grid = sorted({checks.integer(n, "pair_grid", low=1) for n in pair_grid if n != pairs})
     frontier_betas = sorted({checks.positive(b, "frontier_betas") for b in frontier_betas} | {beta})
