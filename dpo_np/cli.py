@@ -277,9 +277,9 @@ def _writable_file(option, path):
     _writable_dir(option, os.path.dirname(os.path.abspath(path)))
 
 
-#: the image formats matplotlib writes, for a --figure path checked before the run (without matplotlib
-#: installed no figure is drawn, and nothing needs checking)
 def _figure_format(option, path):
+    """A --figure path in a format matplotlib writes, checked before the run (without matplotlib
+    installed no figure is drawn, and nothing needs checking)."""
     if importlib.util.find_spec("matplotlib") is None:
         return
     from matplotlib.backend_bases import FigureCanvasBase
@@ -327,22 +327,28 @@ def _refuse_live_run(option, path):
 def _check_run_dir(args):
     """The output directory of a training command: no run live in it, and fresh unless
     --overwrite/--resume (an overwrite checked whole before anything is deleted)."""
-    _refuse_live_run("--output-dir", args.output_dir)
+    n = args.option_names
+    _refuse_live_run(n["output_dir"], args.output_dir)
     if args.resume:
         if last_checkpoint(args.output_dir) is None:
-            raise CommandError(f"--resume: {args.output_dir} holds no checkpoint-<step> to resume from "
-                               f"(save some with --save-steps N)")
+            raise CommandError(f"{n['resume']}: {args.output_dir} holds no checkpoint-<step> to resume from "
+                               f"(save some with {n['save_steps']} N)")
         return
+    _fresh_or_replaceable(args, [args.output_dir], args.output_dir, "an earlier run",
+                          f"{n['overwrite']} to replace that run's files, or {n['resume']} to continue it")
+
+
+def _fresh_or_replaceable(args, paths, output_dir, earlier, choices):
+    """``training.check_output_dir`` for each of ``paths``: fresh, or --overwrite with everything it would
+    delete checked first; returns those that hold files. A refusal names the options as typed."""
+    n = args.option_names
     try:
-        check_output_dir(args.output_dir, args.overwrite)
-    except PermissionError as err:
-        raise CommandError(f"--overwrite: {err}") from None
-    except ValueError as err:
+        return [path for path in paths if check_output_dir(path, args.overwrite)]
+    except (PermissionError, ValueError) as err:
         if args.overwrite:
-            raise CommandError(f"--overwrite: {err}") from None
-        raise CommandError(f"--output-dir {args.output_dir} already holds an earlier run; choose a new "
-                           f"--output-dir, pass --overwrite to replace that run's files, or --resume to "
-                           f"continue it") from None
+            raise CommandError(f"{n['overwrite']}: {err}") from None
+        raise CommandError(f"{n['output_dir']} {output_dir} already holds {earlier}; choose a new {n['output_dir']}, "
+                           f"pass {choices}") from None
 
 
 def _json(args, result):
@@ -571,15 +577,8 @@ def _check_stages(args, output_dir):
     paths = [os.path.join(output_dir, stage) for stage in STAGES[args.command]]
     for path in paths:
         _refuse_live_run(option, path)
-    try:
-        held = [path for path in paths if check_output_dir(path, args.overwrite)]
-    except PermissionError as err:
-        raise CommandError(f"{args.option_names['overwrite']}: {err}") from None
-    except ValueError as err:
-        if args.overwrite:
-            raise CommandError(f"{args.option_names['overwrite']}: {err}") from None
-        raise CommandError(f"{option} {output_dir} already holds an earlier {args.command} run; choose a new {option} "
-                           f"or pass {args.option_names['overwrite']} to replace it") from None
+    held = _fresh_or_replaceable(args, paths, output_dir, f"an earlier {args.command} run",
+                                 f"{args.option_names['overwrite']} to replace it")
     if held:
         print(f"{args.option_names['overwrite']}: replacing the earlier {args.command} run in {output_dir}, stage "
               f"by stage as this one reaches it:\n" + "\n".join(
