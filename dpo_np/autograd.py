@@ -542,9 +542,7 @@ def shifted_logsumexp(a, axis=-1):
     """``(m, s)`` with log Σ_i e^{a_i} = m + s, both kept along ``axis``: m the maximum (0 for a row of
     all −inf), s = log Σ_i e^{a_i − m} ∈ [0, log n]. The one log-sum-exp of the package.
 
-    The two parts stay apart because a log-softmax written a − (m + s) loses s wherever |m| dwarfs
-    it: float16 logits of 1e4 have m + log 5 == m, so every log-probability of a uniform row would
-    come out 0 instead of −log 5; (a − m) − s keeps it exact. A row of all −inf gives −inf, not NaN;
+    The two parts stay apart for ``softmax_offsets``. A row of all −inf gives −inf, not NaN;
     e^{a − m} is taken in place, so the only temporary of ``a``'s size is one. A host array is
     summed on the host (generation samples there).
     """
@@ -568,11 +566,25 @@ def logsumexp_array(a, axis=-1, keepdims=False):
     return out if keepdims else out.squeeze(axis)
 
 
+def softmax_offsets(m, s):
+    """``(c, r)`` with log softmax(a) = (a − c) − r, from ``shifted_logsumexp``'s m and s.
+
+    a − (m + s) is the usual form, and every number the package has stored was computed with it; but
+    it loses s wherever |m| dwarfs it: float16 logits of 1e4 have m + log 5 == m, so each log-probability
+    of a uniform row would come out 0 instead of −log 5 (float32 logits of 3e38 alike). There, from
+    |m| ≥ 2^(p/2) with p the dtype's mantissa bits (float16 32, float32 2048, float64 6.7e7, where the
+    usual form's error reaches √ε), (a − m) − s is used, which keeps s whole. Below, both forms agree
+    to rounding, and c = m + s, r = 0 gives the usual form's numbers to the bit."""
+    xp = backend.array_module(m)
+    big = xp.abs(m) >= 2.0 ** (np.finfo(m.dtype).nmant // 2)
+    return xp.where(big, m, m + s), xp.where(big, s, xp.zeros_like(s))
+
+
 def log_softmax_array(a, axis=-1):
-    """log softmax(a) of a plain array as (a − m) − s (``shifted_logsumexp``): exact where the logits
-    are huge and nearly equal, never NaN."""
-    m, s = shifted_logsumexp(a, axis)
-    return (a - m) - s
+    """log softmax(a) of a plain array, (a − c) − r (``softmax_offsets``): exact where the logits are
+    huge and nearly equal, never NaN."""
+    c, r = softmax_offsets(*shifted_logsumexp(a, axis))
+    return (a - c) - r
 
 
 def logsumexp(x, axis=-1, keepdims=False):
