@@ -566,8 +566,8 @@ def _stage_report(args, since=None):
     """One line per stage of a demo or ppo-gpt run (per seed with --seeds)."""
     roots = ([os.path.join(args.output_dir, f"seed-{seed}") for seed in args.seed_list]
              if getattr(args, "seed_list", None) else [args.output_dir])
-    return [f"  {os.path.join(root, stage) if len(roots) > 1 else stage}: {_stage_state(os.path.join(root, stage), since)}"
-            for root in roots for stage in STAGES[args.command]]
+    return [f"  {os.path.join(root, stage) if len(roots) > 1 else stage}: "
+            f"{_stage_state(os.path.join(root, stage), since)}" for root in roots for stage in STAGES[args.command]]
 
 
 def _check_stages(args, output_dir):

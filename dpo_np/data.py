@@ -247,7 +247,8 @@ def _entries(source):
                                                             f" at column {err.colno})")
                 continue
             except DuplicateKeyError as err:
-                yield where, lineno, None, ("invalid_json", f"ambiguous JSON: {err}, so which value is meant is unclear")
+                yield where, lineno, None, ("invalid_json", f"ambiguous JSON: {err}, so which value is meant "
+                                                            f"is unclear")
                 continue
             except RecursionError:      # [[[[… deeper than the reader's recursion limit
                 yield where, lineno, None, ("invalid_json", "not readable as JSON: nested too deeply")
@@ -314,8 +315,9 @@ def _warn_repeats(repeats, name):
     """SFT records that repeat an earlier one: kept (a repeat weighs a line more), counted and warned."""
     if repeats:
         first = ", ".join(f"{where} repeats {earlier}" for where, earlier in repeats[:SHOWN_EXAMPLES])
-        warnings.warn(f"{name}: {plural(len(repeats), 'record')} repeat{'s' if len(repeats) == 1 else ''} an earlier one (prompt and response); "
-                      f"kept, so each is trained on once more (up-weighting); {first}", DataWarning, stacklevel=4)
+        verb = "repeats" if len(repeats) == 1 else "repeat"
+        warnings.warn(f"{name}: {plural(len(repeats), 'record')} {verb} an earlier one (prompt and response); kept, "
+                      f"so each is trained on once more (up-weighting); {first}", DataWarning, stacklevel=4)
 
 
 def load_preferences(source, skip_invalid=False):

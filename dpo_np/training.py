@@ -743,9 +743,8 @@ class Trainer:
             self._finish()
         if interrupt.requested:
             saved = self.final_checkpoint or last_checkpoint(self.args.output_dir)
-            raise TrainingInterrupted(f"Ctrl-C came during the step the run ended on, so it "
-                                      f"finished (step {self.state['step']} of {self.total_steps}); saved {saved}", saved,
-                                      finished=True)
+            raise TrainingInterrupted(f"Ctrl-C came during the step the run ended on, so it finished (step "
+                                      f"{self.state['step']} of {self.total_steps}); saved {saved}", saved, finished=True)
         train_rows = [r for r in self.state["log_history"] if "loss" in r]
         return {"global_step": self.state["step"],
                 "training_loss": float(np.mean(losses)) if losses else float("nan"),

@@ -443,7 +443,8 @@ def _walk_cases(f):
     bench = {"what": ([], lambda c: "bench_model" in c),
              "json": (["--json", str(d / "w.json")], lambda c: os.path.isfile(d / "w.json"))}
     return {
-        "sft": (["--data", f["sft"]], [(runs, "run_sft")], sft), "dpo": (["--data", f["prefs"], "--model", f["ckpt"]], [(runs, "run_dpo")], dpo),
+        "sft": (["--data", f["sft"]], [(runs, "run_sft")], sft),
+        "dpo": (["--data", f["prefs"], "--model", f["ckpt"]], [(runs, "run_dpo")], dpo),
         "reward": (["--data", f["prefs"], "--model", f["ckpt"]], [(runs, "run_reward")], reward),
         "evaluate": (["--model", f["ckpt"], "--ref", f["ckpt"], "--data", f["prefs"]], [(runs, "run_evaluate")], ev),
         "demo": ([], [(cli, "run_demo"), (seeds_module, "run_seeds")], demo),
@@ -569,6 +570,8 @@ def test_a_new_model_too_large_for_memory_is_refused_before_allocating_naming_th
     (["rlhf", "--samples", "100000", "--output-dir", ""], ["--samples 100000"]),
     (["evaluate", "--model", "{ckpt}", "--ref", "{ckpt}", "--data", "{prefs}", "--kl-samples", "1000000"],
      ["--kl-samples=1000000", "3,000,000 responses"]),
+    (["dpo", "--data", "{prefs}", "--model", "{ckpt}", "--batch-size", "100000000", "--output-dir", "{dir}/r"],
+     ["--batch-size=100000000", "GB of memory"]),
 ])
 def test_work_far_out_of_reach_is_refused_up_front_unless_asked(files, args, says, capsys, monkeypatch):
     args = [a.format(**files) for a in args]
@@ -579,7 +582,7 @@ def test_work_far_out_of_reach_is_refused_up_front_unless_asked(files, args, say
         monkeypatch.setattr(cli, name, lambda **kw: Anything())
     for name in ("print_report", "print_rlhf_report", "plot_closed_form", "plot_gridworld"):
         monkeypatch.setattr(cli, name, lambda *a, **kw: None)
-    if args[0] != "evaluate":
+    if args[0] not in ("evaluate", "dpo"):             # those two are not stood in for: asked, they would run
         assert main([*args, "--allow-large"]) == 0
 
 

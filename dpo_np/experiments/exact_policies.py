@@ -239,7 +239,7 @@ def pair_weights(pairs, n_responses):
     """
     if "weight" in pairs:
         weight = backend.to_numpy(pairs["weight"], np.float64)
-        return (backend.to_numpy(pairs["prompt"]), backend.to_numpy(pairs["chosen"]), backend.to_numpy(pairs["rejected"]),
+        return (*(backend.to_numpy(pairs[k]) for k in ("prompt", "chosen", "rejected")),
                 weight / weight.sum())
     x, w, l, counts = (backend.to_numpy(a) for a in aggregate_pairs(pairs["prompt"], pairs["chosen"],
                                                                      pairs["rejected"], n_responses))

@@ -443,8 +443,9 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
         variance["ratio"][where] = [variance_ratio(a, b) for a, b in pairs.tolist()]
     tiny = make_world(TINY_LAYOUT)
     tiny_theta = np.zeros((tiny.n_states, len(MOVES)))
-    values = np.stack([backend.to_numpy(v.data) for v in finite_horizon_values(tiny, np.full(tiny_theta.shape, 1.0 / len(MOVES)),
-                                                             gamma, tiny_horizon)])       # (horizon, S): b_t(s)
+    uniform = np.full(tiny_theta.shape, 1.0 / len(MOVES))
+    values = np.stack([backend.to_numpy(v.data)                                           # (horizon, S): b_t(s)
+                       for v in finite_horizon_values(tiny, uniform, gamma, tiny_horizon)])
     _, var_none, n_listed = expected_gradient(tiny, tiny_theta, gamma, tiny_horizon)
     _, var_base, _ = expected_gradient(tiny, tiny_theta, gamma, tiny_horizon, baseline=values)
     variance.update({"tiny_no_baseline": var_none, "tiny_baseline": var_base, "tiny_episodes": n_listed})

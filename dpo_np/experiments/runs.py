@@ -228,6 +228,12 @@ def run_sft(data=None, eval_data=None, model=None, steps=None, epochs=DEFAULT_EP
     return {**result, "model": model, "tokenizer": tokenizer, "trainer": trainer}
 
 
+def _check_training_memory(model, rows, options):
+    """Training ``model`` on batches of ``rows`` sequences fits this machine's memory (``cost.check``)."""
+    cost.check(f"batch_size={rows // 2} with a model of {model.num_params():,} parameters",
+               memory=training_bytes(model.config, rows, model.dtype), allow_large=options["allow_large"])
+
+
 def _check_kl_cost(policy, n_prompts, kl_samples, allow_large):
     """``kl_samples`` responses per prompt, each up to the context, sampled in one batch per prompt
     length and scored by both models: refused when its memory (the batch's keys, values and logits)
@@ -265,8 +271,9 @@ def run_dpo(data, model=None, ref=None, eval_data=None, beta=0.1, loss_type="sig
     policy, tokenizer = load_model(model)
     source = _use_template(tokenizer, prompt_template, "the model's")
     check_prompts(prompts, policy, tokenizer)
-    reference = frozen_copy(policy) if ref is None else load_model(ref)[0]
     max_length, max_prompt_length = _lengths(policy, max_length, max_prompt_length)
+    _check_training_memory(policy, 2 * batch_size, options)          # a batch holds each pair's two responses
+    reference = frozen_copy(policy) if ref is None else load_model(ref)[0]
     steps, how = run_length("dpo", data, "preference", batch_size, steps, epochs)
     trainer = DPOTrainer(policy, reference, DPOConfig(**_training_args(
         options, steps, eval_data, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
@@ -294,6 +301,7 @@ def run_reward(data, model=None, eval_data=None, steps=None, epochs=DEFAULT_EPOC
     body, tokenizer = load_model(model)
     source = _use_template(tokenizer, prompt_template, "the model's")
     max_length, max_prompt_length = _lengths(body, max_length, max_prompt_length)
+    _check_training_memory(body, 2 * batch_size, options)
     steps, how = run_length("reward", data, "preference", batch_size, steps, epochs)
     trainer = RewardTrainer(RewardModel(body, seed=options["seed"]), RewardConfig(**_training_args(
         options, steps, eval_data, learning_rate=lr, per_device_train_batch_size=batch_size, max_length=max_length,
