@@ -470,6 +470,9 @@ def getitem(x, index):
     x = tensor(x)
     if isinstance(index, Tensor):
         index = index.data
+    # host index arrays (episodes sampled on the host) move to the device once, for the gather and its scatter
+    index = tuple(backend.asarray(i) if isinstance(i, np.ndarray) else i for i in index) \
+        if isinstance(index, tuple) else backend.asarray(index) if isinstance(index, np.ndarray) else index
 
     def vjp(g):
         gx = backend.xp().zeros_like(x.data)
@@ -535,13 +538,13 @@ def sort(x, axis=-1):
 
 # -- the log-space primitives of the notes ----------------------------------------
 
-def logsumexp_array(a, axis=-1, keepdims=False):
-    """log Σ_i e^{a_i} of a plain array, shifted by the maximum: the one log-sum-exp of the package.
+def shifted_logsumexp(a, axis=-1):
+    """``(m, s)`` with log Σ_i e^{a_i} = m + s, both kept along ``axis``: m the maximum (0 for a row of
+    all −inf), s = log Σ_i e^{a_i − m} ∈ [0, log n]. The one log-sum-exp of the package.
 
-    The Tensor ops below (``logsumexp``, ``log_softmax``, ``softmax``) are built on it, and modules
-    that work on plain arrays (log-probabilities of logits, generation, WPO's weights) call it
-    directly. A row of all −inf gives −inf, not NaN; e^{a − max} is taken in place, so the only
-    temporary of ``a``'s size is one. A host array is summed on the host (generation samples there).
+    The two parts stay apart for ``softmax_offsets``. A row of all −inf gives −inf, not NaN;
+    e^{a − m} is taken in place, so the only temporary of ``a``'s size is one. A host array is
+    summed on the host (generation samples there).
     """
     xp = backend.array_module(a)
     if a.dtype.kind != "f":
@@ -551,8 +554,37 @@ def logsumexp_array(a, axis=-1, keepdims=False):
     e = a - m
     xp.exp(e, out=e)
     with np.errstate(divide="ignore"):          # log 0 = −inf is the right answer there
-        out = m + xp.log(e.sum(axis=axis, keepdims=True))
+        return m, xp.log(e.sum(axis=axis, keepdims=True))
+
+
+def logsumexp_array(a, axis=-1, keepdims=False):
+    """log Σ_i e^{a_i} of a plain array, shifted by the maximum (``shifted_logsumexp``). The Tensor
+    ops below (``logsumexp``, ``log_softmax``, ``softmax``) are built on it, and modules that work
+    on plain arrays (generation, WPO's weights) call it directly."""
+    m, s = shifted_logsumexp(a, axis)
+    out = m + s
     return out if keepdims else out.squeeze(axis)
+
+
+def softmax_offsets(m, s):
+    """``(c, r)`` with log softmax(a) = (a − c) − r, from ``shifted_logsumexp``'s m and s.
+
+    a − (m + s) is the usual form, and every number the package has stored was computed with it; but
+    it loses s wherever |m| dwarfs it: float16 logits of 1e4 have m + log 5 == m, so each log-probability
+    of a uniform row would come out 0 instead of −log 5 (float32 logits of 3e38 alike). There, from
+    |m| ≥ 2^(p/2) with p the dtype's mantissa bits (float16 32, float32 2048, float64 6.7e7, where the
+    usual form's error reaches √ε), (a − m) − s is used, which keeps s whole. Below, both forms agree
+    to rounding, and c = m + s, r = 0 gives the usual form's numbers to the bit."""
+    xp = backend.array_module(m)
+    big = xp.abs(m) >= 2.0 ** (np.finfo(m.dtype).nmant // 2)
+    return xp.where(big, m, m + s), xp.where(big, s, xp.zeros_like(s))
+
+
+def log_softmax_array(a, axis=-1):
+    """log softmax(a) of a plain array, (a − c) − r (``softmax_offsets``): exact where the logits are
+    huge and nearly equal, never NaN."""
+    c, r = softmax_offsets(*shifted_logsumexp(a, axis))
+    return (a - c) - r
 
 
 def logsumexp(x, axis=-1, keepdims=False):
@@ -573,7 +605,7 @@ def log_softmax(x, axis=-1):
     """log p_i = x_i − log Σ_j e^{x_j}; VJP: g − p · Σ_j g_j (notes: next-token log-probabilities)."""
     x = tensor(x)
     xp = backend.xp()
-    out = x.data - logsumexp_array(x.data, axis, keepdims=True)
+    out = log_softmax_array(x.data, axis)
     return _make(out, (x,), lambda g: (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),))
 
 
@@ -581,5 +613,5 @@ def softmax(x, axis=-1):
     """p_i = e^{x_i} / Σ_j e^{x_j}; VJP: p · (g − Σ_j g_j p_j)."""
     x = tensor(x)
     xp = backend.xp()
-    p = xp.exp(x.data - logsumexp_array(x.data, axis, keepdims=True))
+    p = xp.exp(log_softmax_array(x.data, axis))
     return _make(p, (x,), lambda g: (p * (g - (g * p).sum(axis=axis, keepdims=True)),))

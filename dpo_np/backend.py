@@ -89,17 +89,16 @@ def array_module(a):
     return np if isinstance(a, (np.ndarray, np.generic, int, float)) else xp()
 
 
-def to_numpy(a):
-    """A NumPy copy (or view) of ``a``, wherever it lives: the one named device → host transfer."""
-    if isinstance(a, np.ndarray):
-        return a
+def to_numpy(a, dtype=None):
+    """A NumPy copy (or view) of ``a``, wherever it lives: the one named device → host transfer;
+    with ``dtype``, in that dtype (``to_numpy(x, np.float64)`` for a host table of float64)."""
     if isinstance(a, StrictArray):
-        return a.get()
-    get = getattr(a, "get", None)       # cupy.ndarray -> host
-    if get is not None and not isinstance(a, (np.generic, float, int)):
-        _counted()
-        return get()
-    return np.asarray(a)
+        a = a.get()
+    elif not isinstance(a, np.ndarray) and getattr(a, "get", None) is not None \
+            and not isinstance(a, (np.generic, float, int)):
+        _counted()                      # cupy.ndarray -> host
+        a = a.get()
+    return np.asarray(a, dtype=dtype)
 
 
 def host_transfers():

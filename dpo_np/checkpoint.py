@@ -37,7 +37,7 @@ import tempfile
 import numpy as np
 
 from dpo_np import backend, checks
-from dpo_np.files import process_alive
+from dpo_np.files import describe_path, process_alive, read_json, require_file
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.optim import AdamW
 from dpo_np.tokenizer import tokenizer_from_dict
@@ -63,8 +63,7 @@ def _listed_files(path):
     """The files a checkpoint's ``state.json`` says this package wrote there, or None if ``path``
     holds no readable state.json of this format."""
     try:
-        with open(os.path.join(path, STATE), encoding="utf-8") as f:
-            state = json.load(f)
+        state = read_json(os.path.join(path, STATE))
     except (OSError, ValueError):
         return None
     files = state.get("files") if isinstance(state, dict) else None
@@ -79,7 +78,7 @@ def check_replaceable(path):
     if not os.path.lexists(path):
         return
     if not os.path.isdir(path) or os.path.islink(path):
-        raise ValueError(f"{path} is a file, not a checkpoint directory; refusing to replace it")
+        raise ValueError(f"{path} is {describe_path(path)}, not a checkpoint directory; refusing to replace it")
     present = set(os.listdir(path))
     if not present:
         return
@@ -204,18 +203,21 @@ def save_checkpoint(path, model, tokenizer=None, optimizer=None, step=None, extr
 # ---- load ---------------------------------------------------------------------------------
 
 def _read_json(path):
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise CheckpointError(f"{path}: file is missing")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+        return read_json(path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _read_npz(path):
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise CheckpointError(f"{path}: file is missing")
+    try:
+        require_file(path, "array file")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -261,7 +263,7 @@ def load_checkpoint(path, model_class=None):
         raise CheckpointError(f"{f(STATE)}: 'files' must list {PARAMS}, {CONFIG} and optionally "
                               f"{TOKENIZER}, {OPTIMIZER}; got {files!r}")
     for name in files:
-        if not os.path.isfile(f(name)):
+        if not os.path.lexists(f(name)):
             raise CheckpointError(f"{f(name)}: file is missing (listed in {STATE})")
 
     cfg = _read_json(f(CONFIG))

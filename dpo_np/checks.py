@@ -12,6 +12,8 @@ for a value out of range.
 import math
 import numbers
 
+import numpy as np
+
 
 def _range_text(low, high, low_open, high_open):
     if low is not None and high is not None:
@@ -61,6 +63,21 @@ def number(value, name, low=None, high=None, low_open=False, high_open=False, op
 def positive(value, name):
     """A finite number > 0 (β, a temperature, a learning-rate peak)."""
     return number(value, name, low=0.0, low_open=True)
+
+
+def beta(value, name="beta", dtype=np.float64):
+    """β > 0 that arithmetic in ``dtype`` can carry: β itself and 1/β finite there. A β past the
+    dtype's largest number (1e39 in float32) is inf in it, and a subnormal one (1e-320 in float64)
+    has an infinite 1/β, so β·h, r/β or 1/(2β) would turn into inf and NaN without a word."""
+    value = positive(value, name)
+    info = np.finfo(dtype)
+    if value > float(info.max) or 1.0 / value > float(info.max) or value < float(info.tiny):
+        why = "is inf there" if value > float(info.max) else "has an infinite 1/β there"
+        raise ValueError(f"{name}={value:g} does not fit {np.dtype(dtype).name} (finite from {float(info.tiny):.3g} to "
+                         f"{float(info.max):.3g}): it {why}, so what is computed with it would be inf or NaN; "
+                         f"choose a {name} inside that range" + (", or float64 inputs" if np.dtype(dtype) != np.float64
+                                                                 else ""))
+    return value
 
 
 def flag(value, name):

@@ -1,10 +1,18 @@
 """The command line: ``python -m dpo_np <command>``, a thin layer over public functions.
 
-Every option is checked when it is read, and an error names the option (``--seed: must be a
-non-negative integer``), never an internal field; an unknown option close to a known one gets a
-"did you mean", and TRL's spellings of the same options are accepted (``TRL_ALIASES``). Paths a
-command will write are checked before it starts. A command that measures something writes its
-numbers with ``--json PATH``. Ctrl-C during training saves a checkpoint and prints how to resume.
+Every option is checked when it is read, and an error names the option as it was typed (``--seed:
+must be a non-negative integer``), never an internal field (``FIELD_OPTIONS`` turns the package's
+names into the command's options in one place); an unknown option close to a known one gets a "did
+you mean", and TRL's spellings of the same options are accepted (``TRL_ALIASES``).
+
+Before a command starts, everything it was given is checked (``check_before_start``): the options
+that cannot apply together or to this input are refused by name with what to do instead
+(``INAPPLICABLE``), every input must exist, every output must be writable and lie apart from every
+input and from the other outputs (``OUTPUT_ENTRIES`` says what a command writes in a folder), and a
+run whose estimated time or memory is out of reach is refused unless ``--allow-large`` asks for it.
+A command that measures something writes its numbers with ``--json PATH``. Ctrl-C during training
+saves a checkpoint and prints what is true: how to resume where a command can, which stages of a
+pipeline finished and where they are where it cannot.
 
 Every command runs NumPy's BLAS on ``--threads`` threads (``DEFAULT_THREADS`` unless the user set
 OPENBLAS_NUM_THREADS or OMP_NUM_THREADS) and says so first, on stderr.
@@ -18,7 +26,9 @@ import json
 import os
 import re
 import sys
+import time
 
+from dpo_np import cost
 from dpo_np.bench.closed_form import bench_closed_form
 from dpo_np.bench import machine
 from dpo_np.bench.dpo import bench_dpo
@@ -44,16 +54,17 @@ from dpo_np.experiments.rlhf_toy import plot_rlhf, print_rlhf_report, rlhf_seeds
 from dpo_np.experiments.spread import parse_seeds
 from dpo_np.experiments.successors import plot_successors, print_successors_report, run_successors
 from dpo_np.experiments.successors_gpt import plot_successors_gpt, print_successors_gpt_report, run_successors_gpt
-from dpo_np.files import write_json_atomic
+from dpo_np.files import describe_path, overlaps, write_json_atomic
 from dpo_np.generate import beam_search, generate
 from dpo_np.data import format_prompt, prompt_template_of
 from dpo_np.diagnose import diagnose, format_report, read_log
-from dpo_np.losses import LOSS_TYPES
+from dpo_np.losses import LOSS_TYPES, REFERENCE_FREE_LOSS_TYPES
 from dpo_np.pretrained import load_model, save_pretrained
 from dpo_np.progress import plural
 from dpo_np.tokenizer import PROMPT_TEMPLATE, check_prompt_template
 from dpo_np.trainers import DPOConfig
-from dpo_np.training import TrainingInterrupted, check_output_dir, in_use_message, last_checkpoint, lock_holder
+from dpo_np.training import (FINAL_DIR, TrainingInterrupted, check_output_dir, in_use_message, is_run_entry,
+                             last_checkpoint, lock_holder)
 
 #: TRL's (and transformers' TrainingArguments') names for options that mean the same here
 TRL_ALIASES = {"--learning_rate": "--lr", "--per_device_train_batch_size": "--batch-size",
@@ -103,22 +114,210 @@ def _number(kind, low=None, low_open=False, high=None, high_open=False):
 positive_int, non_negative_int, positive_float = _number(int, 1), _number(int, 0), _number(float, 0, low_open=True)
 
 
+# ---- names: the option as it was typed, never an internal field -------------------------------------
+
+#: the package's name for what an option sets (a config field, a function's argument) where it is not
+#: the option's own (``--max-length`` is ``max_length`` everywhere else); see ``in_users_words``
+FIELD_OPTIONS = {"block_size": "max_length", "per_device_train_batch_size": "batch_size", "learning_rate": "lr",
+                 "max_steps": "steps", "num_train_epochs": "epochs", "n_prompts": "prompts",
+                 "overwrite_output_dir": "overwrite", "resume_from_checkpoint": "resume"}
+#: phrases naming a model's own limit, said with the option that gave the model
+MODEL_PHRASES = {"ref_model.config.block_size": ("ref", "the context of {} ({{}} tokens)"),
+                 "model.config.block_size": ("model", "the context of {} ({{}} tokens)")}
+#: English words that are also option names: replaced only where a message uses them as a name
+_IDENTIFIER = re.compile(r"(?<![\w./\-])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)(=True\b)?(?![\w\-])")
+_AS_A_NAME = re.compile(r"\s+must\b|\s*\(\d|\s*=|\s+exceeds\b|:")
+
+
+def option_names(parser, command, typed=None):
+    """{dest: the option as the user would type it} for ``command``: its long option (``--max-length``),
+    TRL's spelling where the user typed that one (``typed``: {ours: as typed}), the metavar of a
+    positional argument."""
+    names = {}
+    for action in _subparsers(parser)[command]._actions:
+        if action.dest in (argparse.SUPPRESS, "help"):
+            continue
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        name = longs[0] if longs else (action.metavar or action.dest.upper())
+        names[action.dest] = (typed or {}).get(name, name)
+    return names
+
+
+def in_users_words(message, names):
+    """``message`` with the package's names of settings (``block_size``, ``per_device_train_batch_size``,
+    ``GPTConfig.n_embd``, ``variance_episodes``, ``skip_invalid=True``) written as the options that set
+    them (``names``: ``option_names``); a name no option of this command sets is left as it is."""
+    for phrase, (dest, words) in MODEL_PHRASES.items():
+        if dest in names:
+            message = re.sub(re.escape(phrase) + r" \((\d+)\)", lambda m: words.format(names[dest]).format(m[1]),
+                             message)
+            message = message.replace(phrase, words.format(names[dest]).split(" (")[0])
+    message = re.sub(r"\bGPTConfig\.(?=[a-z])", "", message)
+
+    def option(m):
+        name, flag = m[1], m[2]
+        dest = FIELD_OPTIONS.get(name, name)
+        if dest not in names or not ("_" in name or flag or _AS_A_NAME.match(message, m.end())):
+            return m[0]
+        return names[dest]          # a flag's "=True" goes: --skip-invalid, not --skip-invalid=True
+    return _IDENTIFIER.sub(option, message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors name options as typed (``typed``: {ours: TRL's spelling})."""
+    typed = {}
+
+    def error(self, message):
+        for ours, theirs in self.typed.items():
+            message = re.sub(re.escape(ours) + r"(?![\w\-])", theirs, message)
+        super().error(message)
+
+
+# ---- what a command reads and writes, checked before it starts ---------------------------------------
+
+#: options naming a file a command reads (every other input is a directory its loader checks first)
+FILE_INPUTS = ("data", "eval_data")
+#: options naming what a command reads: a file (``FILE_INPUTS``), a checkpoint, a logged run
+INPUTS = FILE_INPUTS + ("model", "ref", "reward_model", "sft_checkpoint", "checkpoint", "path")
+#: options naming a file a command writes
+FILE_OUTPUTS = ("json", "figure")
+
+
+def _figure_file(args, name):
+    return name.endswith(".png")
+
+
+def _demo_entry(args, name):
+    if args.seeds is not None:
+        return re.fullmatch(r"seed-\d+", name) is not None
+    return name in ("sft", "dpo", "reward") or (name == "figures" and args.figures_dir is None)
+
+
+def _ppo_gpt_entry(args, name):
+    return (name in ("reward", "ppo", "dpo") or (name == "sft" and args.sft_checkpoint is None)
+            or (name == "figures" and args.draw_figure))
+
+
+#: what a command writes inside its --output-dir, as a test of an entry's name (a command not named
+#: here owns the whole directory: ``export``)
+OUTPUT_ENTRIES = {"sft": lambda args, name: is_run_entry(name), "dpo": lambda args, name: is_run_entry(name),
+                  "reward": lambda args, name: is_run_entry(name), "demo": _demo_entry, "ppo-gpt": _ppo_gpt_entry,
+                  "gridworld": _figure_file, "rlhf": _figure_file, "exact-gpt": _figure_file,
+                  "successors": _figure_file, "figures": _figure_file}
+
+
+def _outputs(args):
+    """[(dest, path, entries)]: each place the command writes; ``entries`` tests the names it writes
+    inside a folder, None for a file (or a folder it owns whole)."""
+    out = [(dest, getattr(args, dest), None) for dest in FILE_OUTPUTS if getattr(args, dest, None)]
+    if getattr(args, "output_dir", None):
+        entries = OUTPUT_ENTRIES.get(args.command)
+        out.append(("output_dir", args.output_dir, entries and (lambda name: entries(args, name))))
+    if getattr(args, "figures_dir", None):
+        out.append(("figures_dir", args.figures_dir, lambda name: _figure_file(args, name)))
+    return out
+
+
+def _writes_at(output, path):
+    """The entry of ``output`` that writing it would replace at ``path`` (the whole path, or the first
+    entry of its folder on the way), or None when ``path`` lies apart from what it writes."""
+    _, where, entries = output
+    if not overlaps(path, where):
+        return None
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(where))
+    first = rel.split(os.sep)[0]
+    if entries is None or rel == "." or entries(first):
+        return os.path.join(where, first) if rel != "." else where
+    return None
+
+
+def check_paths_apart(args):
+    """Refuse, before anything runs, an output that would land on an input (``--json`` the same file as
+    ``--data``; ``--output-dir`` holding ``--model`` in what a run writes there; a file written into a
+    checkpoint read) or on another output; links and hard links are resolved (``files.overlaps``)."""
+    names = args.option_names
+    inputs = [(dest, getattr(args, dest)) for dest in INPUTS if getattr(args, dest, None)]
+    outputs = _outputs(args)
+    for dest, path in inputs:
+        for out in outputs:
+            hit = _writes_at(out, path)
+            if hit is not None and os.path.realpath(hit) == os.path.realpath(path):
+                raise CommandError(f"{names[out[0]]} {out[1]} is {names[dest]} {path}: writing it would replace what "
+                                   f"this command reads; choose another {names[out[0]]}")
+            if hit is not None:
+                raise CommandError(f"{names[out[0]]} {out[1]} would write {hit}, where {names[dest]} {path} lies: the "
+                                   f"command would replace what it reads; choose another {names[out[0]]}")
+            if overlaps(out[1], path) and os.path.isdir(path):
+                raise CommandError(f"{names[out[0]]} {out[1]} lies inside {names[dest]} {path}, which this command "
+                                   f"reads; choose a {names[out[0]]} outside it")
+    for i, a in enumerate(outputs):
+        for b in outputs[i + 1:]:
+            if _writes_at(a, b[1]) is not None or _writes_at(b, a[1]) is not None:
+                raise CommandError(f"{names[a[0]]} {a[1]} and {names[b[0]]} {b[1]}: one would write over the "
+                                   f"other; give them paths apart")
+
+
 def _writable_dir(option, path):
-    """``path`` can be (or is) a directory: not a file, under a parent that can be created."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CommandError(f"{option} {path}: is a file, not a directory")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise CommandError(f"{option} {path}: cannot be created under {parent}")
+    """``path`` can be (or is) a directory that can be written: not a file, under a parent that can
+    be created and written."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise CommandError(f"{option} {path}: is {describe_path(path)}, not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise CommandError(f"{option} {path}: cannot be created, {existing} is {describe_path(existing)}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "cannot be written" if existing == os.path.abspath(path) else f"cannot be created in {existing}"
+        raise CommandError(f"{option} {path}: {what} (no write permission)")
 
 
 def _writable_file(option, path):
-    if path and os.path.isdir(path):
-        raise CommandError(f"{option} {path}: is a directory, not a file")
-    if path:
-        _writable_dir(option, os.path.dirname(os.path.abspath(path)))
+    """``path`` can be written whole (``files.atomic_write``: a new file beside it, then a rename)."""
+    if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+        raise CommandError(f"{option} {path}: is {describe_path(path)}, not a file this command may replace; "
+                           f"give the path of a file")
+    _writable_dir(option, os.path.dirname(os.path.abspath(path)))
+
+
+def _figure_format(option, path):
+    """A --figure path in a format matplotlib writes, checked before the run (without matplotlib
+    installed no figure is drawn, and nothing needs checking)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in formats:
+        raise CommandError(f"{option} {path}: " + (f"the format {ext!r} is not one matplotlib writes" if ext else
+                                                   "has no extension to say its format")
+                           + f"; end it with one of {', '.join('.' + f for f in sorted(formats))}")
+
+
+def check_inputs(args):
+    """Every file input exists and is a regular file (a checkpoint's folder is its loader's to check, first)."""
+    names = args.option_names
+    for dest in FILE_INPUTS:
+        path = getattr(args, dest, None)
+        if path and not (os.path.isfile(path)):
+            why = "no such file" if not os.path.lexists(path) else f"is {describe_path(path)}, not a file"
+            raise CommandError(f"{names[dest]} {path}: {why}")
+    if getattr(args, "path", None) and not os.path.exists(args.path):
+        raise CommandError(f"{names['path']} {args.path}: no such file or directory"
+                           + (f" ({describe_path(args.path)})" if os.path.lexists(args.path) else ""))
+
+
+def check_outputs(args):
+    """Every output can be written: a folder created, a file replaced whole, a figure in a format
+    matplotlib writes."""
+    names = args.option_names
+    for dest, path, entries in _outputs(args):
+        if dest in FILE_OUTPUTS:
+            _writable_file(names[dest], path)
+        else:
+            _writable_dir(names[dest], path)
+        if dest == "figure":
+            _figure_format(names[dest], path)
 
 
 def _refuse_live_run(option, path):
@@ -129,21 +328,30 @@ def _refuse_live_run(option, path):
 
 
 def _check_run_dir(args):
-    """The output directory of a training command: writable, no run live in it, and fresh unless
-    --overwrite/--resume."""
-    _writable_dir("--output-dir", args.output_dir)
-    _refuse_live_run("--output-dir", args.output_dir)
+    """The output directory of a training command: no run live in it, and fresh unless
+    --overwrite/--resume (an overwrite checked whole before anything is deleted)."""
+    n = args.option_names
+    _refuse_live_run(n["output_dir"], args.output_dir)
     if args.resume:
         if last_checkpoint(args.output_dir) is None:
-            raise CommandError(f"--resume: {args.output_dir} holds no checkpoint-<step> to resume from "
-                               f"(save some with --save-steps N)")
+            raise CommandError(f"{n['resume']}: {args.output_dir} holds no checkpoint-<step> to resume from "
+                               f"(save some with {n['save_steps']} N)")
         return
+    _fresh_or_replaceable(args, [args.output_dir], args.output_dir, "an earlier run",
+                          f"{n['overwrite']} to replace that run's files, or {n['resume']} to continue it")
+
+
+def _fresh_or_replaceable(args, paths, output_dir, earlier, choices):
+    """``training.check_output_dir`` for each of ``paths``: fresh, or --overwrite with everything it would
+    delete checked first; returns those that hold files. A refusal names the options as typed."""
+    n = args.option_names
     try:
-        check_output_dir(args.output_dir, args.overwrite)
-    except ValueError:
-        raise CommandError(f"--output-dir {args.output_dir} already holds an earlier run; choose a new "
-                           f"--output-dir, pass --overwrite to replace that run's files, or --resume to "
-                           f"continue it") from None
+        return [path for path in paths if check_output_dir(path, args.overwrite)]
+    except (PermissionError, ValueError) as err:
+        if args.overwrite:
+            raise CommandError(f"{n['overwrite']}: {err}") from None
+        raise CommandError(f"{n['output_dir']} {output_dir} already holds {earlier}; choose a new {n['output_dir']}, "
+                           f"pass {choices}") from None
 
 
 def _json(args, result):
@@ -154,7 +362,8 @@ def _json(args, result):
 
 
 def _options(args):
-    return {k: v for k, v in vars(args).items() if k not in ("func", "command", "blas_threads")}
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command", "blas_threads", "option_names",
+                                                              "given")}
 
 
 def _plain(obj):
@@ -170,7 +379,8 @@ def _plain(obj):
 
 def _run_options(args):
     return dict(output_dir=args.output_dir, seed=args.seed, save_steps=args.save_steps, resume=args.resume,
-                overwrite=args.overwrite, show_progress=not args.quiet)
+                overwrite=args.overwrite, show_progress=not args.quiet, skip_invalid=args.skip_invalid,
+                allow_large=args.allow_large)
 
 
 def _lengths(args):
@@ -197,66 +407,199 @@ def _check_dpo_options(args):
         DPOConfig(output_dir=args.output_dir, beta=args.beta, loss_type=args.loss_type,
                   label_smoothing=args.label_smoothing)
     except (TypeError, ValueError) as err:
-        message = str(err).removeprefix("DPOConfig: ")
-        for name in ("label_smoothing", "loss_type", "beta"):
-            message = re.sub(rf"(?<![\w-]){name}\b", "--" + name.replace("_", "-"), message)
-        raise CommandError(message) from None
+        raise CommandError(in_users_words(str(err).removeprefix("DPOConfig: "), args.option_names)) from None
+
+
+# ---- options that cannot apply ---------------------------------------------------------------------
+
+def _greedy(a):
+    return hasattr(a, "num_beams") and a.num_beams == 1 and not a.temperature > 0
+
+
+#: (options given together, when they cannot apply (None: never), why and what to do instead): each a
+#: refusal naming the options as typed (``n``: ``option_names``), never an option silently ignored
+INAPPLICABLE = (
+    (("resume", "overwrite"), None, lambda n, a: f"{n['resume']} continues the run in {n['output_dir']} and "
+                                                 f"{n['overwrite']} replaces it: give one of them"),
+    (("steps", "epochs"), None, lambda n, a: f"{n['steps']} fixes the run's length, so {n['epochs']} would change "
+                                             f"nothing: give one of them"),
+    (("seed", "seeds"), None, lambda n, a: f"{n['seeds']} runs every seed it names, so {n['seed']} would change "
+                                           f"nothing: give one of them"),
+    *((("model", size), None, lambda n, a, size=size: f"{n[size]} sets the size of a new model, and {n['model']} "
+                                                      f"{a.model} brings its own: drop {n[size]}, or drop {n['model']} "
+                                                      f"to train a new model")
+      for size in ("n_layer", "n_head", "n_embd", "block_size")),
+    (("eval_data",), lambda a: a.data is None, lambda n, a: f"{n['eval_data']} needs {n['data']}: the toy corpus "
+                                                            f"brings its own validation split"),
+    (("skip_invalid",), lambda a: a.data is None, lambda n, a: f"{n['skip_invalid']} needs {n['data']}: the toy "
+                                                               f"corpus holds no invalid record"),
+    (("ref",), lambda a: getattr(a, "loss_type", None) in REFERENCE_FREE_LOSS_TYPES,
+     lambda n, a: f"{n['loss_type']} {a.loss_type} reads no reference model, so {n['ref']} would change nothing: "
+                  f"drop it"),
+    *(((opt,), _greedy, lambda n, a, opt=opt: f"{n[opt]} changes nothing in greedy decoding (no "
+                                              f"{n['temperature']}): add {n['temperature']} T with T > 0 to sample, "
+                                              f"or drop {n[opt]}")
+      for opt in ("top_k", "top_p", "seed")),
+    *((("num_beams", opt), lambda a: a.num_beams > 1,
+       lambda n, a, opt=opt: f"beam search ({n['num_beams']} {a.num_beams}) keeps the likeliest continuations and "
+                             f"samples nothing, so {n[opt]} would change nothing: drop {n[opt]}, or "
+                             f"{n['num_beams']} to sample")
+      for opt in ("temperature", "top_k", "top_p", "seed")),
+    (("figures_dir", "seeds"), None, lambda n, a: f"{n['seeds']} draws no figures (each seed is a row of its "
+                                                  f"table), so {n['figures_dir']} would change nothing: drop it, or "
+                                                  f"run one {n['seed']} for its figures"),
+)
+
+
+def given_options(parser, argv):
+    """The dests of the options typed in ``argv`` (abbreviations and ``--x=v`` included): parsed again
+    with every default suppressed, so what remains is what the user gave, whatever its value."""
+    for sub in _subparsers(parser).values():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv)
+    return set(vars(given)) - {"command", "func"}
+
+
+def refuse_inapplicable(args):
+    """Refuse the first option in ``INAPPLICABLE`` that was given where it cannot apply."""
+    names = args.option_names
+    for dests, when, why in INAPPLICABLE:
+        if set(dests) <= args.given and (when is None or when(args)):
+            raise CommandError(why(names, args))
+
+
+# ---- what a run will cost, before it starts ---------------------------------------------------------
+
+#: the toy commands' runs in seconds, measured on a 2-core machine that other work was using (so on the
+#: slow side): a default run's time, or rates per unit of work where a size moves it far
+GRIDWORLD_SECONDS, GRIDWORLD_MOVES = 13.0, 40 * (2 * 800 * 32 + 4 * 5 * 2000)   # default: horizon × episodes
+CLOSED_FORM_RATES = {"cell_step": 6e-8, "pair": 1e-6, "cell": 2e-6, "cell_bytes": 250, "pair_bytes": 48}
+SEED_SECONDS = {"rlhf": (90.0, 8.0), "successors": (35.0, 3.0), "exact-gpt": (20.0, 2.0), "demo": (80.0, 5.0)}
+
+
+def _sizes(args, *dests):
+    """The size options the user gave, as typed with their values ("--horizon 100000"), for a cost's message."""
+    given = [f"{args.option_names[d]} {getattr(args, d)}" for d in dests if d in args.given]
+    return ", ".join(given) or "the defaults"
+
+
+def _estimate_gridworld(args):
+    moves = args.horizon * (2 * args.iterations * args.episodes + 4 * args.variance_seeds * args.variance_episodes)
+    episodes = max(args.episodes, args.variance_episodes)
+    return (_sizes(args, "horizon", "iterations", "episodes", "variance_episodes", "variance_seeds"),
+            GRIDWORLD_SECONDS * moves / GRIDWORLD_MOVES, 2 * 25 * episodes * args.horizon)
+
+
+def _estimate_closed_form(args):
+    r = CLOSED_FORM_RATES
+    cells = args.prompts * args.vocab_size ** args.length                 # prompts × responses
+    pairs, steps, runs = args.pairs or 2_000_000, args.steps or 1000, 3 if args.compare else 1
+    seconds = runs * (r["cell_step"] * steps * cells + r["pair"] * pairs) + r["cell"] * cells
+    return (_sizes(args, "vocab_size", "length", "prompts", "pairs", "steps"), seconds,
+            r["cell_bytes"] * cells + r["pair_bytes"] * pairs)
+
+
+def _estimate_seeds(args):
+    """The commands whose time is a default run's per seed, scaled by the sizes they take."""
+    full, quick = SEED_SECONDS[args.command]
+    seconds = quick if args.quick else full
+    scale = {"rlhf": (("steps", 1000), ("samples", 64), ("pairs", 2_000_000)),
+             "successors": (("steps", 1000), ("samples", 16), ("pairs", 100_000)),
+             "demo": (("sft_steps", 1200), ("dpo_steps", 200))}.get(args.command, ())
+    factor = max([1.0] + [getattr(args, d) / default for d, default in scale if getattr(args, d, None)])
+    pairs = getattr(args, "pairs", None) or 0
+    return (_sizes(args, "seeds", *(d for d, _ in scale)), seconds * factor * len(args.seed_list or [0]),
+            48 * pairs * 4)
+
+
+#: each command's estimate of (the sizes that make it, seconds, bytes), checked by ``cost.check``
+ESTIMATES = {"gridworld": _estimate_gridworld, "closed-form": _estimate_closed_form, "rlhf": _estimate_seeds,
+             "successors": _estimate_seeds, "exact-gpt": _estimate_seeds, "demo": _estimate_seeds}
 
 
 # ---- the commands ------------------------------------------------------------------------------
 
 def _demo(args):
-    if args.seeds:
-        return _demo_seeds(args)
-    _check_run_dir_for_demo(args, args.output_dir)
+    overrides = {k: v for k, v in (("sft_steps", args.sft_steps), ("dpo_steps", args.dpo_steps),
+                                   ("beta", args.beta)) if v is not None}
+    if args.seeds is not None:
+        return _demo_seeds(args, overrides)
+    _check_stages(args, args.output_dir)
     result = run_demo(output_dir=args.output_dir, figures_dir=args.figures_dir, quick=args.quick, seed=args.seed,
-                      show_progress=not args.quiet, overwrite=args.overwrite, **_demo_overrides(args))
+                      show_progress=not args.quiet, overwrite=args.overwrite, **overrides)
     _json(args, {k: result[k] for k in ("before", "after", "answers", "families", "config", "seconds", "best_steps")})
     return 0
 
 
-def _demo_overrides(args):
-    return {k: v for k, v in (("sft_steps", args.sft_steps), ("dpo_steps", args.dpo_steps), ("beta", args.beta))
-            if v is not None}
-
-
-def _check_run_dir_for_demo(args, output_dir):
-    _writable_dir("--output-dir", output_dir)
-    for stage in ("sft", "dpo", "reward"):
-        _refuse_live_run("--output-dir", os.path.join(output_dir, stage))
-        try:
-            check_output_dir(os.path.join(output_dir, stage), args.overwrite)
-        except ValueError:
-            raise CommandError(f"--output-dir {output_dir} already holds an earlier demo; choose a new "
-                               f"--output-dir or pass --overwrite to replace it") from None
-
-
-def _demo_seeds(args):
+def _demo_seeds(args, overrides):
     from dpo_np.experiments.seeds import run_seeds
-    seeds = _seed_list(args.seeds)
-    for seed in seeds:
-        _check_run_dir_for_demo(args, os.path.join(args.output_dir, f"seed-{seed}"))
-    result = run_seeds(seeds, output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite,
-                       show_progress=not args.quiet, **_demo_overrides(args))
+    for seed in args.seed_list:
+        _check_stages(args, os.path.join(args.output_dir, f"seed-{seed}"))
+    result = run_seeds(args.seed_list, output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite,
+                       show_progress=not args.quiet, **overrides)
     _json(args, result)
     return 0
 
 
-def _seed_list(text):
+# ---- the stages of a pipeline (demo, ppo-gpt): what is there, what an overwrite replaces ----------------
+
+#: the stages a pipeline command trains, each in a folder of its own under --output-dir
+STAGES = {"demo": ("sft", "dpo", "reward"), "ppo-gpt": ("sft", "reward", "ppo", "dpo")}
+
+
+def _stage_state(path, since=None):
+    """A stage folder in words: "finished (its model in …/final)", "stopped at …/checkpoint-N", "not
+    started"; with ``since`` (a start time) only what this run wrote counts, the rest is "an earlier run's"."""
+    final = os.path.join(path, FINAL_DIR)
+    newest = max((os.stat(p).st_mtime for p in (path, final, os.path.join(path, "metrics.jsonl"))
+                  if os.path.exists(p)), default=None)
+    if newest is None or not os.listdir(path):
+        return "not started"
+    if since is not None and newest < since:
+        return f"not started in this run ({path} still holds an earlier run's files)"
+    if os.path.isdir(final):
+        return f"finished, its model in {final}"
+    last = last_checkpoint(path)
+    return f"stopped, saved {last}" if last else f"stopped before saving anything ({path})"
+
+
+def _stage_report(args, since=None):
+    """One line per stage of a demo or ppo-gpt run (per seed with --seeds)."""
+    roots = ([os.path.join(args.output_dir, f"seed-{seed}") for seed in args.seed_list]
+             if getattr(args, "seed_list", None) else [args.output_dir])
+    return [f"  {os.path.join(root, stage) if len(roots) > 1 else stage}: "
+            f"{_stage_state(os.path.join(root, stage), since)}" for root in roots for stage in STAGES[args.command]]
+
+
+def _check_stages(args, output_dir):
+    """The stage folders of a demo or ppo-gpt run: none in use by a live run, and fresh unless
+    --overwrite, which is checked whole before anything is deleted and says what it replaces."""
+    option = args.option_names["output_dir"]
+    paths = [os.path.join(output_dir, stage) for stage in STAGES[args.command]]
+    for path in paths:
+        _refuse_live_run(option, path)
+    held = _fresh_or_replaceable(args, paths, output_dir, f"an earlier {args.command} run",
+                                 f"{args.option_names['overwrite']} to replace it")
+    if held:
+        print(f"{args.option_names['overwrite']}: replacing the earlier {args.command} run in {output_dir}, stage "
+              f"by stage as this one reaches it:\n" + "\n".join(
+                  f"  {os.path.basename(p)}: {_stage_state(p)}" for p in held), file=sys.stderr)
+
+
+def _seed_list(text, option="--seeds"):
     try:
-        return parse_seeds(text)
+        return parse_seeds(text, option)
     except ValueError as err:
         raise CommandError(str(err)) from None
 
 
 def _seeds_of(args):
-    """--seeds as a list (None when absent); --seed beside it would be ignored, so it is refused."""
+    """--seeds as a list (None when absent, and --seed then defaults to 0)."""
     if args.seeds is None:
         args.seed = 0 if args.seed is None else args.seed
-        return None
-    if args.seed is not None:
-        raise CommandError("--seed and --seeds: give one (--seeds runs every seed it names)")
-    return _seed_list(args.seeds)
+    return args.seed_list
 
 
 def _seed_report(args, result):
@@ -266,6 +609,15 @@ def _seed_report(args, result):
 
 
 def _sft(args):
+    if args.block_size is not None:                # the option's old name: a new model's context
+        if "max_length" in args.given and args.max_length != args.block_size:
+            raise CommandError(f"--block-size {args.block_size} and {args.option_names['max_length']} "
+                               f"{args.max_length}: --block-size is the old name of {args.option_names['max_length']}; "
+                               f"give that one alone")
+        print(f"--block-size is deprecated: it is {args.option_names['max_length']} now (a new model's context, and "
+              f"the length every example is cut to); read as {args.option_names['max_length']} {args.block_size}",
+              file=sys.stderr)
+        args.max_length = args.block_size
     _check_run_dir(args)
     result = runs.run_sft(data=args.data, eval_data=args.eval_data, model=args.model, steps=args.steps,
                           epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, n_layer=args.n_layer,
@@ -276,7 +628,6 @@ def _sft(args):
 
 
 def _dpo(args):
-    _check_dpo_options(args)
     _check_run_dir(args)
     result = runs.run_dpo(data=args.data, model=args.model, ref=args.ref, eval_data=args.eval_data, beta=args.beta,
                           loss_type=args.loss_type, label_smoothing=args.label_smoothing, steps=args.steps,
@@ -298,7 +649,7 @@ def _reward(args):
 def _evaluate(args):
     result = runs.run_evaluate(model=args.model, ref=args.ref, data=args.data, prompts=args.prompt or [],
                                beta=args.beta, kl_samples=args.kl_samples, reward_model=args.reward_model,
-                               seed=args.seed)
+                               seed=args.seed, skip_invalid=args.skip_invalid, allow_large=args.allow_large)
     _json(args, result)
     return 0
 
@@ -348,7 +699,6 @@ def _figure(plot, result, path):
 
 
 def _gridworld(args):
-    _writable_dir("--output-dir", args.output_dir or ".")
     settings = dict(gamma=args.gamma, iterations=args.iterations, episodes=args.episodes, horizon=args.horizon,
                     lr=args.lr, variance_episodes=args.variance_episodes, variance_seeds=args.variance_seeds)
     seeds = _seeds_of(args)
@@ -366,7 +716,6 @@ def _gridworld(args):
 
 
 def _rlhf(args):
-    _writable_dir("--output-dir", args.output_dir or ".")
     settings = dict(RLHF_QUICK) if args.quick else {}
     settings.update({k: v for k, v in (("beta", args.beta), ("steps", args.steps), ("samples", args.samples),
                                        ("pairs", args.pairs)) if v is not None})
@@ -396,9 +745,7 @@ def _rlhf_figures(args, result):
 
 def _exact_gpt(args):
     from dpo_np.experiments.exact_gpt import plot_exact_gpt, print_report, run_exact_gpt
-    seeds = _seed_list(args.seeds)
-    _writable_dir("--output-dir", args.output_dir or ".")
-    result = run_exact_gpt(seeds=seeds, quick=args.quick, progress=not args.quiet)
+    result = run_exact_gpt(seeds=args.seed_list, quick=args.quick, progress=not args.quiet)
     print_report(result)
     _json(args, result)
     _figure(plot_exact_gpt, result, args.output_dir and os.path.join(args.output_dir, "exact_gpt.png"))
@@ -406,18 +753,17 @@ def _exact_gpt(args):
 
 
 def _successors(args):
-    _writable_dir("--output-dir", args.output_dir or ".")
-    seeds = _seed_list(args.seeds)
-    # given, an option sets every run it applies to; left out, each run keeps its own default
     overrides = {k: v for k, v in (("beta", args.beta), ("pairs", args.pairs), ("steps", args.steps),
                                    ("samples", args.samples)) if v is not None}
+    # given, an option sets every run it applies to; left out, each run keeps its own default
     result, seconds = {}, 0.0
     if args.policy in ("table", "both"):
-        result = run_successors(seeds=seeds, quick=args.quick, progress=not args.quiet, **overrides)
+        result = run_successors(seeds=args.seed_list, quick=args.quick, progress=not args.quiet, **overrides)
         print_successors_report(result)
         seconds += result["seconds"]["total"]
     if args.policy in ("gpt", "both"):
-        result["gpt"] = run_successors_gpt(seeds=seeds, quick=args.quick, progress=not args.quiet, **overrides)
+        result["gpt"] = run_successors_gpt(seeds=args.seed_list, quick=args.quick, progress=not args.quiet,
+                                           **overrides)
         print_successors_gpt_report(result["gpt"])
         seconds += result["gpt"]["seconds"]["total"]
     print(f"({seconds:.1f} s)")
@@ -429,30 +775,37 @@ def _successors(args):
     return 0
 
 
+#: the README's figures, committed beside the package; --quick's drafts go elsewhere
+README_FIGURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures")
+QUICK_FIGURES = "runs/figures_quick"
+
+
+def _figures_output(args):
+    """``figures``' folder: the README's ``figures`` unless --quick, whose drafts never go there."""
+    if args.output_dir is None:
+        args.output_dir = QUICK_FIGURES if args.quick else "figures"
+    if args.quick and (overlaps(args.output_dir, README_FIGURES) or os.path.normpath(args.output_dir) == "figures"):
+        raise CommandError(f"--quick draws drafts from small runs, not the README's figures, so it never writes into "
+                           f"{args.output_dir}: choose another {args.option_names['output_dir']} (default "
+                           f"{QUICK_FIGURES})")
+
+
 def _figures(args):
     if importlib.util.find_spec("matplotlib") is None:
         raise CommandError('figures needs matplotlib: pip install "dpo-np[plot]"')
-    _writable_dir("--output-dir", args.output_dir)
     paths = make_figures(args.output_dir, only=args.only, quick=args.quick)
     print(f"figures: {len(paths)} written to {args.output_dir}")
     return 0
 
 
 def _ppo_gpt(args):
-    _writable_dir("--output-dir", args.output_dir)
     seeds = _seeds_of(args)
     if seeds is not None and args.sft_checkpoint:
-        raise CommandError("--sft-checkpoint and --seeds: one SFT model cannot stand for every seed's own data split "
-                           "and π^SFT; drop --sft-checkpoint, or run one --seed")
-    run_dirs = [args.output_dir] if seeds is None else [os.path.join(args.output_dir, f"seed-{s}") for s in seeds]
-    for run_dir in run_dirs:
-        for stage in ("sft", "reward", "ppo", "dpo"):
-            _refuse_live_run("--output-dir", os.path.join(run_dir, stage))
-            try:
-                check_output_dir(os.path.join(run_dir, stage), args.overwrite)
-            except ValueError:
-                raise CommandError(f"--output-dir {args.output_dir} already holds an earlier ppo-gpt run; choose a "
-                                   f"new --output-dir or pass --overwrite to replace it") from None
+        raise CommandError(f"{args.option_names['sft_checkpoint']} and {args.option_names['seeds']}: one SFT model "
+                           f"cannot stand for every seed's own data split and π^SFT; drop "
+                           f"{args.option_names['sft_checkpoint']}, or run one --seed")
+    for root in ([args.output_dir] if seeds is None else [os.path.join(args.output_dir, f"seed-{s}") for s in seeds]):
+        _check_stages(args, root)
     if args.draw_figure and importlib.util.find_spec("matplotlib") is None:
         print('matplotlib is not installed, so no figure: pip install "dpo-np[plot]"')
     overrides = {k: v for k, v in (("beta", args.beta), ("ppo_steps", args.ppo_steps), ("dpo_steps", args.dpo_steps))
@@ -476,19 +829,24 @@ def _generate(args):
         raise CommandError(_model_hint(args.model, err)) from None
     if args.prompt_template is not None:
         tokenizer.prompt_template = args.prompt_template
-    for prompt in args.prompts:
-        ids = tokenizer.encode(format_prompt(prompt, prompt_template_of(tokenizer)))
+    template = prompt_template_of(tokenizer)
+    encoded = [tokenizer.encode(format_prompt(prompt, template)) for prompt in args.prompts]
+    for prompt, ids in zip(args.prompts, encoded):          # every prompt checked before the first answer
+        if len(ids) >= model.config.block_size:
+            raise CommandError(f"prompt {prompt!r} is {len(ids)} tokens in its template, and the model reads at most "
+                               f"{model.config.block_size}: no room is left for an answer; shorten it")
+    for prompt, ids in zip(args.prompts, encoded):
         room = model.config.block_size - len(ids)
-        if room <= 0:
-            raise CommandError(f"prompt {prompt!r} is {len(ids)} tokens, the model reads at most "
-                               f"{model.config.block_size}")
+        if args.max_new_tokens > room:
+            print(f"{args.option_names['max_new_tokens']} {args.max_new_tokens}: at most {room} for prompt {prompt!r}, "
+                  f"the room its {len(ids)} tokens leave in the model's {model.config.block_size}", file=sys.stderr)
         n = min(args.max_new_tokens, room)
         if args.num_beams > 1:
             out = beam_search(model, ids, n, num_beams=args.num_beams, eos_token_id=tokenizer.eos_token_id)
         else:
             out = generate(model, ids, n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            do_sample=args.temperature > 0, eos_token_id=tokenizer.eos_token_id, seed=args.seed)
-        print(format_prompt(prompt, prompt_template_of(tokenizer)) + tokenizer.decode(out[len(ids):]))
+        print(format_prompt(prompt, template) + tokenizer.decode(out[len(ids):]))
     return 0
 
 
@@ -519,10 +877,6 @@ def _export(args):
 
 def _diagnose(args):
     log = read_log(args.path)
-    for option in ("json", "figure"):
-        out = getattr(args, option)
-        if out and os.path.realpath(out) == os.path.realpath(log["source"]["file"]):
-            raise CommandError(f"--{option} {out}: is the file being diagnosed; choose another path")
     report = diagnose(log)
     print(format_report(report, quiet=args.quiet))
     _figure(lambda r, path: plot_diagnosis(log["rows"], r, path), report, args.figure)
@@ -556,6 +910,22 @@ def _run_args(p, default_dir):
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --output-dir")
     p.add_argument("--json", metavar="PATH", help="write the run's numbers (and its options) to PATH (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    _data_args(p)
+
+
+def _data_args(p):
+    """What a command that reads one's own JSONL takes beyond its files: leave invalid records out, and run
+    what an estimate up front finds too large."""
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="leave out the records a file cannot hold (invalid JSON, a missing key, a repeated pair, ...) "
+                        "and say how many and why (default: the first one is an error naming its line)")
+    _allow_large(p)
+
+
+def _allow_large(p):
+    p.add_argument("--allow-large", action="store_true",
+                   help="run even when the estimate made before starting says it needs more than half of this "
+                        "machine's memory or more than an hour (default: such a run is refused, with the estimate)")
 
 
 def _size_args(p, command, lr, batch_size):
@@ -610,7 +980,7 @@ def _subparsers(parser):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m dpo_np",
+    parser = _Parser(prog="python -m dpo_np",
                                      description="Direct Preference Optimization from first principles, in NumPy.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -638,6 +1008,7 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
     p.add_argument("--json", metavar="PATH", help="write every number of the table to PATH (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicators")
+    _allow_large(p)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("sft", help="supervised fine-tuning: the toy corpus, or --data FILE.jsonl",
@@ -652,6 +1023,8 @@ def build_parser():
     p.add_argument("--n-layer", type=positive_int, default=3, help="transformer blocks of a new model (default 3)")
     p.add_argument("--n-head", type=positive_int, default=4, help="attention heads (default 4)")
     p.add_argument("--n-embd", type=positive_int, default=96, help="channels (default 96)")
+    p.add_argument("--block-size", type=_number(int, 2), default=None,
+                   help="deprecated: the old name of --max-length, a new model's context (default: --max-length)")
     p.add_argument("--prompt", action="append", help="a question to answer greedily at the end (repeatable; default: "
                                                      "none, the notes' three for the toy corpus)")
     _run_args(p, "runs/sft")
@@ -705,6 +1078,7 @@ def build_parser():
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the sampling (default 0)")
     p.add_argument("--json", metavar="PATH", help="write the numbers to PATH (default: none; evaluate writes "
                                                   "nothing else)")
+    _data_args(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("closed-form", help="DPO on sampled preferences recovers the exact RLHF optimum π*",
@@ -728,6 +1102,7 @@ def build_parser():
                         "the first seed's; needs matplotlib)")
     p.add_argument("--json", metavar="PATH", help="write the numbers to PATH (default: none)")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not the table as it trains")
+    _allow_large(p)
     p.set_defaults(func=_closed_form)
 
     p = sub.add_parser("gridworld", help="the notes' cat: value iteration and REINFORCE on a grid",
@@ -751,6 +1126,7 @@ def build_parser():
     p.add_argument("--output-dir", default="runs/gridworld", help="where the figure goes (default runs/gridworld; "
                                                                  "'' for none; with --seeds, the first seed's)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    _allow_large(p)
     p.set_defaults(func=_gridworld)
 
     p = sub.add_parser("rlhf", help="RLHF by REINFORCE and PPO beside DPO, against the exact optimum and frontier",
@@ -775,6 +1151,7 @@ def build_parser():
     p.add_argument("--output-dir", default="runs/rlhf", help="where the figures go (default runs/rlhf; '' for none; "
                                                             "with --seeds, the first seed's)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    _allow_large(p)
     p.set_defaults(func=_rlhf)
 
     p = sub.add_parser("exact-gpt", help="DPO's failure modes measured exactly: the tiny GPT on an enumerated set",
@@ -789,6 +1166,7 @@ def build_parser():
     p.add_argument("--json", default=None, metavar="PATH", help="also write the measured numbers to PATH (default: none)")
     p.add_argument("--output-dir", default="runs/exact_gpt", help="where the figure goes (default runs/exact_gpt; '' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    _allow_large(p)
     p.set_defaults(func=_exact_gpt)
     p = sub.add_parser("successors", help="SimPO, ORPO, KTO, RLOO, GRPO and Dr. GRPO beside DPO and IPO, against π*",
                        description="On an enumerated problem (responses of 1 to 4 tokens) every method trains from "
@@ -815,6 +1193,7 @@ def build_parser():
     p.add_argument("--output-dir", default="runs/successors",
                    help="where the figure goes (default runs/successors; '' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress indicator")
+    _allow_large(p)
     p.set_defaults(func=_successors)
 
     p = sub.add_parser("figures", help="draw every figure the README shows into figures/, from seeds",
@@ -823,7 +1202,8 @@ def build_parser():
                                    "and draw its figures into --output-dir. "
                                    "The only command that writes into figures/. Several minutes on 2 cores; ppo-gpt's "
                                    "three seeds alone take about 3 minutes of CPU.")
-    p.add_argument("--output-dir", default="figures", help="where the figures go (default figures)")
+    p.add_argument("--output-dir", default=None,
+                   help=f"where the figures go (default figures; with --quick {QUICK_FIGURES}, never figures/)")
     p.add_argument("--only", nargs="+", choices=[name for name, _ in FIGURES],
                    help="draw only these groups (default: every one)")
     p.add_argument("--quick", action="store_true", help="small runs: seconds, for checking, not the README's figures")
@@ -1007,30 +1387,80 @@ def _unknown_options(parser, command, unknown):
     sub.error(f"unrecognized arguments: {' '.join(unknown)}" + ("; " + "; ".join(hints) if hints else ""))
 
 
-def main(argv=None):
+#: a command's own checks of its options, before its paths (a default that depends on another option)
+OPTION_CHECKS = {"dpo": _check_dpo_options, "figures": _figures_output}
+
+
+def check_before_start(args):
+    """Everything a command was given, checked before its first step: options that cannot apply
+    together, file inputs, writable outputs apart from every input, and the estimated cost."""
+    seeds = getattr(args, "seeds", None)
+    args.seed_list = None if seeds is None else _seed_list(seeds, args.option_names["seeds"])
+    refuse_inapplicable(args)
+    if args.command in OPTION_CHECKS:
+        OPTION_CHECKS[args.command](args)
+    check_inputs(args)
+    check_paths_apart(args)
+    check_outputs(args)
+    if args.command in ESTIMATES:
+        what, seconds, memory = ESTIMATES[args.command](args)
+        cost.check(what, memory=memory, seconds=seconds, allow_large=args.allow_large)
+
+
+def _parse(argv):
+    """``(args, argv as parsed)``: TRL's spellings read as ours, and each option's name as the user typed it
+    kept for the messages (``args.option_names``), with the set of options given (``args.given``)."""
     parser = build_parser()
-    argv = _trl_spellings(list(sys.argv[1:] if argv is None else argv), parser)
-    args, unknown = parser.parse_known_args(argv)
+    parsed = _trl_spellings(argv, parser)
+    typed = {ours: theirs for ours, theirs in zip(parsed, argv) if ours != theirs and ours.startswith("--")}
+    typed = {o.split("=")[0]: t.split("=")[0] for o, t in typed.items()}
+    for sub in _subparsers(parser).values():
+        sub.typed = typed
+    args, unknown = parser.parse_known_args(parsed)
     if unknown:
         _unknown_options(parser, args.command, unknown)
+    args.option_names = option_names(parser, args.command, typed)
+    args.given = given_options(build_parser(), parsed)
+    return args, parsed
+
+
+def _interrupted(args, argv, stop, started):
+    """What is true after Ctrl-C: where a command can resume, how; where it cannot (demo, ppo-gpt),
+    which stages finished and where they are, and that --overwrite would replace them."""
+    lines = [f"\ninterrupted" + (f": {stop}" if str(stop) else "")]
+    if isinstance(stop, TrainingInterrupted) and "resume" in args.option_names:
+        if stop.finished:
+            lines[0] += ". Nothing is left to resume: the run finished"
+        else:
+            again = " ".join(a for a in argv if a not in ("--resume", "--overwrite", "--overwrite_output_dir"))
+            lines[0] += f". Continue with: python -m dpo_np {again} {args.option_names['resume']}"
+    elif args.command in STAGES and getattr(args, "output_dir", None):
+        lines.append(f"{args.command} has no --resume; the stages of this run:")
+        lines += _stage_report(args, since=started)
+        lines.append(f"running it again needs a new {args.option_names['output_dir']}, or "
+                     f"{args.option_names['overwrite']}, which replaces every stage above, finished ones too"
+                     + (f" (keep the SFT stage with {args.option_names['sft_checkpoint']} "
+                        f"{os.path.join(args.output_dir, 'sft', FINAL_DIR)})"
+                        if args.command == "ppo-gpt" and not args.sft_checkpoint else ""))
+    print("\n".join(lines), file=sys.stderr)
+    return 130
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, parsed = _parse(argv)
+    started = time.time()
     try:
-        for option in ("json", "figure"):
-            _writable_file(f"--{option}", getattr(args, option, None))
-        if getattr(args, "figures_dir", None):
-            _writable_dir("--figures-dir", args.figures_dir)
+        check_before_start(args)
         with blas_threads(args.threads) as threads:
             print(threads["line"], file=sys.stderr)
             args.blas_threads = {k: threads[k] for k in ("threads", "from")}
             return args.func(args)
-    except TrainingInterrupted as stop:
-        again = " ".join(a for a in argv if a != "--resume")
-        print(f"\ninterrupted: {stop}. Continue with: python -m dpo_np {again} --resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
+    except KeyboardInterrupt as stop:
+        return _interrupted(args, argv, stop, started)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError, MemoryError) as err:
         if os.environ.get("DPO_NP_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err) if isinstance(err, CommandError) else in_users_words(str(err), args.option_names)
+        print(f"error: {message or type(err).__name__}", file=sys.stderr)
         return 2

@@ -20,11 +20,15 @@ JSONL rules (both loaders):
 - blank (whitespace-only) lines hold no record and are ignored — they are
   counted in the report and line numbers still count them, so a reported line
   is the line an editor shows;
-- a record is invalid when its line is not JSON, it is not an object, a
-  required key is missing, a value is not a string, a value is empty or only
-  whitespace, it repeats an earlier record (the same required values),
-  (preferences only) chosen == rejected, or it is a conversation that one
-  prompt and one answer cannot hold.
+- a record is invalid when its line is not JSON (or names one key twice, so
+  that which value is meant is unclear), it is not an object, a required key is
+  missing, a value is not a string, a value is empty or only whitespace,
+  (preferences and unpaired data) it repeats an earlier record (the same
+  required values), (preferences only) chosen == rejected, or it is a
+  conversation that one prompt and one answer cannot hold;
+- an SFT record that repeats an earlier one is kept: SFT files repeat lines on
+  purpose, to weigh them more. The repeats are counted (``"duplicates"`` in the
+  report) and warned about (``DataWarning``), with the first places.
 
 By default the first invalid record raises ``ValueError`` naming the file and
 line (``data.jsonl:7``), or the list index (``records[6]``) for an in-memory
@@ -37,7 +41,9 @@ disappears unseen::
      "problems": [{"where": "data.jsonl:4", "line": 4, "reason": "empty",
                    "message": "data.jsonl:4: 'chosen' is empty"}, ...]}
 
-(``read`` counts records, not blank lines; ``line`` is the list index for a list.)
+(``read`` counts records, not blank lines; ``line`` is the list index for a list.) The records
+come back as ``Records``, a list that remembers where each was read, so that a problem found
+later (in tokenizing) still names its line when the list is passed on.
 
 TRL's conversational records are read too, where they hold one question and its answers: a
 ``"prompt"`` of one user message ``[{"role": "user", "content": x}]`` with ``"chosen"`` and
@@ -64,12 +70,12 @@ cut records is warned about (``warn_truncation``).
 
 import json
 import os
-import stat
 import warnings
 
 import numpy as np
 
 from dpo_np import backend, checks
+from dpo_np.files import DuplicateKeyError, json_error, loads_json, require_file
 from dpo_np.progress import plural
 from dpo_np.tokenizer import PROMPT_TEMPLATE
 
@@ -87,6 +93,15 @@ TRUNCATION_WARNING_SHARE = 0.1    # warn when the length limits cut more than th
 
 class DataWarning(UserWarning):
     """Records that load fine but arrive damaged at the model (see ``find_damage``)."""
+
+
+class Records(list):
+    """Records with where each was read (``data.jsonl:7``) and the source's name: what the loaders
+    return, so a list passed on as a dataset still names a problem's file and line."""
+
+    def __init__(self, records, wheres, source):
+        super().__init__(records)
+        self.wheres, self.source = list(wheres), source
 
 
 class TruncationWarning(DataWarning):
@@ -208,11 +223,12 @@ def _entries(source):
     (invalid JSON or UTF-8); blank lines are yielded with record ``_BLANK``.
     """
     if isinstance(source, (list, tuple)):
+        wheres = source.wheres if isinstance(source, Records) else None
         for i, record in enumerate(source):
-            yield f"records[{i}]", i, record, None
+            yield (wheres[i] if wheres else f"records[{i}]"), i, record, None
         return
     path = os.fspath(source)
-    _check_regular_file(path)
+    require_file(path, "JSONL file")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
@@ -225,9 +241,14 @@ def _entries(source):
                 yield where, lineno, _BLANK, None
                 continue
             try:
-                record = json.loads(text)
+                record = loads_json(text)
             except json.JSONDecodeError as err:
-                yield where, lineno, None, ("invalid_json", f"not valid JSON ({err.msg} at column {err.colno})")
+                yield where, lineno, None, ("invalid_json", f"not valid JSON ({json_error(err).split(' at line')[0]}"
+                                                            f" at column {err.colno})")
+                continue
+            except DuplicateKeyError as err:
+                yield where, lineno, None, ("invalid_json", f"ambiguous JSON: {err}, so which value is meant "
+                                                            f"is unclear")
                 continue
             except RecursionError:      # [[[[… deeper than the reader's recursion limit
                 yield where, lineno, None, ("invalid_json", "not readable as JSON: nested too deeply")
@@ -235,31 +256,19 @@ def _entries(source):
             yield where, lineno, record, None
 
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                (stat.S_ISSOCK, "a socket"))
-
-
-def _check_regular_file(path):
-    """Refuse, before opening it, a path that is not a regular file: reading a FIFO blocks until
-    a writer comes, a device may never end, a directory cannot be read as lines."""
-    mode = os.stat(path).st_mode          # a missing file: FileNotFoundError naming the path
-    if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
-        raise ValueError(f"{path} is {kind}, not a regular file: give the path of a .jsonl file")
-
-
 def _load(source, kind, skip_invalid, locations=False):
     """The loader the record kinds ("preference", "sft", "unpaired") share; see the module docstring
     for the rules. ``locations``: also return where each kept record was read (``data.jsonl:7``, ``records[6]``)."""
     keys = {"preference": PREFERENCE_KEYS, "unpaired": UNPAIRED_KEYS}.get(kind, _sft_keys)
-    if isinstance(source, (list, tuple)):
+    if isinstance(source, Records):
+        name = source.source
+    elif isinstance(source, (list, tuple)):
         name = f"records (a list of {len(source)})"
     elif isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
     else:
         raise TypeError(f"source must be a path to a .jsonl file or a list of dicts, got {type(source).__name__}")
-    records, wheres, problems, first_seen = [], [], [], {}
+    records, wheres, problems, first_seen, repeats = [], [], [], {}, []
     read = blank = 0
     for where, line, record, problem in _entries(source):
         if record is _BLANK:
@@ -273,7 +282,9 @@ def _load(source, kind, skip_invalid, locations=False):
             problem = _problem(record, record_keys)
         if problem is None:
             identity = tuple(record[k] for k in record_keys)
-            if identity in first_seen:
+            if identity in first_seen and kind == "sft":
+                repeats.append((where, first_seen[identity]))         # weighed more on purpose: kept
+            elif identity in first_seen:
                 problem = ("duplicate", f"duplicate of the record at {first_seen[identity]}")
             else:
                 first_seen[identity] = where
@@ -288,14 +299,25 @@ def _load(source, kind, skip_invalid, locations=False):
         wheres.append(where)
     if not records and not skip_invalid:
         raise ValueError(f"{name}: holds no records")
+    _warn_repeats(repeats, name)
     counts = {}
     for p in problems:
         counts[p["reason"]] = counts.get(p["reason"], 0) + 1
     report = {"source": name, "read": read, "kept": len(records), "blank_lines": blank,
-              "skipped": counts, "problems": problems}
+              "skipped": counts, "problems": problems, "duplicates": len(repeats)}
+    records = Records(records, wheres, name)
     if locations:
         return records, wheres, name
     return (records, report) if skip_invalid else records
+
+
+def _warn_repeats(repeats, name):
+    """SFT records that repeat an earlier one: kept (a repeat weighs a line more), counted and warned."""
+    if repeats:
+        first = ", ".join(f"{where} repeats {earlier}" for where, earlier in repeats[:SHOWN_EXAMPLES])
+        verb = "repeats" if len(repeats) == 1 else "repeat"
+        warnings.warn(f"{name}: {plural(len(repeats), 'record')} {verb} an earlier one (prompt and response); kept, "
+                      f"so each is trained on once more (up-weighting); {first}", DataWarning, stacklevel=4)
 
 
 def load_preferences(source, skip_invalid=False):

@@ -60,6 +60,8 @@ import os
 import re
 import statistics
 
+from dpo_np.files import DuplicateKeyError, json_error, loads_json
+
 #: the metrics a DPO trainer logs per training row (TRL's names; ours are the same)
 TRAIN_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                  "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "grad_norm", "lr", "kl")
@@ -230,9 +232,9 @@ def _read_jsonl(file):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{file} line {n}: not JSON ({err.msg})") from None
+                row = loads_json(line)
+            except (json.JSONDecodeError, DuplicateKeyError) as err:
+                raise ValueError(f"{file} line {n}: not JSON ({json_error(err).split(' at line')[0]})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{file} line {n}: expected an object of metric names, got {type(row).__name__}")
             rows.append((f"{file} line {n}", row))
@@ -243,9 +245,11 @@ def _read_json(file):
     """[(where, row dict)] of a Trainer state (``log_history``) or a JSON list of rows."""
     with open(file, encoding="utf-8-sig") as f:
         try:
-            data = json.load(f)
+            data = loads_json(f.read())
         except json.JSONDecodeError as err:
             raise ValueError(f"{file} line {err.lineno}: not JSON ({err.msg})") from None
+        except DuplicateKeyError as err:
+            raise ValueError(f"{file}: not JSON ({err})") from None
     key = "log_history"
     if isinstance(data, list):
         key, history = "", data
@@ -268,6 +272,9 @@ def _read_csv(file):
         header = next(reader, None)
         if not header:
             raise ValueError(f"{file} line 1: expected a header of column names")
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:
+            raise ValueError(f"{file} line 1: the column {twice[0]!r} is named twice, so which one is meant is unclear")
         rows = []
         for cells in reader:
             if not any(c.strip() for c in cells):
@@ -294,6 +301,12 @@ def _normalise(raw, file):
     """Rows under our names, sorted by step, and how each column was classified."""
     names = list(dict.fromkeys(k for _, row in raw for k in row))
     canonical = {name: canonical_name(str(name)) for name in names}
+    for where, row in raw:          # two spellings of one metric in a row (eval_loss and eval/loss): which one?
+        seen = {}
+        for name in row:
+            if canonical[name] in KNOWN_METRICS and seen.setdefault(canonical[name], name) != name:
+                raise ValueError(f"{where}: {seen[canonical[name]]!r} and {name!r} both name "
+                                 f"{canonical[name]!r}, so which one is meant is unclear")
     read = [n for n in names if canonical[n] in KNOWN_METRICS]
     if not read:
         raise ValueError(f"{file}: none of the known metric names in its columns {names[:12]}; expected some of "

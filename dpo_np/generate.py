@@ -85,7 +85,7 @@ def log_softmax(logits, temperature=1.0):
     producing inf − inf = NaN.
     """
     z = (logits - logits.max(axis=-1, keepdims=True)) / temperature   # <= 0, max entries exactly 0
-    return z - ag.logsumexp_array(z, keepdims=True)
+    return ag.log_softmax_array(z)
 
 
 def _filter(logp, top_k=None, top_p=None):
@@ -199,9 +199,10 @@ def beam_search(model, idx, max_new_tokens, num_beams=4, eos_token_id=None, leng
     those a beam of ``num_beams`` keeps alive (exact search as num_beams → V^n).
 
     Each step extends every beam by every token, and keeps the ``num_beams``
-    best sums of log-probabilities; a candidate among the 2·num_beams best that
-    ends in ``eos_token_id`` is set aside as a finished hypothesis (the best
-    ``num_beams`` of them are kept, by normalised score) and
+    best sums of log-probabilities; a candidate that ends in ``eos_token_id`` and
+    ranks before the last of those live beams (so among the 2·num_beams best) is set
+    aside as a finished hypothesis (the best ``num_beams`` of them are kept, by
+    normalised score), one ranked after them is dropped, and
     the search stops early only when no live beam can still beat the worst of
     ``num_beams`` finished ones (log-probs are <= 0, so a live beam's sum can
     only fall). |y| counts new tokens, end token included. With

@@ -157,13 +157,16 @@ def token_logps_backward(dlogps, cache):
 
 
 def _logits_gradient(logits, lse, labels, w, is_encoder_decoder):
-    """dlogits_btv = w_bt (onehot(y_bt)_v − p_btv), the backward both pairs above share."""
+    """dlogits_btv = w_bt (onehot(y_bt)_v − p_btv), the backward both pairs above share; ``lse`` is the
+    forward's (c, r), so p = e^{(z − c) − r}."""
     xp = backend.xp()
     dlogits = xp.zeros_like(logits) if not is_encoder_decoder else xp.empty_like(logits)
     d = dlogits if is_encoder_decoder else dlogits[:, :-1, :]                   # a view, (B, T', V)
     z = logits if is_encoder_decoder else logits[:, :-1, :]
     # −w·p, written into the output buffer: one (B, T', V) pass, no temporaries of that size
-    xp.subtract(z, lse[..., None], out=d)
+    c, r = lse
+    xp.subtract(z, c, out=d)
+    xp.subtract(d, r, out=d)
     xp.exp(d, out=d)
     xp.multiply(d, -w[..., None], out=d)
     # + w at the label of each position: one entry per (b, t), so plain fancy-index addition is safe
@@ -201,11 +204,13 @@ def row_scale(loss_mask, dtype):
 
 
 def _token_logps(z, labels):
-    """log softmax(z)[y] = z[y] − logsumexp(z); returns it and logsumexp, (B, T')."""
+    """log softmax(z)[y] = (z[y] − c) − r with logsumexp(z) = c + r (``autograd.softmax_offsets``: one
+    subtraction of the log-sum-exp, except where huge logits would round part of it away); returns it
+    and (c, r), each (B, T', 1), which the backward reads too."""
     xp = backend.xp()
-    lse = ag.logsumexp_array(z)                                                  # (B, T')
-    picked = xp.take_along_axis(z, labels[..., None], axis=-1)[..., 0]          # (B, T')
-    return picked - lse, lse
+    c, r = ag.softmax_offsets(*ag.shifted_logsumexp(z))                           # (B, T', 1) each
+    picked = xp.take_along_axis(z, labels[..., None], axis=-1)                  # (B, T', 1)
+    return ((picked - c) - r)[..., 0], (c, r)
 
 
 def _check_finite(logits):

@@ -92,14 +92,28 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=
                          f"are built on the score it changes; use f_divergence_type='reverse_kl' with this loss_type")
     pw, pl, rw, rl = _log_probabilities(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                                         reference_rejected_logps, checks.flag(reference_free, "reference_free"))
+    beta = checks.beta(beta, "beta", pw.dtype)         # β·h, 1/(2β) in the inputs' dtype, not only in float64
     if kinds in (["sigmoid"], ["ipo"]) and weights == [1.0] and f_divergence_type == "reverse_kl":
         h = (pw - rw) - (pl - rl)                                          # the log-ratio margin, (B,)
         losses = sigmoid_loss(h, beta, eps) if kinds == ["sigmoid"] else ipo_loss(h, beta)
     else:
         lengths = _chosen_lengths(chosen_lengths, pw) if "sft" in kinds else None
         losses = variants.family_loss(kinds, weights, pw, pl, rw, rl, beta, eps, lengths=lengths, **options)
+    rewards = implicit_rewards(pw, rw, beta), implicit_rewards(pl, rl, beta)
+    _check_no_overflow(losses, rewards, beta)
     track = isinstance(policy_chosen_logps, ag.Tensor) or isinstance(policy_rejected_logps, ag.Tensor)
-    return (losses if track else losses.data), implicit_rewards(pw, rw, beta), implicit_rewards(pl, rl, beta)
+    return (losses if track else losses.data), *rewards
+
+
+def _check_no_overflow(losses, rewards, beta):
+    """From finite inputs and a β that fits their dtype, only an overflow of β·h or β·ρ past the dtype's
+    largest number makes a loss or a reward infinite: refused by name (one host transfer)."""
+    xp = backend.xp()
+    finite = xp.stack([xp.isfinite(a).all() for a in (losses.data, *rewards)])
+    if not backend.to_numpy(finite).all():
+        raise ValueError(f"beta={beta:g} times these log-probability ratios overflows {losses.dtype.name} (past "
+                         f"{float(np.finfo(losses.dtype).max):.3g}): the loss or the implicit rewards would be "
+                         f"infinite; choose a smaller beta, or float64 inputs")
 
 
 # -- the quantities the notes name ------------------------------------------------
@@ -134,7 +148,11 @@ def _values(x):
 
 
 def _array(x):
+    """``x`` as a floating backend array: integers become floats; complex numbers, booleans, strings and
+    objects are refused (a complex log-probability taken as its real part would be a silent error)."""
     a = backend.asarray(x)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"expected real numbers, got dtype {a.dtype}")
     return a if a.dtype.kind == "f" else a.astype(backend.default_dtype())
 
 
@@ -175,16 +193,18 @@ def _chosen_lengths(chosen_lengths, pw):
 
 def _as_tensor(name, x):
     """``x`` as a Tensor (a given Tensor is kept, so its graph is kept), checked: (B,)."""
-    if isinstance(x, ag.Tensor):
+    if isinstance(x, ag.Tensor) and x.dtype.kind in "fiu":
         t = x if x.dtype.kind == "f" else ag.Tensor(x.data.astype(backend.default_dtype()))
     else:
         try:
-            t = ag.Tensor(_array(x))
+            t = ag.Tensor(_array(x.data if isinstance(x, ag.Tensor) else x))
         except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be a numeric array of shape (B,), "
-                            f"got {type(x).__name__}") from err
+            kind = getattr(getattr(x, "dtype", None), "name", type(x).__name__)
+            raise TypeError(f"{name} must be an array of real numbers of shape (B,), got {kind}") from err
     if t.ndim != 1:
         raise ValueError(f"{name} must have shape (B,) (one log-probability per example), got {t.shape}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty: a batch of pairs needs at least one pair (B ≥ 1)")
     return t
 
 
@@ -209,12 +229,11 @@ def _check_same_shape(a, b):
 def _check_loss_types(loss_type, loss_weights):
     if isinstance(loss_type, str):
         kinds = [loss_type]
+    elif isinstance(loss_type, (list, tuple)):       # a dict or a set would pass as its keys, in no set order
+        kinds = list(loss_type)
     else:
-        try:
-            kinds = list(loss_type)
-        except TypeError:
-            raise TypeError(f"loss_type must be a name of LOSS_TYPES or a list of them, "
-                            f"got {loss_type!r}") from None
+        raise TypeError(f"loss_type must be a name of LOSS_TYPES or a list of them, got {loss_type!r} "
+                        f"({type(loss_type).__name__})")
     if not kinds:
         raise ValueError(f"loss_type must name at least one of {LOSS_TYPES}")
     for kind in kinds:

@@ -387,6 +387,18 @@ def param_shapes(config):
     return shapes
 
 
+def training_bytes(config, batch_size, dtype=np.float32):
+    """About how many bytes training this GPT takes, before any is allocated: the parameters, their
+    gradients and AdamW's two moments (4 copies), and one batch's activations, which the backward
+    keeps (per layer about 16·C per position and an attention map per head; the logits, V per
+    position, several times over). An estimate for refusing what cannot fit, not a measurement."""
+    size = np.dtype(dtype).itemsize
+    n_params = sum(int(np.prod(shape)) for shape in param_shapes(config).values())
+    T, C, V = config.block_size, config.n_embd, config.vocab_size
+    per_position = config.n_layer * (16 * C + 2 * config.n_head * T) + 4 * V
+    return size * (4 * n_params + 2 * batch_size * T * per_position)
+
+
 def init_params(config, seed=0, dtype=None):
     """GPT-2's initialisation: weights N(0, 0.02), residual projections (c_proj) N(0, 0.02/√(2·n_layer)),
     biases 0, LayerNorm weight 1 and bias 0. Drawn on the host from ``backend.rng(seed)`` in float64, then

@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 
 from dpo_np import backend
-from dpo_np.files import atomic_write, write_json_atomic
+from dpo_np.files import atomic_write, read_json, require_file, write_json_atomic
 from dpo_np.model import GPT, GPTConfig, param_shapes
 from dpo_np.safetensors import read_header, read_safetensors, write_safetensors
 from dpo_np.tokenizer import (PROMPT_TEMPLATE, TOKENIZERS, BPETokenizer, ByteTokenizer, CharTokenizer,
@@ -111,11 +111,7 @@ def config_to_hf(config, dtype=np.float32, tokenizer=None):
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    return read_json(path)
 
 
 def _check_dtype(dtype):
@@ -150,8 +146,9 @@ def load_pretrained(directory, dtype=None):
     dtype = _check_dtype(dtype)
     config_path, weights_path = os.path.join(directory, CONFIG), os.path.join(directory, WEIGHTS)
     for path in (config_path, weights_path):
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"{path}: file is missing{_why_missing(directory, path)}")
+        require_file(path, os.path.basename(path))
     hf_config = _read_json(config_path)
     config = config_from_hf(hf_config, config_path)
     tied = hf_config.get("tie_word_embeddings", True)

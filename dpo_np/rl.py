@@ -152,8 +152,8 @@ def kl_penalized_reward(rewards, logprobs, ref_logprobs, beta):
     it is a weight (see the module docstring for why that is still exact).
     All three inputs have the same shape: one entry per sampled (x, y).
     """
-    beta = checks.positive(beta, "beta")
     r, lp, ref = _array(rewards, "rewards"), _array(logprobs, "logprobs"), _array(ref_logprobs, "ref_logprobs")
+    beta = checks.beta(beta, "beta", lp.dtype)
     _check_shape("rewards", r, logprobs=lp, ref_logprobs=ref)
     return r - beta * (lp - ref)
 
@@ -169,8 +169,8 @@ def kl_penalized_token_rewards(score, logprobs, ref_logprobs, beta, mask=None):
     whole responses sees the same thing either way; per token, a value function
     can credit the penalty to the token that paid it.
     """
-    beta = checks.positive(beta, "beta")
     lp, ref = _array(logprobs, "logprobs"), _array(ref_logprobs, "ref_logprobs")
+    beta = checks.beta(beta, "beta", lp.dtype)
     _check_shape("logprobs", lp, ref_logprobs=ref, mask=mask)
     if lp.ndim != 2:
         raise ValueError(f"logprobs must be per token, shape (B, T), got {tuple(lp.shape)}")

@@ -84,7 +84,7 @@ def _first_bad(mask):
 
 
 def _check_no_nan_or_plus_inf(a, name):
-    bad = backend.xp().isnan(a) | (a == np.inf)
+    bad = backend.array_module(a).isnan(a) | (a == np.inf)           # a host table or a device array
     if bool(bad.any()):
         idx = _first_bad(bad)
         raise ValueError(f"{name} must be log-probabilities (finite or -inf), got {a[idx]} at index {idx}")
@@ -119,8 +119,8 @@ def check_logprobs(logprobs, name="logprobs"):
 
 def check_rewards(rewards, name="rewards"):
     """Raise ValueError if any reward is NaN or ±inf (a reward must be a real number)."""
-    xp = backend.xp()
     a = _data(rewards)
+    xp = backend.array_module(a)                                    # a host table or a device array
     bad = ~xp.isfinite(a)
     if bool(bad.any()):
         idx = _first_bad(bad) if a.ndim else ()
@@ -128,10 +128,12 @@ def check_rewards(rewards, name="rewards"):
 
 
 def check_beta(beta, name="beta"):
-    """β as a Python float: a finite number > 0 (a Tensor is refused: β is a fixed hyper-parameter)."""
+    """β as a Python float: a number > 0 whose 1/β is finite in float64, where the exact quantities are
+    computed (``checks.beta``: a subnormal β would make r/β infinite); a Tensor is refused, β is a fixed
+    hyper-parameter."""
     if isinstance(beta, ag.Tensor):
         raise TypeError(f"{name} must be a number, not a Tensor (β is a fixed hyper-parameter)")
-    return checks.positive(beta, name)
+    return checks.beta(beta, name)
 
 
 def _check_broadcast(r_w, r_l):
@@ -200,7 +202,13 @@ def _policy_inputs(ref_logprobs, rewards, beta):
     _check_same_shape("ref_logprobs", ref_logprobs, rewards=rewards)
     check_logprobs(ref_logprobs, "ref_logprobs")
     check_rewards(rewards)
-    return ref_logprobs, rewards, check_beta(beta)
+    beta = check_beta(beta)
+    a = _data(rewards)
+    largest = float(backend.to_numpy(backend.xp().abs(a).max())) if a.size else 0.0
+    if not math.isfinite(largest / beta):
+        raise ValueError(f"r/β overflows float64: β = {beta:g} with rewards up to {largest:g} in size; π* and Z(x) "
+                         f"cannot be computed, choose a larger beta")
+    return ref_logprobs, rewards, beta
 
 
 def _scaled_logits(ref_logprobs, rewards, beta):

@@ -25,7 +25,7 @@ import struct
 import numpy as np
 
 from dpo_np import backend
-from dpo_np.files import atomic_write
+from dpo_np.files import DuplicateKeyError, atomic_write, loads_json
 
 # safetensors dtype name -> little-endian NumPy dtype it is stored as. BF16 has no NumPy type:
 # it is read as uint16 and widened to float32 (it is float32's upper half).
@@ -41,15 +41,6 @@ MAX_HEADER = 100_000_000       # the reference implementation's limit, so no hea
 
 class SafetensorsError(ValueError):
     """A file that is not a well-formed safetensors file; the message names the file and the tensor."""
-
-
-def _no_duplicates(pairs):
-    d = {}
-    for key, value in pairs:
-        if key in d:
-            raise SafetensorsError(f"the header names {key!r} twice")
-        d[key] = value
-    return d
 
 
 def _is_int(x):
@@ -101,11 +92,11 @@ def read_header(path):
             raise SafetensorsError(f"{path}: a header of {n} bytes is over the {MAX_HEADER}-byte limit")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        header = loads_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SafetensorsError(f"{path}: the header is not UTF-8 JSON ({err})") from None
-    except SafetensorsError as err:
-        raise SafetensorsError(f"{path}: {err}") from None
+    except DuplicateKeyError as err:
+        raise SafetensorsError(f"{path}: the header names {str(err).split()[2]} twice") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: the header must be a JSON object, got {type(header).__name__}")
     metadata = header.pop("__metadata__", {})

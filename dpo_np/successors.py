@@ -48,6 +48,7 @@ def simpo_loss(policy_chosen_logps, policy_rejected_logps, beta=2.0, gamma=0.5, 
     eps = checks.number(label_smoothing, "label_smoothing", 0.0, 1.0)
     (pw, pl), track = _log_probabilities(policy_chosen_logps=policy_chosen_logps,
                                          policy_rejected_logps=policy_rejected_logps)
+    beta = checks.beta(beta, "beta", pw.dtype)                 # β·ū in the inputs' dtype
     z = (pw - pl) * beta - gamma
     losses = -ag.logsigmoid(z)
     losses = losses if eps == 0 else losses * (1.0 - eps) - ag.logsigmoid(-z) * eps
@@ -112,6 +113,7 @@ def kto_loss(policy_logps, reference_logps, desirable, reference_point, beta=0.1
         checks.positive(undesirable_weight, "undesirable_weight")
     z = checks.number(reference_point, "reference_point")
     (p, r), track = _log_probabilities(policy_logps=policy_logps, reference_logps=reference_logps)
+    beta = checks.beta(beta, "beta", p.dtype)                  # β(ρ − z_ref) in the inputs' dtype
     good = backend.xp().asarray(desirable.data if isinstance(desirable, ag.Tensor) else desirable)
     if good.dtype.kind != "b" or good.shape != p.shape:
         raise ValueError(f"desirable must be booleans of shape {p.shape} (one label per example), "
@@ -132,6 +134,8 @@ def _log_probabilities(**named):
             raise TypeError(f"{name} must hold floating log-probabilities, got dtype {t.dtype}")
         if t.ndim != 1 or (shape is not None and t.shape != shape):
             raise ValueError(f"{name} must have shape (B,) like the others, got {t.shape}")
+        if t.shape[0] == 0:
+            raise ValueError(f"{name} is empty: a batch needs at least one example (B ≥ 1)")
         if not bool(backend.xp().isfinite(t.data).all()):
             raise ValueError(f"{name} holds a non-finite value (NaN or inf); log-probabilities must be finite")
         shape = t.shape

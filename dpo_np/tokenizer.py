@@ -29,12 +29,13 @@ Hugging Face tokenizer carries its chat template.
 
 import collections
 import json
+import numbers
 import os
 import string
 import unicodedata
 
 from dpo_np import checks
-from dpo_np.files import write_json_atomic
+from dpo_np.files import read_json, write_json_atomic
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -99,8 +100,14 @@ def _check_text(text):
 
 
 def _check_ids(ids, vocab_size):
+    """``ids`` as a list of ints in [0, vocab_size): integers only (NumPy's too); a float, a bool or a
+    string is refused by position, never rounded or parsed into an id."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"ids must be a sequence of integer token ids, got {type(ids).__name__}")
     out = []
     for pos, i in enumerate(ids):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"ids: the id at position {pos} must be an integer, got {i!r} ({type(i).__name__})")
         i = int(i)
         if not 0 <= i < vocab_size:
             raise ValueError(f"ids: id {i} at position {pos} is outside the vocabulary [0, {vocab_size})")
@@ -117,12 +124,7 @@ def _utf8(text):
 
 
 def _read_json(path):
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return read_json(path, "tokenizer file")
 
 
 def _load(from_dict, path):
@@ -259,21 +261,17 @@ class CharTokenizer(_Tokenizer):
         _check_text(text)
         ids = []
         unknown = {}                   # character -> its first position
-        i = 0
-        while i < len(text):
-            if allowed_special and text.startswith("<|", i):
-                special = next((s for s in self.specials if text.startswith(s, i)), None)
-                if special is not None:
-                    ids.append(self.stoi[special])
-                    i += len(special)
-                    continue
-            c = text[i]
-            tok = self.stoi.get(c)     # specials are 2+ characters, so never hit here
-            if tok is None:
-                unknown.setdefault(c, i)
-                tok = self.unk_token_id
-            ids.append(tok)
-            i += 1
+        start = 0
+        for piece, special in _split_specials(text, self.specials) if allowed_special else [(text, False)]:
+            if special:
+                ids.append(self.stoi[piece])
+            for offset, c in enumerate(() if special else piece):
+                tok = self.stoi.get(c)     # specials are 2+ characters, so never hit here
+                if tok is None:
+                    unknown.setdefault(c, start + offset)
+                    tok = self.unk_token_id
+                ids.append(tok)
+            start += len(piece)
         if unknown and self.unk_token_id is None:
             raise ValueError(self._unknown_message(unknown))
         if add_eos:
@@ -555,7 +553,9 @@ class BPETokenizer(_Tokenizer):
             pairs.append(pair)
         self.vocab = dict(vocab)
         self.merges = pairs
-        self.ranks = {pair: rank for rank, pair in reversed(list(enumerate(pairs)))}  # a repeat keeps its first rank
+        # a merge listed twice ranks where it is listed last, as transformers reads merges.txt (both its
+        # GPT2Tokenizer and the tokenizers library), so a file ranks its merges the same way in both
+        self.ranks = {pair: rank for rank, pair in enumerate(pairs)}
         self.itos = ids
         self.specials = tuple(specials)
         self._special_ids = frozenset(vocab[s] for s in specials)
@@ -575,6 +575,9 @@ class BPETokenizer(_Tokenizer):
         Pair counts are updated only in the pieces a merge touches.
         """
         vocab_size = checks.integer(vocab_size, "vocab_size", low=257 + len(specials))
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be a list of strings; a bare string would be read one character at a time, "
+                            "each character a text of its own: pass [text]")
         pieces = collections.Counter(tuple(BYTE_TO_UNICODE[b] for b in piece.encode("utf-8"))
                                      for t in texts if _check_text(t) is None for piece in pretokenize(t))
         words = [list(w) for w in pieces]

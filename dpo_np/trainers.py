@@ -145,6 +145,7 @@ class DPOTrainer(Trainer):
         args = resolve_config(DPOConfig, args, overrides)
         tokenizer = resolve_tokenizer(tokenizer, processing_class)
         check_model_fits(model, "model", args, tokenizer)
+        checks.beta(args.beta, "beta", model.dtype)           # β·h in the model's dtype, before the first step
         super().__init__(model, args, tokenizer)
         self.ref_model = None if args.reference_free else reference_model(model, ref_model, args, tokenizer)
         self.train_features = self.tokenize(train_dataset, split="train")

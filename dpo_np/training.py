@@ -23,6 +23,7 @@ Files in ``output_dir`` (the run owns the directory; see ``Trainer.train``):
     best/                the best evaluation so far (``load_best_model_at_end``)
     final/               at the end of training (``save_at_end``): the best model if asked for
     .lock                while a process trains here: its pid, host and start time
+    .replaced-<…>/       an earlier run an overwrite moved aside, deleted when this run finishes
 """
 
 import hashlib
@@ -33,8 +34,10 @@ import re
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -43,7 +46,7 @@ from dpo_np import backend, checks, memory
 from dpo_np.checkpoint import check_replaceable, load_checkpoint, save_checkpoint
 from dpo_np.data import (batch_indices, find_damage, load_located, tokenize_preference, tokenize_sft,
                          tokenize_unpaired, truncation_report, warn_damage, warn_truncation)
-from dpo_np.files import atomic_write, process_alive
+from dpo_np.files import atomic_write, describe_path, process_alive
 from dpo_np.model import GPT
 from dpo_np.optim import AdamW, clip_grad_norm, cosine_schedule, global_grad_norm
 from dpo_np.progress import plural, progress
@@ -52,6 +55,7 @@ METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
 BEST_DIR = "best"
 LOCK_FILE = ".lock"
+REPLACED_PREFIX = ".replaced-"      # an earlier run an overwrite moved aside, until the new one finishes
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -65,11 +69,14 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training between two steps; ``checkpoint`` is where the run was saved."""
+    """Ctrl-C stopped training between two steps; ``checkpoint`` is where the run was saved.
+    ``finished``: the Ctrl-C came during the run's last step (or the one early stopping ended it on),
+    so the run is whole and ``checkpoint`` is its final model: nothing is left to resume."""
 
-    def __init__(self, message, checkpoint):
+    def __init__(self, message, checkpoint, finished=False):
         super().__init__(message)
         self.checkpoint = checkpoint
+        self.finished = finished
 
 
 # ---- configuration ------------------------------------------------------------------------
@@ -294,33 +301,84 @@ def last_checkpoint(output_dir):
 
 
 def check_output_dir(output_dir, overwrite=False):
-    """Raise unless a fresh run may write into ``output_dir``: absent, empty, or ``overwrite``.
-    Returns whether it holds files (that an overwrite will clear of an earlier run's)."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"output_dir {output_dir} is a file, not a directory")
+    """Raise unless a fresh run may write into ``output_dir``: absent, empty, or ``overwrite`` and
+    everything the overwrite would delete deletable (``check_replaceable_run``), so a refusal comes
+    before anything is deleted. Returns whether it holds files (that an overwrite will clear of an
+    earlier run's)."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir {output_dir} is {describe_path(output_dir)}, not a directory")
     previous = sorted(e for e in os.listdir(output_dir) if e != LOCK_FILE) if os.path.isdir(output_dir) else []
     if previous and not overwrite:
         raise ValueError(f"output_dir {output_dir} already holds files ({', '.join(previous[:5])}); a new run "
                          f"needs a new output_dir, or overwrite_output_dir=True (--overwrite) to replace the "
                          f"earlier run's files, or resume_from_checkpoint (--resume) to continue it")
+    if previous:
+        check_replaceable_run(output_dir)
     return bool(previous)
 
 
+def is_run_entry(name):
+    """Whether an entry of an output directory is one a run writes there (metrics, checkpoints,
+    best/, final/, the lock, an earlier run set aside by an overwrite)."""
+    return (name in (METRICS_FILE, FINAL_DIR, BEST_DIR, LOCK_FILE) or bool(CHECKPOINT_PATTERN.match(name))
+            or name.startswith(REPLACED_PREFIX))
+
+
 def _run_files(output_dir):
-    """The entries of ``output_dir`` a run writes (metrics, checkpoints, best/, final/)."""
-    return sorted(e for e in os.listdir(output_dir)
-                  if e in (METRICS_FILE, FINAL_DIR, BEST_DIR) or CHECKPOINT_PATTERN.match(e))
+    """The entries of ``output_dir`` an overwrite replaces (an earlier run's; never the lock)."""
+    return sorted(e for e in os.listdir(output_dir) if is_run_entry(e) and e != LOCK_FILE)
 
 
-def _clear_previous_run(output_dir):
-    """``overwrite_output_dir``: delete what an earlier run wrote here, and nothing else."""
+def check_replaceable_run(output_dir):
+    """Raise unless an overwrite may delete every entry an earlier run wrote in ``output_dir``: each
+    checkpoint holds only its own files (``checkpoint.check_replaceable``), metrics.jsonl is a file,
+    and every directory on the way can be changed. Nothing is deleted here: the whole set is checked
+    before the first entry goes."""
     for entry in _run_files(output_dir):
         path = os.path.join(output_dir, entry)
-        if os.path.isdir(path):
-            check_replaceable(path)               # a checkpoint that gained a person's file stays
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+        if entry.startswith(REPLACED_PREFIX) or entry == METRICS_FILE:
+            if entry == METRICS_FILE and (os.path.islink(path) or not os.path.isfile(path)):
+                raise ValueError(f"{path} is {describe_path(path)}, not the metrics file a run writes; "
+                                 f"refusing to replace it — move it out first")
+            continue
+        check_replaceable(path)               # a checkpoint that gained a person's file stays
+    for folder in [output_dir] + [os.path.join(output_dir, e) for e in _run_files(output_dir)
+                                  if os.path.isdir(os.path.join(output_dir, e))]:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{folder}: cannot be changed (no write permission), so the earlier run "
+                                  f"there cannot be replaced; nothing was deleted")
+
+
+def _set_aside_previous_run(output_dir):
+    """``overwrite_output_dir``: move what an earlier run wrote here into one hidden sibling folder
+    (``.replaced-…``, removed when the new run finishes), and nothing else. Everything is checked
+    first (``check_replaceable_run``); if a move fails, the moved entries go back, so the earlier
+    run is either whole in its place or whole aside, never half-deleted."""
+    check_replaceable_run(output_dir)
+    entries = _run_files(output_dir)
+    aside = tempfile.mkdtemp(prefix=f"{REPLACED_PREFIX}{os.getpid()}-", dir=output_dir)
+    moved = []
+    try:
+        for entry in entries:
+            os.rename(os.path.join(output_dir, entry), os.path.join(aside, entry))
+            moved.append(entry)
+    except BaseException:
+        for entry in reversed(moved):
+            os.rename(os.path.join(aside, entry), os.path.join(output_dir, entry))
+        os.rmdir(aside)
+        raise
+
+
+def _remove_replaced(output_dir):
+    """Delete the earlier runs an overwrite set aside, once the new run has finished; one that cannot
+    be deleted stays (hidden, named in a warning), since the new run is whole either way."""
+    for entry in sorted(os.listdir(output_dir)):
+        if entry.startswith(REPLACED_PREFIX):
+            try:
+                shutil.rmtree(os.path.join(output_dir, entry))
+            except OSError as err:
+                warnings.warn(f"the earlier run set aside in {os.path.join(output_dir, entry)} could not be "
+                              f"deleted ({err}); delete it yourself", stacklevel=2)
 
 
 def lock_holder(output_dir):
@@ -671,7 +729,10 @@ class Trainer:
         in two averages only the steps after it.
 
         Ctrl-C (SIGINT) stops the run after the step in progress, saves ``checkpoint-<step>`` and
-        raises ``TrainingInterrupted`` naming it; a second Ctrl-C stops at once.
+        raises ``TrainingInterrupted`` naming it; a second Ctrl-C stops at once. A Ctrl-C during the
+        last step (or the step early stopping ends the run on) lets the run finish and save, then
+        raises ``TrainingInterrupted`` with ``finished=True``: a caller with more to do (the next
+        stage of a pipeline) hears of it all the same.
         """
         if not self.train_features:
             raise ValueError("train_dataset is empty: nothing to train on")
@@ -681,6 +742,10 @@ class Trainer:
             with _StopOnInterrupt() as interrupt:
                 losses = self._run_steps(resume_from_checkpoint, interrupt)
             self._finish()
+        if interrupt.requested:
+            saved = self.final_checkpoint or last_checkpoint(self.args.output_dir)
+            raise TrainingInterrupted(f"Ctrl-C came during the step the run ended on, so it finished (step "
+                                      f"{self.state['step']} of {self.total_steps}); saved {saved}", saved, finished=True)
         train_rows = [r for r in self.state["log_history"] if "loss" in r]
         return {"global_step": self.state["step"],
                 "training_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -701,7 +766,7 @@ class Trainer:
             self.state["log_history"] = rows
             return
         if check_output_dir(args.output_dir, args.overwrite_output_dir):
-            _clear_previous_run(args.output_dir)
+            _set_aside_previous_run(args.output_dir)
         _rewrite_jsonl(self.metrics_path, [])
 
     def _run_steps(self, resume_from_checkpoint, interrupt):
@@ -763,6 +828,7 @@ class Trainer:
                 self.model.params[k][...] = backend.asarray(p, self.model.params[k].dtype)
         if args.save_at_end:
             self.final_checkpoint = self.save(os.path.join(args.output_dir, FINAL_DIR))
+        _remove_replaced(args.output_dir)
 
 
 def _first_non_finite(arrays):

@@ -196,7 +196,9 @@ def _discopop(q):
     Optimization Algorithms", arXiv 2406.08414, eq. 5): with z = βh and m = σ(z/τ),
     ℓ = (1 − m)(−log σ(z)) + m e^{−z}, a blend of the logistic (DPO) and exponential losses.
     m e^{−z} is computed as e^{−z + log σ(z/τ)} so a large negative z gives 0·e^{|z|} = 0,
-    not inf·0 = NaN. h is the score, so an f-divergence reaches this loss as it reaches DPO's."""
+    not inf·0 = NaN. h is the reverse-KL log-ratio margin: neither the DiscoPOP paper nor TRL defines
+    the loss with an f-divergence's score (TRL's ``discopop`` recomputes this margin and so ignores
+    ``f_divergence_type``), so the combination is refused as for every loss that would ignore it."""
     z = q.h * q.beta
     scaled = z * (1.0 / q.tau)
     return -ag.logsigmoid(z) * ag.sigmoid(-scaled) + ag.exp(ag.logsigmoid(scaled) - z)
@@ -220,7 +222,7 @@ def _orpo(q):
 
 
 #: the losses built on the score h, which an f-divergence replaces; the others read ρ_w, ρ_l alone
-F_DIVERGENCE_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "discopop", "sigmoid_norm")
+F_DIVERGENCE_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "sigmoid_norm")
 
 LOSSES = {"sigmoid": _sigmoid, "robust": _robust, "hinge": _hinge, "ipo": _ipo,
           "bco_pair": _bco_pair, "nca_pair": _nca_pair, "sppo_hard": _sppo_hard,

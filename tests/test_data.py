@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpo_np import backend
-from dpo_np.data import (REASONS, batch_indices, batches, collate_preferences, collate_sft,
+from dpo_np.data import (REASONS, DataWarning, batch_indices, batches, collate_preferences, collate_sft,
                          format_prompt, load_preferences, load_sft, split, tokenize_preference, tokenize_sft)
 from dpo_np.logprobs import get_batch_logps
 from dpo_np.tokenizer import CharTokenizer
@@ -70,7 +70,6 @@ def test_sft_records_are_validated_by_the_same_rules(tmp_path):
     ok = line(prompt="a", response="b")
     for bad, says in [(line(prompt="a"), "missing key 'response'"),
                       (line(prompt="a", response="  "), "'response' is empty"),
-                      (ok, "duplicate of the record at"),
                       ("not json", "not valid JSON")]:
         path = write_jsonl(tmp_path / "sft.jsonl", [ok, bad])
         with pytest.raises(ValueError, match=f"^{path}:2: .*{says}"):
@@ -79,6 +78,31 @@ def test_sft_records_are_validated_by_the_same_rules(tmp_path):
     with pytest.raises(ValueError, match="missing key 'chosen'"):
         load_preferences([{"prompt": "a", "response": "b"}])
     assert load_sft([{"prompt": "a", "response": "b"}]) == [{"prompt": "a", "response": "b"}]
+
+
+def test_a_repeated_sft_line_is_kept_counted_and_warned_as_up_weighting(tmp_path):
+    ok, other = line(prompt="a", response="b"), line(text="plain")
+    path = write_jsonl(tmp_path / "sft.jsonl", [ok, other, ok, other, ok])
+    with pytest.warns(DataWarning, match=rf"3 records repeat an earlier one.*up-weighting.*{path}:3 repeats {path}:1"):
+        records, report = load_sft(path, skip_invalid=True)
+    assert len(records) == 5 and records[2] == records[0] and report["duplicates"] == 3 and report["skipped"] == {}
+    assert records.wheres[2] == f"{path}:3"                          # where each was read travels with the list
+    # what cannot be meant is still refused: a preference pair given twice, a line naming a key twice
+    pairs = write_jsonl(tmp_path / "p.jsonl", [line(**GOOD), line(**GOOD)])
+    with pytest.raises(ValueError, match=f"^{pairs}:2: duplicate of the record at {pairs}:1"):
+        load_preferences(pairs)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text('{"prompt": "a", "response": "b", "response": "c"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{twice}:1: ambiguous JSON: the key 'response' appears twice"):
+        load_sft(twice)
+
+
+def test_a_json_error_names_its_column_once(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a\tb", "response": "c"}\n', encoding="utf-8")          # a raw tab in a string
+    with pytest.raises(ValueError, match=r"not valid JSON \(Invalid control character at column 14\)") as err:
+        load_sft(path)
+    assert "at at" not in str(err.value)
 
 
 def test_skip_invalid_returns_valid_records_and_a_report_of_every_skipped_line(tmp_path):

@@ -654,7 +654,8 @@ def test_the_command_refuses_to_write_over_the_file_it_reads(runs, capsys):
     for target in (runs["healthy"].args.output_dir, metrics):
         for option in ("--json", "--figure"):
             assert main(["diagnose", target, option, metrics]) == 2
-            assert f"{option} {metrics}: is the file being diagnosed" in capsys.readouterr().err
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {option} {metrics} ") and f"PATH {target}" in err, err
     assert open(metrics, "rb").read() == before
 
 

@@ -288,6 +288,47 @@ def test_beam_search_with_enough_beams_equals_brute_force_enumeration(seed, leng
     assert found_score == pytest.approx(best_score, abs=1e-12)
 
 
+def _beam_search_to_the_end(model, prompt, n, num_beams, eos, length_penalty):
+    """Beam search as ``beam_search`` runs it, but never stopping early: every step to ``n``, then the
+    best of the finished and the live hypotheses. The early stop may save steps, never change the answer."""
+    norm = lambda score, length: score / max(length, 1) ** length_penalty     # noqa: E731
+    beams, finished = [(0.0, list(prompt))], []
+    for step in range(1, n + 1):
+        candidates = []
+        for score, seq in beams:
+            logp = log_softmax(model.forward(np.array([seq]), cache=False)[0, -1].astype(np.float64))
+            candidates += [(score + float(logp[v]), seq + [v]) for v in range(len(logp))]
+        candidates.sort(key=lambda c: -c[0])                       # stable: ties keep beam then token order
+        beams = []
+        for score, seq in candidates[:2 * num_beams]:       # an end ranked past the last live beam is not kept
+            if seq[-1] == eos:
+                finished.append((norm(score, step), seq))
+            else:
+                beams.append((score, seq))
+            if len(beams) == num_beams:
+                break
+        finished = sorted(finished, key=lambda f: -f[0])[:num_beams]
+        if not beams:
+            break
+    hypotheses = finished + [(norm(s, len(seq) - len(prompt)), seq) for s, seq in beams]
+    return max(hypotheses, key=lambda h: h[0])[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([1, 2]), st.sampled_from([-1.0, 0.5, 1.0, 2.0, 3.0]))
+def test_beam_searchs_early_stop_never_changes_the_answer(seed, num_beams, length_penalty):
+    """With one or two beams and a length penalty, the search stops once no live beam can beat the worst
+    finished one: its bound must hold at every length still possible (a penalty > 0 favours the longest,
+    one < 0 the current), or a stop throws the best hypothesis away."""
+    V, n = 4, 6
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(V, V)) * 1.5
+    table[:, 0] += rng.normal()                                    # the end token 0: sometimes likely, sometimes not
+    model = BigramModel(table)
+    want = _beam_search_to_the_end(model, [1], n, num_beams, 0, length_penalty)
+    assert beam_search(model, [1], n, num_beams=num_beams, eos_token_id=0, length_penalty=length_penalty) == want
+
+
 # ---- arguments ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from dpo_np.autograd import Tensor
 from dpo_np.gradcheck import central_difference, gradcheck, relative_error
 from dpo_np.logprobs import (batch_logps_backward, batch_logps_forward, get_batch_logps,
-                             get_per_token_logps, response_mask, row_scale)
+                             get_per_token_logps, response_mask, row_scale, token_logps_forward)
 
 TOL = 1e-6
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -267,3 +267,30 @@ def test_response_mask_and_row_scale_are_the_mask_and_mean_weights_of_get_batch_
     sums = get_batch_logps(logits, labels, False, PAD, encoder_decoder)
     means = get_batch_logps(logits, labels, True, PAD, encoder_decoder)
     np.testing.assert_allclose(means, sums * scale, rtol=1e-13)
+
+
+# ---- huge logits ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, value", [(np.float16, 1e4), (np.float32, 3e38), (np.float64, 1e308),
+                                          (np.float32, -3e38)])
+def test_uniform_huge_logits_give_minus_log_v_per_token_not_zero(dtype, value):
+    """log softmax of V equal logits is −log V whatever their size: m + log V rounds to m where |m| dwarfs
+    log V (float16 1e4, float32 3e38), so the log-softmax must be (z − m) − log Σ e^{z − m}, never z − lse."""
+    V, T = 5, 4
+    logits = np.full((2, T, V), value, dtype=dtype)
+    labels = np.array([[-100, 1, 2, 3], [-100, -100, 4, 0]])
+    want = -np.log(V) * np.array([3, 2])
+    for got in (get_batch_logps(logits, labels), get_batch_logps(Tensor(logits), labels).data,
+                batch_logps_forward(logits, labels)[0]):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2e-3 if dtype == np.float16 else 1e-6)
+    per_token, mask, cache = token_logps_forward(logits, labels)
+    np.testing.assert_allclose(np.asarray(per_token, np.float64)[mask], -np.log(V), rtol=2e-3)
+    # the backward reads the same two parts: dL/dz = w (onehot − 1/V), finite, not w (onehot − 1)
+    grad = np.asarray(batch_logps_backward(np.ones(2, dtype), batch_logps_forward(logits, labels)[1]), np.float64)
+    expected = np.zeros((2, T, V))
+    for b in range(2):
+        for t in range(T - 1):
+            if labels[b, t + 1] != -100:
+                expected[b, t] = -1.0 / V
+                expected[b, t, labels[b, t + 1]] += 1.0
+    np.testing.assert_allclose(grad, expected, atol=2e-3)

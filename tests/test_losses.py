@@ -1,5 +1,7 @@
 """The DPO loss family: values against the papers' formulas, gradients against central differences."""
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -510,3 +512,64 @@ def test_an_argument_of_the_wrong_kind_is_named_with_its_value(batch, kwargs, na
     with pytest.raises((TypeError, ValueError)) as err:
         dpo_loss(*batch, **kwargs)
     assert name in str(err.value) and shown in str(err.value), str(err.value)
+
+
+# ---- numbers that must not turn silently wrong ---------------------------------------------------
+
+@pytest.mark.parametrize("dtype, beta, why", [(np.float32, 1e39, "is inf there"), (np.float32, 1e-40, "infinite 1/β"),
+                                              (np.float64, 1e-320, "infinite 1/β")])
+def test_a_beta_that_does_not_fit_the_inputs_dtype_is_refused_by_name(dtype, beta, why):
+    """β finite in float64 but inf in float32 (or subnormal, with an infinite 1/β for IPO's 1/(2β))
+    would give inf and NaN losses without a word."""
+    logps = [np.zeros(3, dtype) for _ in range(4)]
+    for kind in ("sigmoid", "ipo"):
+        with pytest.raises(ValueError, match=re.escape(f"beta={beta:g} does not fit {np.dtype(dtype).name}") + f".*{why}"):
+            dpo_loss(*logps, beta=beta, loss_type=kind)
+
+
+def test_a_beta_whose_product_with_the_margins_overflows_is_refused_not_returned_as_inf():
+    pw = np.full(3, 5.0, np.float32)
+    zeros = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=r"beta=1e\+38 times these log-probability ratios overflows float32"), \
+            np.errstate(over="ignore"):                 # the overflow is what is refused
+        dpo_loss(pw, zeros, zeros, zeros, beta=1e38)
+    losses, chosen, _ = dpo_loss(pw.astype(np.float64), zeros, zeros, zeros, beta=1e38)     # float64 holds it
+    assert np.all(np.isfinite(losses)) and np.allclose(chosen, 5e38)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.ones(3) + 1j, r"policy_chosen_logps must be an array of real numbers of shape \(B,\), got complex128"),
+    (Tensor(np.ones(3) + 1j), r"got complex128"),
+    (np.array([True, False, True]), r"got bool"),
+    (np.array(["a", "b", "c"]), r"got str"),
+])
+def test_log_probabilities_that_are_not_real_numbers_are_refused_not_cast(bad, message):
+    with pytest.raises(TypeError, match=message):
+        dpo_loss(bad, np.zeros(3), np.zeros(3), np.zeros(3))
+
+
+def test_an_empty_batch_is_refused_in_the_losss_own_words():
+    empty = np.zeros(0)
+    with pytest.raises(ValueError, match=r"policy_chosen_logps is empty: a batch of pairs needs at least one pair") as err:
+        dpo_loss(empty, empty, empty, empty)
+    assert "response set" not in str(err.value)
+
+
+@pytest.mark.parametrize("loss_type", [{"sigmoid": 1.0}, {"sigmoid", "sft"}, 3])
+def test_a_loss_type_that_is_neither_a_name_nor_a_list_is_refused(batch, loss_type):
+    with pytest.raises(TypeError, match=r"loss_type must be a name of LOSS_TYPES or a list of them"):
+        dpo_loss(*batch, loss_type=loss_type)
+    assert dpo_loss(*batch, loss_type=("sigmoid", "sft"))[0].shape == batch[0].shape     # a tuple is a list
+
+
+def test_the_successors_and_the_kl_penalty_check_beta_in_their_inputs_dtype():
+    from dpo_np import rl, successors
+    f32 = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=re.escape("beta=1e+39 does not fit float32")):
+        successors.simpo_loss(f32, f32, beta=1e39)
+    with pytest.raises(ValueError, match=re.escape("beta=1e+39 does not fit float32")):
+        successors.kto_loss(f32, f32, np.array([True, False, True]), 0.0, beta=1e39)
+    with pytest.raises(ValueError, match=re.escape("beta=1e+39 does not fit float32")):
+        rl.kl_penalized_reward(f32, f32, f32, beta=1e39)
+    with pytest.raises(ValueError, match="policy_chosen_logps is empty"):
+        successors.simpo_loss(np.zeros(0), np.zeros(0), beta=1.0)

@@ -14,11 +14,13 @@ from dpo_np import autograd as ag
 from dpo_np import logprobs, rl
 from dpo_np.cli import blas_threads, main
 from dpo_np.data import format_prompt
+from dpo_np.experiments.evaluation import sample_responses
 from dpo_np.experiments import ppo_gpt as pg
 from dpo_np.gradcheck import parameter_gradient_errors, relative_error
 from dpo_np.model import GPT, GPTConfig
 from dpo_np.optim import AdamW
 from dpo_np.tokenizer import CharTokenizer
+from dpo_np.training import frozen_copy
 
 TOK = CharTokenizer.from_corpus(format_prompt("") + "abc")
 TINY = GPTConfig(vocab_size=TOK.vocab_size, block_size=18, n_layer=1, n_head=2, n_embd=8)
@@ -190,6 +192,27 @@ def test_a_ppo_iteration_samples_scores_and_starts_each_batch_at_ratio_one():
     assert first["ratio_min"] == first["ratio_max"] == 1.0 and first["approx_kl_old"] == 0.0
     assert all(u["ratio_min"] < 1.0 < u["ratio_max"] for u in later)        # the updates moved π_θ off π_old
     assert out["log_ratio_ref"] == 0.0 and 1 <= out["length"] <= 4          # π_old = π_ref at the start
+
+
+@pytest.mark.parametrize("group_mean", [False, True])
+def test_a_ppo_iteration_uses_the_baseline_its_config_names(group_mean):
+    """cfg["group_mean"] picks the plain group mean (GRPO's centring) over the leave-one-out baseline; at
+    the first update ρ = 1, so the loss is −(1/N) Σ Â of the advantages that baseline gives, computed
+    here again from the same samples, and the other baseline's loss differs."""
+    a = TOK.encode("a")[0]
+    cfg = dict(pg.QUICK, group_size=3, beta=0.1, max_new_tokens=4, group_mean=group_mean)
+    policy, reference = GPT(TINY, seed=0, dtype=np.float64), GPT(TINY, seed=1, dtype=np.float64)
+    start = frozen_copy(policy)
+    out = pg.ppo_iteration(policy, reference, _rule_scorer(a), AdamW(policy.params, lr=1e-2), TOK,
+                           ["ab", "c"], cfg, seed=0, lrs=[1e-2])
+    samples = sample_responses(start, TOK, ["ab", "c"], 3, 0, 4)              # the same draws
+    batch = pg.rollout_batch(samples, TOK.pad_token_id)
+    old, mask = pg.response_logps(start, batch)
+    ref, _ = pg.response_logps(reference, batch)
+    loss = {loo: -pg.token_advantages(_rule_scorer(a)(samples), old, ref, mask, 0.1, 3, loo)["advantages"].sum()
+            / len(samples) for loo in (True, False)}
+    assert out["updates"][0]["loss"] == pytest.approx(loss[not group_mean], rel=1e-10, abs=1e-14)
+    assert loss[True] != pytest.approx(loss[False], rel=1e-6)
 
 
 def test_ppo_raises_a_known_reward_on_a_tiny_problem_while_the_kl_stays_finite():

@@ -470,3 +470,19 @@ def test_float32_tensors_take_the_same_float64_detour_and_get_float32_gradients(
     expected = p * (w - (w * p).sum(-1, keepdims=True)) / 1e-3
     assert rt.grad.dtype == np.float32
     np.testing.assert_allclose(rt.grad, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+# ---- β at the edges of float64 -----------------------------------------------------------------------
+
+def test_pi_star_with_a_subnormal_beta_or_an_overflowing_r_over_beta_is_refused_by_name():
+    """A subnormal β (1e-320) has an infinite 1/β, and even a normal one can make r/β overflow: π* and Z(x)
+    would be NaN. Both are refused naming β, before any arithmetic."""
+    ref = np.log(np.full((2, 3), 1 / 3))
+    r = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 500.0]])
+    for fn in (rlhf.optimal_policy, rlhf.log_partition):
+        with pytest.raises(ValueError, match=r"beta=\S+ does not fit float64.*infinite 1/β"):
+            fn(ref, r, 1e-320)
+        with pytest.raises(ValueError, match=r"r/β overflows float64: β = 1e-307 with rewards up to 500 in size"):
+            fn(ref, r, 1e-307)
+    star = rlhf.optimal_policy(ref, r, 1e-300)                   # small but representable: the argmax, exactly
+    np.testing.assert_allclose(np.exp(star), [[0, 0, 1], [0, 0, 1]], atol=1e-300)

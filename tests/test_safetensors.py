@@ -124,6 +124,10 @@ LIES = {
     "shape too big for its bytes": ({"w": {**ENTRY, "shape": [3]}}, bytes(8),
                                     r"tensor 'w': shape \[3\] of F32 is 12 bytes, but data_offsets \[0, 8\] hold 8"),
     "dtype too big for its bytes": ({"w": {**ENTRY, "dtype": "F64"}}, bytes(8), r"tensor 'w': .* F64 is 16 bytes"),
+    # the other way round: a range larger than its tensor would hand the reader bytes that belong to no one
+    "bytes larger than shape × dtype": ({"w": {**ENTRY, "shape": [1]}}, bytes(8),
+                                        r"tensor 'w': shape \[1\] of F32 is 4 bytes, but data_offsets \[0, 8\] hold 8"),
+    "bytes larger than dtype": ({"w": {**ENTRY, "dtype": "F16"}}, bytes(8), r"tensor 'w': .* F16 is 4 bytes.* hold 8"),
     "offsets past the data": ({"w": {**ENTRY, "data_offsets": [4, 12]}}, bytes(8),
                               r"tensor 'w': data_offsets \[4, 12\] run past the end of the data \(8 bytes\)"),
     "overlapping buffers": ({"a": ENTRY, "b": {**ENTRY, "data_offsets": [4, 12]}}, bytes(12),
@@ -166,6 +170,7 @@ def test_a_lying_header_is_refused_by_name_before_any_data_is_read(case, tmp_pat
 @pytest.mark.parametrize("length, size, message", [
     (None, 5, r"5 bytes, too short for the 8-byte header length"),
     (1000, None, r"the header claims 1000 bytes, but the file has only 2 after the length"),
+    (3, None, r"the header claims 3 bytes, but the file has only 2 after the length"),      # one byte past the end
     (2 ** 63, None, r"the header claims 9223372036854775808 bytes"),
 ])
 def test_a_header_longer_than_the_file_is_refused_without_reading_it(length, size, message, tmp_path):
@@ -174,6 +179,10 @@ def test_a_header_longer_than_the_file_is_refused_without_reading_it(length, siz
         path.write_bytes(path.read_bytes()[:size])
     with pytest.raises(SafetensorsError, match=message):
         read_safetensors(path)
+
+
+def test_a_header_that_ends_exactly_at_the_end_of_the_file_is_read(tmp_path):
+    assert read_safetensors(_craft(tmp_path / "empty.safetensors", b"{}", length=2)) == {}
 
 
 def test_bool_bytes_other_than_0_and_1_are_refused(tmp_path):

@@ -110,7 +110,7 @@ def test_rlhf_seeds_report_each_methods_worst_seed_in_final_kl_and_every_seed_be
     (["rlhf", "--quick", "--seeds", "3-1"], "--seeds: the range 3-1 runs backwards; write 1-3"),
     (["gridworld", "--seeds", ""], "--seeds: is empty"),
     (["closed-form", "--seeds", "0,x"], "--seeds: must be a range like 0-4 or a list like 0,1,2"),
-    (["closed-form", "--seed", "1", "--seeds", "0-1"], "--seed and --seeds: give one"),
+    (["closed-form", "--seed", "1", "--seeds", "0-1"], "--seeds runs every seed it names, so --seed would change nothing"),
 ])
 def test_a_bad_seed_list_is_refused_before_anything_runs(args, message, capsys):
     assert main([*args, "--quiet", "--output-dir", ""] if args[0] != "closed-form" else [*args, "--figure", ""]) == 2

@@ -3,6 +3,8 @@ arrays implicitly, every training path gives the NumPy backend's numbers bit for
 training step moves a few numbers to the host — as many for a deeper model."""
 
 import copy
+import json
+import os
 
 import numpy as np
 import pytest
@@ -386,3 +388,60 @@ def test_an_sft_or_reward_step_moves_a_few_numbers_to_the_host(strict, tmp_path,
     per_step = _transfers_per_step(make, tmp_path)
     record_property(f"host_transfers_per_{trainer}_step", per_step)
     assert 0 < per_step <= MAX_TRANSFERS_PER_STEP
+
+
+# ---- the commands, end to end ------------------------------------------------------------------------
+
+STRICT_COMMANDS = {
+    "gridworld": ["gridworld", "--iterations", "3", "--episodes", "4", "--horizon", "10", "--variance-episodes", "4",
+                  "--variance-seeds", "2"],
+    "gridworld --seeds": ["gridworld", "--iterations", "2", "--episodes", "3", "--horizon", "8", "--variance-episodes",
+                          "3", "--variance-seeds", "1", "--seeds", "0-1"],
+    "rlhf": ["rlhf", "--quick", "--steps", "4", "--pairs", "2000"],
+    "exact-gpt": ["exact-gpt", "--quick", "--seeds", "0"],
+    "successors": ["successors", "--quick", "--seeds", "0", "--steps", "20", "--pairs", "400"],
+    "closed-form --seeds": ["closed-form", "--seeds", "0-1", "--pairs", "2000", "--steps", "20", "--figure", ""],
+}
+
+
+def _measured(path):
+    """A command's --json without what may differ between two runs of it: times, the options, the threads."""
+    def drop(x):
+        if isinstance(x, dict):
+            return {k: drop(v) for k, v in x.items() if "seconds" not in k and k not in ("options", "threads", "machine")}
+        return [drop(v) for v in x] if isinstance(x, list) else x
+    with open(path, encoding="utf-8") as f:
+        return drop(json.load(f))
+
+
+@pytest.mark.parametrize("name", STRICT_COMMANDS)
+def test_the_commands_run_on_the_strict_backend_and_measure_what_numpy_measures(name, tmp_path, capsys):
+    """gridworld, rlhf, exact-gpt, successors and closed-form --seeds keep every array of theirs on the
+    device (the strict backend refuses any other), and print the same numbers to the bit as on NumPy."""
+    from dpo_np.cli import main
+    args = STRICT_COMMANDS[name]
+    out = [] if "--figure" in args else ["--output-dir", ""]
+    results = []
+    previous = backend.backend_name()
+    try:
+        for which in ("numpy", "strict"):
+            backend.set_backend(which)
+            assert main([*args, *out, "--quiet", "--json", str(tmp_path / f"{which}.json")]) == 0, capsys.readouterr()
+            results.append(_measured(tmp_path / f"{which}.json"))
+    finally:
+        backend.set_backend(previous)
+    _assert_same(*results)
+
+
+def test_figures_and_diagnose_run_on_the_strict_backend(strict, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from dpo_np.cli import main
+    assert main(["figures", "--quick", "--only", "gridworld", "closed-form", "successors", "--output-dir",
+                 str(tmp_path / "f")]) == 0
+    assert sorted(os.listdir(tmp_path / "f")) == ["closed_form.png", "gridworld.png", "successors.png"]
+    trainer = SFTTrainer(GPT(TINY, seed=0), args=SFTConfig(output_dir=str(tmp_path / "run"), max_steps=3,
+                                                           **RUN), train_dataset=RECORDS, tokenizer=TOK)
+    trainer.train()
+    assert main(["diagnose", str(tmp_path / "run"), "--json", str(tmp_path / "d.json"), "--figure",
+                 str(tmp_path / "d.png")]) == 0
+    assert json.loads((tmp_path / "d.json").read_text())["steps"]["last"] == 3

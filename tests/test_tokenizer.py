@@ -93,6 +93,36 @@ def test_decode_rejects_ids_outside_the_vocabulary():
         TOK.decode([-1])
 
 
+@pytest.mark.parametrize("ids, what", [([1.0], "1.0 (float)"), ([True], "True (bool)"), (["3"], "'3' (str)"),
+                                       ([2, 2.7], "2.7 (float)"), (np.array([1.0]), "float64")])
+@pytest.mark.parametrize("tok", [TOK, ByteTokenizer(), BPETokenizer.train(["abcabc ab"], 260)],
+                         ids=["char", "byte", "bpe"])
+def test_decode_takes_integer_ids_only_and_names_the_first_other_by_position(tok, ids, what):
+    """A float id is not rounded, a bool is not 1, a string is not parsed: each is refused where it sits."""
+    with pytest.raises(TypeError, match="ids") as err:
+        tok.decode(ids)
+    assert what in str(err.value) and ("position" in str(err.value))
+    with pytest.raises(TypeError, match="a sequence of integer token ids, got str"):
+        tok.decode("12")
+    assert tok.decode(np.array([2, 3])) == tok.decode([2, 3]) == tok.decode([np.int64(2), 3])
+
+
+@pytest.mark.parametrize("make", [lambda s: CharTokenizer.from_corpus("abcx", specials=s),
+                                  lambda s: ByteTokenizer(specials=s),
+                                  lambda s: BPETokenizer.train(["abcx abc"], 260 + len(s), specials=s)],
+                         ids=["char", "byte", "bpe"])
+@pytest.mark.parametrize("specials", [["<|s|>", "<|s|>x"], ["<|s|>x", "<|s|>"], ["[S]", "[S]x"]])
+def test_a_special_token_that_is_a_prefix_of_another_loses_to_the_longer_one(make, specials):
+    """Special tokens are matched longest first whatever their order in the list (and whatever their
+    spelling: one that does not start with <| is a special token too)."""
+    tok = make(specials)
+    short, long_ = sorted(specials, key=len)
+    ids = tok.encode(f"a{long_}b{short}", allowed_special=True)
+    special_ids = [i for i in ids if tok.decode([i], skip_special_tokens=False) in specials]
+    assert [tok.decode([i], skip_special_tokens=False) for i in special_ids] == [long_, short]
+    assert tok.decode(ids, skip_special_tokens=False) == f"a{long_}b{short}"
+
+
 def test_bad_constructor_arguments_are_rejected():
     with pytest.raises(ValueError, match="single character"):
         CharTokenizer(["ab"])
@@ -423,6 +453,29 @@ def test_bpe_gives_transformers_ids_on_any_text(gpt2_files, text):
     assert ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
 
 
+def _repeated_merge_files(tmp_path, merges):
+    vocab = {c: i for i, c in enumerate(BYTE_TO_UNICODE.values())}
+    for token in ("ab", "bc"):
+        vocab[token] = len(vocab)
+    vocab[EOS_TOKEN] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return BPETokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("merges, tokens", [([("b", "c"), ("a", "b"), ("b", "c")], ["ab", "c"]),
+                                            ([("a", "b"), ("b", "c"), ("a", "b")], ["a", "bc"])])
+def test_a_merge_listed_twice_ranks_at_its_last_line_as_in_transformers(tmp_path, merges, tokens):
+    """'abc' with "b c" ranked both before and after "a b": the last line decides, as transformers'
+    GPT2Tokenizer and the tokenizers library read merges.txt (checked against them where installed)."""
+    ours = _repeated_merge_files(tmp_path, merges)
+    assert [ours.itos[i] for i in ours.encode("abc")] == tokens
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.GPT2Tokenizer.from_pretrained(tmp_path)
+    assert theirs.tokenize("abc") == tokens
+    assert ours.encode("abc") == theirs("abc", add_special_tokens=False)["input_ids"]
+
+
 # ---- training on any text -----------------------------------------------------------------
 
 def test_dpo_trains_on_text_the_character_tokenizer_cannot_encode(tmp_path):
@@ -479,6 +532,8 @@ def test_a_trained_bpe_round_trips_any_text_and_compresses_its_own(text):
 def test_bpe_training_checks_its_arguments():
     with pytest.raises(ValueError, match="vocab_size must be >= 257"):
         BPETokenizer.train(BPE_TEXTS, 100)
+    with pytest.raises(TypeError, match=r"a bare string would be read one character at a time.*pass \[text\]"):
+        BPETokenizer.train("some text to learn from", 260)
     with pytest.raises(TypeError, match="text must be a str"):
         BPETokenizer.train(["ok", None], 300)
     assert BPETokenizer.train(BPE_TEXTS, 300, specials=("<|sep|>",)).vocab["<|sep|>"] == 299

@@ -73,16 +73,18 @@ def make_problem(seed, cfg):
     def autoregressive(stream):
         table = toy_problem.random_reference_table(P, V, L + 1, seed=_stream(seed, stream), eos=True,
                                                    scale=cfg["reference_scale"])
-        return toy_problem.sequence_logprobs(table, rs.responses)
+        return backend.to_numpy(toy_problem.sequence_logprobs(table, rs.responses), np.float64)
 
+    # the problem's tables (π_ref, r, the proposals, the pairs) live on the host; the GPT on the device
     data = autoregressive(1)
     model = GPT(ep.gpt_config(rs, cfg["n_layer"], cfg["n_head"], cfg["n_embd"]), seed=_stream(seed, 2),
                 dtype=np.float64)
     policy = ep.GPTPolicy(model, rs)
     sft_loss = ep.train_sft(policy, ep.sample_counts(data, cfg["sft_samples"], _stream(seed, 3)),
                             cfg["sft_steps"], cfg["sft_lr"])
-    ref = policy.logprobs()
-    rewards = toy_problem.random_rewards(rs.responses, P, V, seed=_stream(seed, 4), scale=cfg["reward_scale"])
+    ref = backend.to_numpy(policy.logprobs(), np.float64)
+    rewards = backend.to_numpy(toy_problem.random_rewards(rs.responses, P, V, seed=_stream(seed, 4),
+                                                          scale=cfg["reward_scale"]), np.float64)
     few = restricted(ref, cfg["low_coverage_responses"], _stream(seed, 6))
     proposals = {"on_policy": ref, "off_policy": autoregressive(5), "low_coverage": few}
     n_max = max([*cfg["coverage_pairs"], cfg["displacement_pairs"], cfg["online_pairs"], cfg["beta_pairs"]])
@@ -92,7 +94,7 @@ def make_problem(seed, cfg):
     return {"seed": seed, "rs": rs, "config": model.config,
             "ref_params": {k: v.copy() for k, v in model.params.items()},
             "sft_loss": sft_loss, "data": data, "ref": ref, "rewards": rewards, "proposals": proposals,
-            "pairs": {kind: {k: np.asarray(v) for k, v in d.items()} for kind, d in pairs.items()},
+            "pairs": {kind: {k: backend.to_numpy(v) for k, v in d.items()} for kind, d in pairs.items()},
             "features": ep.response_features(rs), "distance": dist, "prefix": prefix, "runs": {}}
 
 
@@ -142,6 +144,11 @@ def run(problem, cfg, kind="gpt", data="on_policy", n=None, beta=None, lr=None, 
 
 # -- exact measures ----------------------------------------------------------------------------
 
+def optimum(ref, rewards, beta):
+    """log π*_β (P, N) as a host table, like every table of the problem (``rlhf.optimal_policy``)."""
+    return backend.to_numpy(rlhf.optimal_policy(ref, rewards, beta), np.float64)
+
+
 def kl(p, q):
     """mean over prompts of KL(p ‖ q), p and q log-probabilities (P, N)."""
     return float(rlhf.kl_divergence(p, q).mean())
@@ -149,7 +156,7 @@ def kl(p, q):
 
 def suboptimality(logprobs, ref, rewards, beta):
     """mean_x J(π*) − J(π_θ), computed from the objective itself: it equals β KL(π_θ ‖ π*) (notebook 04)."""
-    star = rlhf.optimal_policy(ref, rewards, beta)
+    star = optimum(ref, rewards, beta)
     gap = rlhf.rlhf_objective(star, ref, rewards, beta) - rlhf.rlhf_objective(logprobs, ref, rewards, beta)
     return float(gap.mean())
 
@@ -157,7 +164,7 @@ def suboptimality(logprobs, ref, rewards, beta):
 def compared_mask(pairs, shape):
     """(P, N) True where a response is y_w or y_l of some pair with y_w ≠ y_l (a pair of one response
     with itself carries no comparison and no DPO gradient)."""
-    x, w, l = (np.asarray(pairs[k]) for k in ("prompt", "chosen", "rejected"))
+    x, w, l = (backend.to_numpy(pairs[k]) for k in ("prompt", "chosen", "rejected"))
     keep = w != l
     mask = np.zeros(shape, dtype=bool)
     mask[x[keep], w[keep]] = mask[x[keep], l[keep]] = True
@@ -185,7 +192,7 @@ def displacement_measures(before, after, pairs, distance, prefix):
     log π_θ fell — in a table such a response's logit only rises, so it can fall only through the
     normalizer. Then ``never_compared_measures``.
     """
-    x, w, l = (np.asarray(pairs[k]) for k in ("prompt", "chosen", "rejected"))
+    x, w, l = (backend.to_numpy(pairs[k]) for k in ("prompt", "chosen", "rejected"))
     keep = w != l
     x, w, l = x[keep], w[keep], l[keep]
     dw, dl = after[x, w] - before[x, w], after[x, l] - before[x, l]
@@ -244,7 +251,7 @@ def part_displacement(problem, cfg):
     ``mass``: π_ref, π*, each trained policy (P, N) and which responses the pairs compare."""
     n = cfg["displacement_pairs"]
     pairs = first_pairs(problem["pairs"]["on_policy"], n)
-    star = rlhf.optimal_policy(problem["ref"], problem["rewards"], cfg["beta"])
+    star = optimum(problem["ref"], problem["rewards"], cfg["beta"])
     out, mass = {}, {"reference": np.exp(problem["ref"]), "pi_star": np.exp(star),
                      "compared": compared_mask(pairs, star.shape)}
     for kind in ("gpt", "log_linear", "table"):
@@ -268,7 +275,7 @@ def part_coverage(problem, cfg):
     the probability π* puts on responses the largest sample compares.
     """
     ref, r, beta = problem["ref"], problem["rewards"], cfg["beta"]
-    star = rlhf.optimal_policy(ref, r, beta)
+    star = optimum(ref, r, beta)
     out = {"pairs": list(cfg["coverage_pairs"]), "start_kl": kl(star, ref), "kl_by_pairs": {},
            "best_kl_by_pairs": {}, "suboptimality_by_pairs": {}, "star_mass_compared": {}}
     for kind in ("on_policy", "off_policy", "low_coverage"):
@@ -292,7 +299,7 @@ def part_online(problem, cfg):
     """
     n, rounds, steps = cfg["online_pairs"], cfg["online_rounds"], cfg["steps"]
     ref, r, beta = problem["ref"], problem["rewards"], cfg["beta"]
-    star = rlhf.optimal_policy(ref, r, beta)
+    star = optimum(ref, r, beta)
     per_round, steps_per_round = n // rounds, steps // rounds
     offline = run(problem, cfg, "gpt", "on_policy", n)
     policy, current = new_policy(problem, "gpt"), ref
@@ -301,7 +308,7 @@ def part_online(problem, cfg):
     for k in range(rounds):
         if k:
             new = toy_problem.sample_preference_pairs(current, r, per_round, seed=_stream(problem["seed"], 20 + k))
-            data = {key: np.concatenate([data[key], np.asarray(new[key])]) for key in data}
+            data = {key: np.concatenate([data[key], backend.to_numpy(new[key])]) for key in data}
         # each round is a DPO run of its own from the current π_θ (a fresh Adam), against the fixed π_ref
         current = ep.train_dpo(policy, data, ref, beta, steps_per_round, cfg["lr"])["logprobs"][-1]
         kl_by_round.append(kl(star, current))
@@ -325,7 +332,7 @@ def part_length(problem, cfg):
     sample, for the GPT: what finitely many pairs give.
     """
     ref, r, beta, lengths = problem["ref"], problem["rewards"], cfg["beta"], problem["rs"].lengths
-    star = rlhf.optimal_policy(ref, r, beta)
+    star = optimum(ref, r, beta)
     tilted, _ = ep.length_tilted_optimum(ref, r, beta, lengths)
 
     def against(lp):
@@ -360,7 +367,7 @@ def part_beta(problem, cfg):
     pairs = first_pairs(problem["pairs"]["on_policy"], n)
     rows = []
     for beta in cfg["betas"]:
-        star = rlhf.optimal_policy(ref, r, beta)
+        star = optimum(ref, r, beta)
         for lr in cfg["lrs"]:
             path = run(problem, cfg, "gpt", "on_policy", n, beta=beta, lr=lr)
             gap = [suboptimality(lp, ref, r, beta) for lp in path["logprobs"]]

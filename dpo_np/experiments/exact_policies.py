@@ -179,7 +179,7 @@ class GPTPolicy:
 
         def backward(dlogps):
             self.model.zero_grad()
-            self.model.backward(logprobs.batch_logps_backward(np.asarray(dlogps).reshape(-1), cache))
+            self.model.backward(logprobs.batch_logps_backward(backend.asarray(dlogps).reshape(-1), cache))
             return self.model.grads
         return lp.reshape(self.rs.shape), backward
 
@@ -230,7 +230,7 @@ class _AutogradPolicy:
     """A policy whose log π_θ(y|x) (P, N) is a formula in the autograd: ``_logits`` of the Tensor θ."""
 
     def __init__(self, theta, lengths):
-        self.params = {"theta": np.array(theta, dtype=np.float64)}
+        self.params = {"theta": backend.asarray(np.array(theta, dtype=np.float64))}     # on the device
         self.lengths = lengths
 
     def forward(self, average=False):
@@ -240,7 +240,7 @@ class _AutogradPolicy:
             lp = lp * (1.0 / self.lengths)                                           # get_batch_logps' mean
 
         def backward(dlogps):
-            lp.backward(dlogps)
+            lp.backward(backend.asarray(dlogps))
             return {"theta": th.grad}
         return lp.data, backward
 
@@ -261,7 +261,7 @@ class LogLinearPolicy(_AutogradPolicy):
 
     def __init__(self, ref_logprobs, features, lengths):
         super().__init__(np.zeros((ref_logprobs.shape[0], features.shape[1])), lengths)
-        self.ref, self.features_t = np.asarray(ref_logprobs, dtype=np.float64), features.T
+        self.ref, self.features_t = backend.to_numpy(ref_logprobs, np.float64), features.T
 
     def _logits(self, theta):
         return theta @ self.features_t + self.ref                                   # (P, F) @ (F, N)
@@ -277,10 +277,11 @@ def pair_weights(pairs, n_responses):
     triple (an expectation over every pair, ``population_pairs``), used as given after normalizing.
     """
     if "weight" in pairs:
-        weight = np.asarray(pairs["weight"], dtype=np.float64)
-        return (np.asarray(pairs["prompt"]), np.asarray(pairs["chosen"]), np.asarray(pairs["rejected"]),
+        weight = backend.to_numpy(pairs["weight"], np.float64)
+        return (*(backend.to_numpy(pairs[k]) for k in ("prompt", "chosen", "rejected")),
                 weight / weight.sum())
-    x, w, l, counts = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"], n_responses)
+    x, w, l, counts = (backend.to_numpy(a) for a in aggregate_pairs(pairs["prompt"], pairs["chosen"],
+                                                                     pairs["rejected"], n_responses))
     return x, w, l, counts / counts.sum()
 
 
@@ -293,13 +294,13 @@ def population_pairs(proposal_logprobs, rewards):
     (normalized, ``pair_weights``) is the expected loss over sampled pairs: the limit of infinitely
     many pairs. Returns {"prompt", "chosen", "rejected", "weight"}, P·N·(N − 1) of each.
     """
-    mu = np.exp(np.asarray(proposal_logprobs, dtype=np.float64))
-    r = np.asarray(rewards, dtype=np.float64)
+    mu = np.exp(backend.to_numpy(proposal_logprobs, np.float64))
+    r = backend.to_numpy(rewards, np.float64)
     P, N = mu.shape
     x, a, b = np.meshgrid(np.arange(P), np.arange(N), np.arange(N), indexing="ij")
     keep = (a != b).ravel()
     x, a, b = x.ravel()[keep], a.ravel()[keep], b.ravel()[keep]
-    weight = mu[x, a] * mu[x, b] * rlhf.bradley_terry(r[x, a], r[x, b]) / P
+    weight = mu[x, a] * mu[x, b] * backend.to_numpy(rlhf.bradley_terry(r[x, a], r[x, b])) / P
     return {"prompt": x, "chosen": a, "rejected": b, "weight": weight}
 
 
@@ -312,7 +313,7 @@ def dpo_objective(policy, triples, ref_logprobs, beta, average=False, grad=True)
     mean of ``get_batch_logps``). Returns (loss, log π_θ (P, N) summed, grads dict or None).
     """
     x, w, l, weight = triples
-    ref = np.asarray(ref_logprobs, dtype=np.float64)
+    ref = backend.to_numpy(ref_logprobs, np.float64)
     if average:
         ref = ref / policy.lengths
     lp, backward = policy.forward(average)
@@ -320,6 +321,7 @@ def dpo_objective(policy, triples, ref_logprobs, beta, average=False, grad=True)
     per_triple, _, _ = losses.dpo_loss(pi[x, w], pi[x, l], ref[x, w], ref[x, l], beta=beta,
                                        loss_type="sigmoid_norm" if average else "sigmoid")
     loss = (per_triple * weight).sum()
+    lp = backend.to_numpy(lp, np.float64)                                          # the logged path: host tables
     summed = lp * policy.lengths if average else lp.copy()
     if not grad:
         return float(loss.data), summed, None
@@ -361,13 +363,13 @@ def train_sft(policy, counts, steps, lr):
     loss), with each distinct (x, y) scored once and weighted by how often it was drawn.
     ``counts`` (P, N). Returns the loss before each step and after the last.
     """
-    counts = np.asarray(counts, dtype=np.float64)
+    counts = backend.to_numpy(counts, np.float64)
     tokens = float((counts * policy.lengths).sum())
     adam = AdamW(policy.params, lr=checks.positive(lr, "lr"), weight_decay=0.0)
     history = []
     for step in range(checks.integer(steps, "steps", low=0) + 1):
         lp, backward = policy.forward()
-        history.append(-float((counts * lp).sum()) / tokens)
+        history.append(-float((counts * backend.to_numpy(lp, np.float64)).sum()) / tokens)
         if step < steps:
             adam.step(backward(-counts / tokens))
     return history
@@ -375,7 +377,7 @@ def train_sft(policy, counts, steps, lr):
 
 def sample_counts(logprobs_, n_per_prompt, seed):
     """How often each response is drawn in ``n_per_prompt`` samples per prompt from exp(logprobs) (P, N)."""
-    p = np.exp(np.asarray(logprobs_, dtype=np.float64))
+    p = np.exp(backend.to_numpy(logprobs_, np.float64))
     gen = backend.rng(seed)
     return np.stack([gen.multinomial(n_per_prompt, row / row.sum()) for row in p]).astype(np.float64)
 
@@ -397,8 +399,8 @@ def length_tilted_optimum(ref_logprobs, rewards, beta, lengths, iterations=200):
     by bisection to float64 resolution. π* instead has exp(r/β) with no |y|: the two agree only when
     every response has |y| = 1. Returns (log π (P, N), c (P,)).
     """
-    ref = np.asarray(ref_logprobs, dtype=np.float64)
-    r = np.asarray(rewards, dtype=np.float64)
+    ref = backend.to_numpy(ref_logprobs, np.float64)
+    r = backend.to_numpy(rewards, np.float64)
     if ref.ndim != 2 or r.shape != ref.shape:
         raise ValueError(f"ref_logprobs and rewards must both have shape (P, N), got {ref.shape} and {r.shape}")
     rlhf.check_logprobs(ref, "ref_logprobs")
@@ -420,7 +422,7 @@ def length_tilted_optimum(ref_logprobs, rewards, beta, lengths, iterations=200):
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
     c = 0.5 * (lo + hi)
     logits = ref + n * (r + c[:, None]) / beta
-    return logits - ag.logsumexp_array(logits, axis=-1, keepdims=True), c
+    return ag.log_softmax_array(logits), c
 
 
 def mean_length(logprobs_, lengths):

@@ -187,14 +187,20 @@ def follow(world, actions_by_state, gamma=1.0, max_steps=100):
 
 # -- episodes, sampled and enumerated ---------------------------------------------
 
+def policy(theta):
+    """π_θ(a|s) = softmax(θ_s)_a as a host array (S, A): the grid, its episodes and every table
+    computed from them live on the host; θ and its gradients may live on the device."""
+    return np.exp(backend.to_numpy(ag.log_softmax(theta, axis=-1).data))
+
+
 def rollout(world, theta, n_episodes, horizon, gen):
     """Sample ``n_episodes`` episodes of at most ``horizon`` moves from π_θ, all at once.
 
-    Returns a dict of (B, horizon) arrays: ``states`` s_t, ``actions`` a_t,
+    Returns a dict of (B, horizon) host arrays: ``states`` s_t, ``actions`` a_t,
     ``rewards`` r_t (0 after the end) and ``mask`` (True while the episode runs).
     An episode still running at the horizon is cut there.
     """
-    pi = np.exp(ag.log_softmax(theta, axis=-1).data)                       # (S, A)
+    pi = policy(theta)                                                      # (S, A)
     cdf = np.cumsum(pi, axis=1)
     B = n_episodes
     s = np.full(B, world.start)
@@ -266,9 +272,9 @@ def reinforce_episode_loss(theta, episodes, gamma, baseline=None):
     makes its gradient an unbiased estimate of ∇J for J = E[Σ_t γ^t r_t].
     """
     G = rl.discounted_returns(episodes["rewards"], gamma)                     # (B, T)
-    discount = gamma ** np.arange(G.shape[1])
+    discount = backend.asarray(gamma ** np.arange(G.shape[1]), G.dtype)
     logp = ag.log_softmax(theta, axis=-1)[episodes["states"], episodes["actions"]]
-    return rl.reinforce_loss(logp, G * discount, None if baseline is None else baseline * discount,
+    return rl.reinforce_loss(logp, G * discount, None if baseline is None else backend.asarray(baseline) * discount,
                              mask=episodes["mask"])
 
 
@@ -278,14 +284,14 @@ def expected_gradient(world, theta, gamma, horizon, baseline=None):
     ``baseline``: None, or a (horizon, S) table b_t(s). Returns (mean (S, A), variance, n_episodes).
     """
     episodes = enumerate_episodes(world, horizon)
-    p = np.exp(episode_logprobs(ag.log_softmax(theta, axis=-1).data, episodes))
+    p = np.exp(backend.to_numpy(episode_logprobs(ag.log_softmax(theta, axis=-1).data, episodes)))
     grads = np.empty((len(p),) + theta.shape)
     for i in range(len(p)):
         one = {k: v[i:i + 1] for k, v in episodes.items()}
         b = None if baseline is None else baseline[np.arange(horizon), one["states"][0]][None]
         th = ag.Tensor(theta, requires_grad=True)
         reinforce_episode_loss(th, one, gamma, b).backward()
-        grads[i] = -th.grad                                     # ĝ: the surrogate is −(estimate)·log π
+        grads[i] = -backend.to_numpy(th.grad)                   # ĝ: the surrogate is −(estimate)·log π
     mean = np.tensordot(p, grads, axes=1)
     variance = float(np.tensordot(p, ((grads - mean) ** 2).sum(axis=(1, 2)), axes=1))
     return mean, variance, len(p)
@@ -299,10 +305,10 @@ def exact_gradient(world, theta, gamma, horizon):
     """
     episodes = enumerate_episodes(world, horizon)
     discounted = (episodes["rewards"] * gamma ** np.arange(horizon)).sum(axis=1)  # Σ_t γ^t r_t, (B,)
-    th = ag.Tensor(np.asarray(theta, dtype=np.float64), requires_grad=True)
-    J = (ag.exp(episode_logprobs(ag.log_softmax(th, axis=-1), episodes)) * discounted).sum()
+    th = ag.Tensor(backend.asarray(theta, np.float64), requires_grad=True)
+    J = (ag.exp(episode_logprobs(ag.log_softmax(th, axis=-1), episodes)) * backend.asarray(discounted)).sum()
     J.backward()
-    return J.item(), th.grad
+    return J.item(), backend.to_numpy(th.grad)
 
 
 def gradient_variance(world, theta, gamma, horizon, n_episodes, gen, baseline=None):
@@ -316,11 +322,22 @@ def gradient_variance(world, theta, gamma, horizon, n_episodes, gen, baseline=No
         one = {k: v[i:i + 1] for k, v in episodes.items()}
         th = ag.Tensor(theta, requires_grad=True)
         reinforce_episode_loss(th, one, gamma, None if baseline is None else baseline[one["states"]]).backward()
-        grads[i] = -th.grad
+        grads[i] = -backend.to_numpy(th.grad)
     return float(((grads - grads.mean(axis=0)) ** 2).sum(axis=(1, 2)).mean())
 
 
 # -- training ---------------------------------------------------------------------
+
+def variance_ratio(no_baseline, baseline):
+    """How many times less variance the baseline leaves: ``no_baseline / baseline``, or None where the
+    baseline's is 0: a policy that always samples the same episode (a deterministic one, learned with a
+    huge learning rate or with γ = 0, where only the first move counts) has no variance to cut, 0/0."""
+    return no_baseline / baseline if baseline > 0 else None
+
+
+def _times(ratio, fmt):
+    return "n/a" if ratio is None else f"{ratio:{fmt}}×"
+
 
 def train_reinforce(world, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, episodes=DEFAULT_EPISODES,
                     horizon=DEFAULT_HORIZON, lr=DEFAULT_LR, baseline=True, seed=0, baseline_rate=0.2,
@@ -336,7 +353,7 @@ def train_reinforce(world, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, e
     shows an indicator on stderr.
     """
     gen = backend.rng(seed)
-    theta = np.zeros((world.n_states, len(MOVES)))
+    theta = backend.xp().zeros((world.n_states, len(MOVES)))          # on the device, with Adam's moments
     adam = AdamW({"theta": theta}, lr=lr, weight_decay=0.0)
     b = np.zeros(world.n_states)
     returns = []
@@ -347,7 +364,7 @@ def train_reinforce(world, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, e
         th = ag.Tensor(theta, requires_grad=True)
         reinforce_episode_loss(th, batch, gamma, b[batch["states"]] if baseline else None).backward()
         adam.step({"theta": th.grad}, lr=cosine_schedule(it, lr, 0, iterations))
-        G = rl.discounted_returns(batch["rewards"], gamma)
+        G = backend.to_numpy(rl.discounted_returns(batch["rewards"], gamma))
         if baseline:
             seen = batch["states"][batch["mask"]]
             count = np.bincount(seen, minlength=world.n_states)
@@ -357,7 +374,7 @@ def train_reinforce(world, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, e
         returns.append(float(G[:, 0].mean()))
         if bar is not None:
             bar.set_postfix(G=returns[-1])
-    return theta, returns
+    return backend.to_numpy(theta), returns
 
 
 def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATIONS, episodes=DEFAULT_EPISODES,
@@ -403,7 +420,7 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
     for name, use_baseline in (("reinforce", False), ("reinforce_baseline", True)):
         theta, returns = train_reinforce(world, gamma, iterations, episodes, horizon, lr, use_baseline, seed,
                                          progress=progress)
-        learned_value = policy_evaluation(world, np.exp(ag.log_softmax(theta, axis=-1).data), gamma)
+        learned_value = policy_evaluation(world, policy(theta), gamma)
         greedy_path, greedy_return = follow(world, greedy_policy(theta), gamma)
         runs[name] = {"returns": returns,
                       "final_return": float(np.mean(returns[-max(1, iterations // 10):])),
@@ -417,15 +434,18 @@ def run_gridworld(layout=LAYOUT, gamma=DEFAULT_GAMMA, iterations=DEFAULT_ITERATI
     variance = {"ratio": {}, "sampling_seeds": variance_seeds}
     for where, theta in (("uniform", np.zeros((world.n_states, len(MOVES)))),
                          ("learned", np.asarray(runs["reinforce_baseline"]["theta"]))):
-        v_pi = policy_evaluation(world, np.exp(ag.log_softmax(theta, axis=-1).data), gamma)
+        v_pi = policy_evaluation(world, policy(theta), gamma)
+        sampling = range(variance_seeds)          # each a backward pass per episode: show them going by
+        bar = progress_bar(sampling, desc=f"variance at the {where} policy", file=sys.stderr) if progress else sampling
         pairs = np.array([[gradient_variance(world, theta, gamma, horizon, variance_episodes, backend.rng([seed, k]),
-                                             baseline=b) for b in (None, v_pi)] for k in range(variance_seeds)])
+                                             baseline=b) for b in (None, v_pi)] for k in bar])
         variance[f"{where}_no_baseline"], variance[f"{where}_baseline"] = pairs.mean(axis=0).tolist()
-        variance["ratio"][where] = (pairs[:, 0] / pairs[:, 1]).tolist()
+        variance["ratio"][where] = [variance_ratio(a, b) for a, b in pairs.tolist()]
     tiny = make_world(TINY_LAYOUT)
     tiny_theta = np.zeros((tiny.n_states, len(MOVES)))
-    values = np.stack([v.data for v in finite_horizon_values(tiny, np.full(tiny_theta.shape, 1.0 / len(MOVES)),
-                                                             gamma, tiny_horizon)])       # (horizon, S): b_t(s)
+    uniform = np.full(tiny_theta.shape, 1.0 / len(MOVES))
+    values = np.stack([backend.to_numpy(v.data)                                           # (horizon, S): b_t(s)
+                       for v in finite_horizon_values(tiny, uniform, gamma, tiny_horizon)])
     _, var_none, n_listed = expected_gradient(tiny, tiny_theta, gamma, tiny_horizon)
     _, var_base, _ = expected_gradient(tiny, tiny_theta, gamma, tiny_horizon, baseline=values)
     variance.update({"tiny_no_baseline": var_none, "tiny_baseline": var_base, "tiny_episodes": n_listed})
@@ -469,21 +489,24 @@ def gridworld_seeds(seeds, print_fn=None, **settings):
     per-seed results. V*(start) is the same on every seed: value iteration draws nothing.
     """
     def row(r):
-        learned = r["variance"]["ratio"]["learned"]
+        uniform, learned = ([x for x in r["variance"]["ratio"][where] if x is not None]
+                            for where in ("uniform", "learned"))
         return {"policy_return": r["reinforce"]["policy_return"],
                 "policy_return_baseline": r["reinforce_baseline"]["policy_return"],
-                "uniform_ratio": float(np.mean(r["variance"]["ratio"]["uniform"])),
-                "learned_ratio": float(np.mean(learned)), "learned_ratio_min": min(learned),
-                "learned_ratio_max": max(learned)}
+                "uniform_ratio": float(np.mean(uniform)) if uniform else None,
+                "learned_ratio": float(np.mean(learned)) if learned else None,
+                "learned_ratio_min": min(learned, default=None), "learned_ratio_max": max(learned, default=None)}
 
     rows, results = spread.over_seeds(seeds, lambda seed: run_gridworld(seed=seed, progress=False, **settings),
                                       row, print_fn)
-    pooled = {where: spread.spread([x for r in results for x in r["variance"]["ratio"][where]])
+    pooled = {where: [x for r in results for x in r["variance"]["ratio"][where] if x is not None]
               for where in ("uniform", "learned")}
+    pooled = {where: spread.spread(v) if v else None for where, v in pooled.items()}
     table = f"V*(start) = {results[0]['optimal_return']:.4f} on every seed (value iteration draws nothing)\n" + \
         spread.seed_table(rows, SEED_COLUMNS) + "".join(
         f"\nvariance cut at the {where} policy, every estimate ({pooled[where]['n']} = training × sampling "
         f"seeds): {pooled[where]['min']:.2f}–{pooled[where]['max']:.2f}×, mean {pooled[where]['mean']:.2f}×"
+        if pooled[where] else f"\nvariance cut at the {where} policy: none to cut (no estimate had variance)"
         for where in ("uniform", "learned"))
     return {"seeds": list(seeds), "optimal_return": results[0]["optimal_return"], "per_seed": rows,
             "spread": spread.spreads(rows, [k for k in rows[0] if k != "seed"]), "variance_ratio": pooled,
@@ -543,12 +566,17 @@ def print_report(result, file=None):
           file=out)
     for where, label in (("uniform", "uniform policy (start)"), ("learned", "learned policy (end)")):
         a, b, ratio = v[f"{where}_no_baseline"], v[f"{where}_baseline"], v["ratio"][where]
-        print(f"  {label:<24} {a:>10.4g} / {b:<10.4g} ({min(ratio):.1f}–{max(ratio):.1f}× less over "
-              f"{len(ratio)} sampling seed{'s' if len(ratio) > 1 else ''}, mean {np.mean(ratio):.1f}×), sampled",
-              file=out)
+        defined = [x for x in ratio if x is not None]
+        cut = (f"{min(defined):.1f}–{max(defined):.1f}× less over {len(defined)} sampling seed"
+               f"{'s' if len(defined) > 1 else ''}, mean {np.mean(defined):.1f}×" if defined else
+               "no variance to cut: every sampled episode is the same")
+        skipped = len(ratio) - len(defined)
+        print(f"  {label:<24} {a:>10.4g} / {b:<10.4g} ({cut}"
+              + (f"; {skipped} seed{'s' if skipped > 1 else ''} without variance left out" if defined and skipped
+                 else "") + "), sampled", file=out)
     a, b = v["tiny_no_baseline"], v["tiny_baseline"]
-    print(f"  {'tiny grid, uniform':<24} {a:>10.4g} / {b:<10.4g} ({a / b:.2f}× less), exact over all "
-          f"{v['tiny_episodes']} episodes", file=out)
+    print(f"  {'tiny grid, uniform':<24} {a:>10.4g} / {b:<10.4g} ({_times(variance_ratio(a, b), '.2f')} less), "
+          f"exact over all {v['tiny_episodes']} episodes", file=out)
 
 
 def plot_gridworld(result, path="runs/gridworld/gridworld.png"):

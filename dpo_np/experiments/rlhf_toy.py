@@ -182,22 +182,22 @@ def train_policy_gradient(ref_logprobs, rewards, beta, method="ppo", steps=DEFAU
     minibatches = checks.integer(minibatches, "minibatches", low=1)
     clip_eps = checks.positive(clip_eps, "clip_eps")
     log_every = checks.integer(log_every, "log_every", low=1)
-    ref = np.asarray(ref_logprobs, dtype=np.float64)
-    r = np.asarray(rewards, dtype=np.float64)
-    star = rlhf.optimal_policy(ref, r, beta) if star_logprobs is None else np.asarray(star_logprobs)
-    truth = r if true_rewards is None else np.asarray(true_rewards)
+    # the tables, samples and measurements live on the host; π_θ's parameters on the device
+    ref, r = backend.to_numpy(ref_logprobs, np.float64), backend.to_numpy(rewards, np.float64)
+    star = backend.to_numpy(rlhf.optimal_policy(ref, r, beta) if star_logprobs is None else star_logprobs)
+    truth = r if true_rewards is None else backend.to_numpy(true_rewards)
     P, N = ref.shape
     if method == "ppo" and minibatches > P * samples:
         raise ValueError(f"minibatches={minibatches} is more than the {P * samples} samples of a batch")
     passes = epochs * minibatches if method == "ppo" else 1
     total_updates = steps * passes
     gen = backend.rng(seed)
-    theta = ref.copy()                                            # π_θ starts at π_ref exactly
+    theta = backend.asarray(ref.copy())                           # π_θ starts at π_ref exactly (on the device)
     adam = AdamW({"theta": theta}, lr=lr, weight_decay=0.0)
     history = {"queries": [], "kl": [], "suboptimality": [], "reward": [], "kl_ref": []}
 
     def measure(queries):
-        logp = ag.log_softmax(theta, axis=-1).data
+        logp = backend.to_numpy(ag.log_softmax(theta, axis=-1).data, np.float64)
         history["queries"].append(queries)
         history["kl"].append(float(rlhf.kl_divergence(star, logp).mean()))
         history["suboptimality"].append(float(rlhf.suboptimality(logp, star, beta).mean()))
@@ -208,7 +208,7 @@ def train_policy_gradient(ref_logprobs, rewards, beta, method="ppo", steps=DEFAU
     for step in range(steps):
         if step % log_every == 0:
             measure(step * P * samples)
-        old = ag.log_softmax(theta, axis=-1).data                 # π_old: the policy that samples
+        old = backend.to_numpy(ag.log_softmax(theta, axis=-1).data, np.float64)   # π_old: the policy that samples
         y = sample_responses(old, samples, gen)                   # (P, K): P·K reward queries
         adv = advantages(r, old, ref, y, beta)
         for _ in range(epochs if method == "ppo" else 1):
@@ -219,7 +219,8 @@ def train_policy_gradient(ref_logprobs, rewards, beta, method="ppo", steps=DEFAU
                 adam.step({"theta": th.grad}, lr=cosine_schedule(update, lr, 0, total_updates))
                 update += 1
     measure(steps * P * samples)
-    return {**history, "logprobs": ag.log_softmax(theta, axis=-1).data, "updates": update}
+    logp = backend.to_numpy(ag.log_softmax(theta, axis=-1).data, np.float64)
+    return {**history, "logprobs": logp, "updates": update}
 
 
 def fit_reward_model(prompt, chosen, rejected, counts, shape, steps=DEFAULT_REWARD_MODEL_STEPS, lr=DEFAULT_LR):
@@ -230,12 +231,13 @@ def fit_reward_model(prompt, chosen, rejected, counts, shape, steps=DEFAULT_REWA
     Bradley–Terry loss from r_φ = 0. Bradley–Terry sees only differences within a prompt,
     so each prompt's free constant is set to a mean of 0. Returns r_φ, ``shape`` (P, N).
     """
-    phi = np.zeros(shape)
+    phi = backend.xp().zeros(shape)
     adam = AdamW({"phi": phi}, lr=lr, weight_decay=0.0)
     for _ in range(checks.integer(steps, "steps", low=1)):
         r_phi = ag.Tensor(phi, requires_grad=True)
         rlhf.bradley_terry_loss(r_phi[prompt, chosen], r_phi[prompt, rejected], weights=counts).backward()
         adam.step({"phi": r_phi.grad})
+    phi = backend.to_numpy(phi)
     return phi - phi.mean(axis=1, keepdims=True)
 
 
@@ -243,9 +245,9 @@ def fit_reward_model(prompt, chosen, rejected, counts, shape, steps=DEFAULT_REWA
 
 def frontier_point(ref_logprobs, rewards, beta):
     """(mean_x KL(π*_β ‖ π_ref), mean_x E_{π*_β}[r]): where the optimum for β sits in the reward–KL plane."""
-    star = rlhf.optimal_policy(ref_logprobs, rewards, beta)
+    star = backend.to_numpy(rlhf.optimal_policy(ref_logprobs, rewards, beta))
     return (float(rlhf.kl_divergence(star, ref_logprobs).mean()),
-            float((np.exp(star) * rewards).sum(axis=-1).mean()))
+            float((np.exp(star) * backend.to_numpy(rewards)).sum(axis=-1).mean()))
 
 
 def frontier_reward(kl, ref_logprobs, rewards, low=1e-4, high=1e4):
@@ -272,7 +274,7 @@ def frontier_reward(kl, ref_logprobs, rewards, low=1e-4, high=1e4):
 def frontier_gap(logprobs, ref_logprobs, rewards):
     """(KL(π ‖ π_ref), E_π[r], frontier reward at that KL − E_π[r] ≥ 0), means over prompts."""
     kl_ref = float(rlhf.kl_divergence(logprobs, ref_logprobs).mean())
-    reward = float((np.exp(logprobs) * rewards).sum(axis=-1).mean())
+    reward = float((np.exp(backend.to_numpy(logprobs)) * backend.to_numpy(rewards)).sum(axis=-1).mean())
     return kl_ref, reward, frontier_reward(kl_ref, ref_logprobs, rewards) - reward
 
 
@@ -291,6 +293,7 @@ def deterministic_pairs(ref_logprobs, rewards, n_pairs, seed):
     """
     d = toy_problem.sample_preference_pairs(ref_logprobs, rewards, n_pairs, seed=seed)
     x, a, b = (np.asarray(backend.to_numpy(d[k])) for k in ("prompt", "chosen", "rejected"))
+    rewards = backend.to_numpy(rewards)
     first = rewards[x, a] > rewards[x, b]
     keep = rewards[x, a] != rewards[x, b]
     return {"prompt": x[keep], "chosen": np.where(first, a, b)[keep], "rejected": np.where(first, b, a)[keep]}
@@ -425,6 +428,7 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
     beta = checks.positive(beta, "beta")
     checks.flag(progress, "progress")
     pairs = checks.integer(pairs, "pairs", low=1)
+    checks.integer(samples, "samples", low=2)        # the RL arms' check, here before the DPO runs take their time
     dpo_steps = checks.integer(dpo_steps, "dpo_steps", low=1)
     pair_grid = sorted({checks.integer(n, "pair_grid", low=1) for n in pair_grid if n != pairs})
     frontier_betas = sorted({checks.positive(b, "frontier_betas") for b in frontier_betas} | {beta})
@@ -440,7 +444,8 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
 
     _, ref, r, _ = make_problem(PROBLEM["vocab_size"], PROBLEM["length"], PROBLEM["n_prompts"], beta, seed,
                                 PROBLEM["reference_scale"], PROBLEM["reward_scale"])
-    star = {b: rlhf.optimal_policy(ref, r, b) for b in frontier_betas}
+    ref, r = backend.to_numpy(ref, np.float64), backend.to_numpy(r, np.float64)      # host tables
+    star = {b: backend.to_numpy(rlhf.optimal_policy(ref, r, b)) for b in frontier_betas}
     pair_data = toy_problem.sample_preference_pairs(ref, r, pairs, seed=seed + 2)   # what DPO samples too
     x, w, l, counts = aggregate_pairs(pair_data["prompt"], pair_data["chosen"], pair_data["rejected"], r.shape[1])
     det_data = deterministic_pairs(ref, r, deterministic_pairs_n, seed + 3)
@@ -515,7 +520,7 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
 
     # 2. two stages against one: both aim at π* of the fitted reward, π*_{r_φ} = π_ref e^{r_φ/β}/Z
     r_phi = results["reward_model"]
-    rm_star = rlhf.optimal_policy(ref, r_phi, beta)
+    rm_star = backend.to_numpy(rlhf.optimal_policy(ref, r_phi, beta))
     dpo_logp = np.log(dpo["policy"])
     ppo_rm_logp = results[f"ppo_reward_model:{beta}"]["logprobs"]
     centred = r - r.mean(axis=1, keepdims=True)
@@ -559,7 +564,7 @@ def run_rlhf(seed=0, beta=DEFAULT_BETA, steps=DEFAULT_STEPS, samples=DEFAULT_SAM
     # 5. deterministic preferences
     det_rows = []
     for b in deterministic_betas:
-        optimal = rejected_mass(np.exp(rlhf.optimal_policy(ref, r, b)), det_data)
+        optimal = rejected_mass(np.exp(backend.to_numpy(rlhf.optimal_policy(ref, r, b))), det_data)
         try:
             ipo_optimum = np.exp(ipo_optimal_policy(ref, det_data, b))
         except ValueError:                      # too few pairs to connect every response: no unique optimum

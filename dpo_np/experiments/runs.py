@@ -23,12 +23,13 @@ template (its tokenizer's ``prompt_template``), which ``prompt_template`` may re
 import math
 import time
 
-from dpo_np import checks
-from dpo_np.data import describe_truncation, load_located, load_preferences, prompt_template_of
+from dpo_np import checks, cost
+from dpo_np.data import (describe_truncation, format_prompt, load_located, load_preferences, load_sft,
+                         prompt_template_of)
 from dpo_np.experiments import toy_preferences
 from dpo_np.experiments.evaluation import estimate_kl, implicit_reward_metrics, judged_answers, reward_model_scores
 from dpo_np.generate import greedy_answer
-from dpo_np.model import GPT, GPTConfig
+from dpo_np.model import GPT, GPTConfig, training_bytes
 from dpo_np.pretrained import load_model
 from dpo_np.progress import plural
 from dpo_np.reward_model import RewardConfig, RewardModel, RewardTrainer, load_reward_model
@@ -38,7 +39,8 @@ from dpo_np.trainers import DPOConfig, DPOTrainer
 from dpo_np.training import frozen_copy, pair_metrics
 
 #: what every run shares (the trainer's names), with its default
-RUN_DEFAULTS = dict(output_dir=None, seed=0, save_steps=None, resume=False, overwrite=False, show_progress=True)
+RUN_DEFAULTS = dict(output_dir=None, seed=0, save_steps=None, resume=False, overwrite=False, show_progress=True,
+                    skip_invalid=False, allow_large=False)
 
 #: without ``steps``: ``epochs`` passes over the data, but at least and at most these many steps
 STEP_BOUNDS = {"sft": (300, 2000), "dpo": (50, 1000), "reward": (100, 1000)}
@@ -76,7 +78,11 @@ def run_length(command, data, kind, batch_size, steps=None, epochs=DEFAULT_EPOCH
 
 def _training_args(options, steps, eval_data, **fields):
     """The shared TrainingConfig fields from a run's options; with ``eval_data``, evaluations along
-    the run that keep the best point and stop when it stops improving."""
+    the run that keep the best point and stop when it stops improving. A ``save_steps`` the run
+    would never reach is an error, not a run that saves nothing."""
+    if options["save_steps"] is not None and options["save_steps"] > steps:
+        raise ValueError(f"save_steps ({options['save_steps']}) is more than the run's {plural(steps, 'step')}, so "
+                         f"no checkpoint would be saved; give at most {steps}")
     evaluation = dict(eval_steps=max(1, steps // EVALUATIONS), load_best_model_at_end=True,
                       early_stopping_patience=PATIENCE) if eval_data is not None else dict(eval_steps=None)
     return dict(output_dir=options["output_dir"], seed=options["seed"], save_steps=options["save_steps"],
@@ -106,6 +112,33 @@ def _header(name, trainer, what, how, template_source, eval_data, print_fn):
         on = eval_data if isinstance(eval_data, str) else "the eval records"
         print_fn(f"{name}: evaluated {every} on {on}; final/ is the best evaluation, and the run stops after "
                  f"{a.early_stopping_patience} without a better one")
+
+
+def _read(data, kind, options, print_fn):
+    """``data`` (a path, a list or None) as the trainers take it; with ``skip_invalid`` its invalid
+    records are left out, and how many and why is said (where each kept record was read travels
+    with the list, ``data.Records``)."""
+    if data is None or not options["skip_invalid"]:
+        return data
+    records, report = {"preference": load_preferences, "sft": load_sft}[kind](data, skip_invalid=True)
+    if report["problems"]:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(report["skipped"].items()))
+        print_fn(f"{report['source']}: skipped {report['read'] - report['kept']} of {plural(report['read'], 'record')} "
+                 f"({why}); first: {report['problems'][0]['message']}")
+    if not records:
+        raise ValueError(f"{report['source']}: no valid record left to train on")
+    return records
+
+
+def check_prompts(prompts, model, tokenizer):
+    """Each prompt written in the model's template leaves room for an answer in its context: checked
+    before a run trains, so a prompt answered at the end cannot fail after the work."""
+    template = prompt_template_of(tokenizer)
+    for prompt in prompts or ():
+        n = len(tokenizer.encode(format_prompt(prompt, template)))
+        if n >= model.config.block_size:
+            raise ValueError(f"prompt {prompt!r} is {n} tokens in the prompt template, and the model reads at most "
+                             f"{model.config.block_size}: no room is left for an answer; shorten it")
 
 
 def _train(trainer, options):
@@ -161,20 +194,26 @@ def run_sft(data=None, eval_data=None, model=None, steps=None, epochs=DEFAULT_EP
     """
     options = _options(options, "runs/sft")
     if data is None:
+        if eval_data is not None:
+            raise ValueError("eval_data needs data: the toy corpus brings its own validation split")
         train, eval_data = toy_preferences.sft_corpus(options["seed"]), toy_preferences.sft_corpus(options["seed"], "validation")
         tokenizer = CharTokenizer.from_corpus(toy_preferences.vocabulary_text())
         prompts = list(toy_preferences.NOTES_PROMPTS) if prompts is None else prompts
     else:
-        train, tokenizer = data, ByteTokenizer()
+        train, eval_data = _read(data, "sft", options, print_fn), _read(eval_data, "sft", options, print_fn)
+        tokenizer = ByteTokenizer()
     if model is None:
         max_length = checks.integer(NEW_MODEL_LENGTH if max_length is None else max_length, "max_length", low=2)
         config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=max_length, n_layer=n_layer,
                            n_head=n_head, n_embd=n_embd)
+        cost.check(f"n_layer={n_layer}, n_embd={n_embd}, max_length={max_length}, batch_size={batch_size}",
+                   memory=training_bytes(config, batch_size), allow_large=options["allow_large"])
         model, source = GPT(config, seed=options["seed"]), "the default"
     else:
         model, tokenizer = load_model(model)
         max_length, source = model.config.block_size if max_length is None else max_length, "the model's"
     source = _use_template(tokenizer, prompt_template, source)
+    check_prompts(prompts, model, tokenizer)
     max_prompt_length = min(PROMPT_LENGTH, max_length // 2) if max_prompt_length is None else max_prompt_length
     steps, how = run_length("sft", train, "sft", batch_size, steps, epochs)
     trainer = SFTTrainer(model, SFTConfig(**_training_args(
@@ -187,6 +226,24 @@ def run_sft(data=None, eval_data=None, model=None, steps=None, epochs=DEFAULT_EP
     result = _summary("sft", trainer, time.perf_counter() - start, print_fn)
     result["answers"] = _answers(model, tokenizer, prompts or [], print_fn)
     return {**result, "model": model, "tokenizer": tokenizer, "trainer": trainer}
+
+
+def _check_training_memory(model, rows, options):
+    """Training ``model`` on batches of ``rows`` sequences fits this machine's memory (``cost.check``)."""
+    cost.check(f"batch_size={rows // 2} with a model of {model.num_params():,} parameters",
+               memory=training_bytes(model.config, rows, model.dtype), allow_large=options["allow_large"])
+
+
+def _check_kl_cost(policy, n_prompts, kl_samples, allow_large):
+    """``kl_samples`` responses per prompt, each up to the context, sampled in one batch per prompt
+    length and scored by both models: refused when its memory (the batch's keys, values and logits)
+    or its time would be out of reach (``cost.check``)."""
+    c = policy.config
+    rows = n_prompts * kl_samples
+    memory = rows * c.block_size * (2 * c.n_layer * c.n_embd * 4 + 2 * c.vocab_size * 8)
+    seconds = 3 * rows * c.block_size * policy.num_params() / SAMPLING_RATE
+    cost.check(f"kl_samples={kl_samples} ({plural(rows, 'response')} of up to {c.block_size} tokens)", memory=memory,
+               seconds=seconds, allow_large=allow_large)
 
 
 def _need_model(model, command):
@@ -210,10 +267,13 @@ def run_dpo(data, model=None, ref=None, eval_data=None, beta=0.1, loss_type="sig
     ended at the best point. ``prompt_template``: default the model's. Prints greedy answers to ``prompts``."""
     _need_model(model, "dpo")
     options = _options(options, "runs/dpo")
+    data, eval_data = _read(data, "preference", options, print_fn), _read(eval_data, "preference", options, print_fn)
     policy, tokenizer = load_model(model)
     source = _use_template(tokenizer, prompt_template, "the model's")
-    reference = frozen_copy(policy) if ref is None else load_model(ref)[0]
+    check_prompts(prompts, policy, tokenizer)
     max_length, max_prompt_length = _lengths(policy, max_length, max_prompt_length)
+    _check_training_memory(policy, 2 * batch_size, options)          # a batch holds each pair's two responses
+    reference = frozen_copy(policy) if ref is None else load_model(ref)[0]
     steps, how = run_length("dpo", data, "preference", batch_size, steps, epochs)
     trainer = DPOTrainer(policy, reference, DPOConfig(**_training_args(
         options, steps, eval_data, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
@@ -237,9 +297,11 @@ def run_reward(data, model=None, eval_data=None, steps=None, epochs=DEFAULT_EPOC
     reports the pair accuracy there and ends at the best evaluation."""
     _need_model(model, "reward")
     options = _options(options, "runs/reward")
+    data, eval_data = _read(data, "preference", options, print_fn), _read(eval_data, "preference", options, print_fn)
     body, tokenizer = load_model(model)
     source = _use_template(tokenizer, prompt_template, "the model's")
     max_length, max_prompt_length = _lengths(body, max_length, max_prompt_length)
+    _check_training_memory(body, 2 * batch_size, options)
     steps, how = run_length("reward", data, "preference", batch_size, steps, epochs)
     trainer = RewardTrainer(RewardModel(body, seed=options["seed"]), RewardConfig(**_training_args(
         options, steps, eval_data, learning_rate=lr, per_device_train_batch_size=batch_size, max_length=max_length,
@@ -252,21 +314,32 @@ def run_reward(data, model=None, eval_data=None, steps=None, epochs=DEFAULT_EPOC
     return {**result, "model": trainer.model, "tokenizer": tokenizer, "trainer": trainer}
 
 
+#: multiply-adds per second a sampling estimate assumes: a conservative figure for NumPy at toy sizes
+SAMPLING_RATE = 1e8
+
+
 def run_evaluate(model, ref, data, prompts=(), beta=0.1, kl_samples=4, reward_model=None, seed=0,
-                 max_length=None, print_fn=print):
+                 max_length=None, print_fn=print, skip_invalid=False, allow_large=False):
     """How ``model`` (π_θ) compares with ``ref`` (π_ref) on the preference file ``data`` (the command
     ``evaluate``): implicit-reward accuracy and margin, the policy's own accuracy, the DPO loss at
     ``beta``, KL(π_θ ‖ π_ref) sampled (``kl_samples`` per prompt), a reward model's accuracy
     (``reward_model``, optional) and greedy answers to ``prompts``, each prompt written in the
     model's own prompt template. On the toy data (records that carry their ``family``), also the
     gold judge's shares of the policy's and the reference's sampled and greedy answers
-    (``toy_preferences.judge``): which rule they follow, y_w's or y_l's."""
+    (``toy_preferences.judge``): which rule they follow, y_w's or y_l's. Everything is loaded and
+    checked before the first measurement, and a KL sample too large for this machine is refused
+    (``cost.check``) unless ``allow_large``."""
     _need_model(model, "evaluate")
     if ref is None:
         raise ValueError("evaluate needs the reference model too (--ref): the model DPO started from")
+    kl_samples = checks.integer(kl_samples, "kl_samples", low=1)
     policy, tokenizer = load_model(model)
     reference, _ = load_model(ref)
-    records = load_preferences(data)
+    scorer = None if reward_model is None else load_reward_model(reward_model)["model"]
+    records = _read(data, "preference", {"skip_invalid": skip_invalid}, print_fn) if skip_invalid \
+        else load_preferences(data)
+    check_prompts(prompts, policy, tokenizer)
+    _check_kl_cost(policy, len(set(r["prompt"] for r in records)), kl_samples, allow_large)
     max_length, max_prompt_length = _lengths(policy, max_length, None)
     trainer = DPOTrainer(policy, reference, DPOConfig(output_dir="unused", beta=beta, max_length=max_length,
                                                       max_prompt_length=max_prompt_length, show_progress=False),
@@ -283,8 +356,8 @@ def run_evaluate(model, ref, data, prompts=(), beta=0.1, kl_samples=4, reward_mo
             judged = judged_answers(model, tokenizer, prompts_of_data, kl_samples, seed, samples=samples)
             result[f"judge_{name}"] = {k: judged["sampled"][k] for k in toy_preferences.JUDGEMENTS}
             result[f"judge_greedy_{name}"] = {k: judged["greedy"][k] for k in toy_preferences.JUDGEMENTS}
-    if reward_model is not None:
-        rm = RewardTrainer(load_reward_model(reward_model)["model"], RewardConfig(
+    if scorer is not None:
+        rm = RewardTrainer(scorer, RewardConfig(
             output_dir="unused", max_length=max_length, max_prompt_length=max_prompt_length), tokenizer=tokenizer)
         result["reward_model_accuracy"] = pair_metrics(*reward_model_scores(rm, records))["accuracy"]
     for key, value in result.items():

@@ -75,8 +75,14 @@ def over_seeds(seeds, run, row, print_fn=None):
 
 
 def spreads(rows, keys):
-    """{key: spread of that column over the rows} for each of ``keys``."""
-    return {key: spread([r[key] for r in rows]) for key in keys}
+    """{key: spread of that column over the rows} for each of ``keys``; a seed whose number is undefined
+    (None: a ratio of two zero variances, say) is left out of its column, and a column with no number
+    at all has spread None."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = spread(values) if values else None
+    return out
 
 
 def seed_table(rows, columns):
@@ -86,11 +92,12 @@ def seed_table(rows, columns):
     """
     head = "| seed | " + " | ".join(title for _, title, _ in columns) + " |"
     lines = [head, "|" + " --- |" * (len(columns) + 1)]
-    lines += ["| " + str(r["seed"]) + " | " + " | ".join(f"{r[k]:{f}}" for k, _, f in columns) + " |" for r in rows]
+    cell = lambda x, f: "n/a" if x is None else f"{x:{f}}"          # noqa: E731  (an undefined number)
+    lines += ["| " + str(r["seed"]) + " | " + " | ".join(cell(r[k], f) for k, _, f in columns) + " |" for r in rows]
     s = spreads(rows, [k for k, _, _ in columns])
-    lines.append("| mean ± s.d. | " + " | ".join(f"{s[k]['mean']:{f}} ± {s[k]['sd']:.2g}" for k, _, f in columns)
-                 + " |")
-    lines.append("| s.e. | " + " | ".join(f"{s[k]['se']:.2g}" for k, _, _ in columns) + " |")
-    lines.append("| min – max | " + " | ".join(f"{s[k]['min']:{f}} – {s[k]['max']:{f}}" for k, _, f in columns)
-                 + " |")
+    row = lambda label, text: lines.append(f"| {label} | " + " | ".join(   # noqa: E731
+        "n/a" if s[k] is None else text(s[k], f) for k, _, f in columns) + " |")
+    row("mean ± s.d.", lambda c, f: f"{c['mean']:{f}} ± {c['sd']:.2g}")
+    row("s.e.", lambda c, f: f"{c['se']:.2g}")
+    row("min – max", lambda c, f: f"{c['min']:{f}} – {c['max']:{f}}")
     return "\n".join(lines)

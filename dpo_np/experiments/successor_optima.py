@@ -33,7 +33,7 @@ over the policies it can represent need not be any of these.
 import numpy as np
 
 from dpo_np import autograd as ag
-from dpo_np import checks, rlhf
+from dpo_np import backend, checks, rlhf
 from dpo_np.experiments.toy_problem import PAD
 
 BISECTION_STEPS = 200          # halvings of a bracket: far below float64 rounding
@@ -89,7 +89,9 @@ def token_logprobs(logprobs, structure):
     masked = ag.where(member[None, :, :], lp[:, None, :], -np.inf)
     log_prefix = ag.logsumexp(masked, axis=-1)
     out = ag.where(structure["real"][None], log_prefix[:, structure["upto"]] - log_prefix[:, structure["before"]], 0.0)
-    return out if isinstance(logprobs, ag.Tensor) else out.data
+    if isinstance(logprobs, ag.Tensor):
+        return out
+    return backend.to_numpy(out.data) if isinstance(logprobs, np.ndarray) else out.data     # a host table stays one
 
 
 # -- the population of preference pairs --------------------------------------------------------
@@ -102,7 +104,7 @@ def pair_population(ref_logprobs, rewards):
     """
     mu = np.exp(np.asarray(ref_logprobs, dtype=np.float64))
     r = np.asarray(rewards, dtype=np.float64)
-    win = ag.sigmoid(r[:, :, None] - r[:, None, :]).data                  # p(a ≻ b)
+    win = backend.to_numpy(ag.sigmoid(r[:, :, None] - r[:, None, :]).data)  # p(a ≻ b), a host table
     W = 2.0 * mu[:, :, None] * mu[:, None, :] * win
     idx = np.arange(mu.shape[1])
     W[:, idx, idx] = mu ** 2
@@ -113,7 +115,7 @@ def win_rate(ref_logprobs, rewards):
     """P(y ≻ μ) = Σ_b μ(b) σ(r(y) − r(b)), μ = π_ref(·|x): how often y beats a reference sample, (P, N)."""
     mu = np.exp(np.asarray(ref_logprobs, dtype=np.float64))
     r = np.asarray(rewards, dtype=np.float64)
-    return (ag.sigmoid(r[:, :, None] - r[:, None, :]).data * mu[:, None, :]).sum(axis=-1)
+    return (backend.to_numpy(ag.sigmoid(r[:, :, None] - r[:, None, :]).data) * mu[:, None, :]).sum(axis=-1)
 
 
 # -- the optima --------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def normalize_per_token(base, lengths):
         above = total(mid) > 0
         lo, hi = np.where(above, lo, mid), np.where(above, mid, hi)
     out = base + lengths * (0.5 * (lo + hi))[:, None]
-    return out - ag.logsumexp_array(out, axis=-1, keepdims=True)               # the last rounding
+    return ag.log_softmax_array(out)               # the last rounding
 
 
 def ipo_optimum(ref_logprobs, rewards, lengths, beta):
@@ -180,7 +182,7 @@ def simpo_optimum(rewards, lengths, beta, gamma=0.0, weights=None, tol=1e-13, ma
 def _simpo_newton_step(s, W, gamma):
     """H⁻¹ g of Σ_ab W_ab softplus(−(s_a − s_b − γ)) per prompt, with s_0 held (the loss is shift-invariant)."""
     d = s[:, :, None] - s[:, None, :] - gamma                              # (P, N, N)
-    q = ag.sigmoid(-d).data                                                 # −∂ softplus(−d)/∂d
+    q = backend.to_numpy(ag.sigmoid(-d).data)                               # −∂ softplus(−d)/∂d
     g = -(W * q).sum(axis=2) + (W * q).sum(axis=1)                          # ∂/∂s_c: as winner, as loser
     c = W * q * (1.0 - q)                                                    # curvature of each pair
     C = c + c.transpose(0, 2, 1)
@@ -200,7 +202,7 @@ def orpo_nll_optimum(ref_logprobs, rewards, lengths):
     """
     chosen = pair_population(ref_logprobs, rewards).sum(axis=2)                # C(y)
     out = np.log(chosen) - np.log(np.asarray(lengths, dtype=np.float64))
-    return out - ag.logsumexp_array(out, axis=-1, keepdims=True)
+    return ag.log_softmax_array(out)
 
 
 def _solve_forward_kl(weights, values):
@@ -228,7 +230,7 @@ def forward_kl_optimum(ref_logprobs, rewards, beta):
     r = np.asarray(rewards, dtype=np.float64)
     lam = _solve_forward_kl(beta * np.exp(ref), r)
     out = np.log(beta) + ref - np.log(lam[:, None] - r)
-    return out - ag.logsumexp_array(out, axis=-1, keepdims=True)
+    return ag.log_softmax_array(out)
 
 
 def token_forward_kl_fixed_point(ref_logprobs, rewards, responses, beta):
@@ -265,5 +267,5 @@ def token_forward_kl_fixed_point(ref_logprobs, rewards, responses, beta):
     out = np.zeros_like(ref)
     for t in range(structure["upto"].shape[1]):
         out += np.where(structure["real"][:, t], log_cond[:, structure["upto"][:, t]], 0.0)
-    return out - ag.logsumexp_array(out, axis=-1, keepdims=True)
+    return ag.log_softmax_array(out)
 

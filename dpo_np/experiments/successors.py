@@ -66,13 +66,14 @@ def make_problem(seed, beta=DEFAULTS["beta"], eos=True, **sizes):
     responses = toy_problem.enumerate_responses(p["vocab_size"], p["length"], eos=eos)
     table = toy_problem.random_reference_table(p["n_prompts"], p["vocab_size"], p["length"], seed=seed, eos=eos,
                                                scale=p["reference_scale"])
-    ref = np.asarray(toy_problem.sequence_logprobs(table, responses), dtype=np.float64)
-    rewards = np.asarray(toy_problem.random_rewards(responses, p["n_prompts"], p["vocab_size"], seed=seed + 1,
-                                                    scale=p["reward_scale"]), dtype=np.float64)
+    # the problem's tables live on the host; a policy's parameters on the device (``TabularPolicy``)
+    ref = backend.to_numpy(toy_problem.sequence_logprobs(table, responses), np.float64)
+    rewards = backend.to_numpy(toy_problem.random_rewards(responses, p["n_prompts"], p["vocab_size"], seed=seed + 1,
+                                                          scale=p["reward_scale"]), np.float64)
     structure = optima.prefix_structure(responses)
     return {"responses": responses, "lengths": optima.response_lengths(responses), "structure": structure,
             "ref": ref, "ref_tokens": optima.token_logprobs(ref, structure), "rewards": rewards,
-            "beta": rlhf.check_beta(beta), "star": rlhf.optimal_policy(ref, rewards, beta),
+            "beta": rlhf.check_beta(beta), "star": backend.to_numpy(rlhf.optimal_policy(ref, rewards, beta)),
             "description": f"tabular toy, {dict(p, eos=eos)}"}
 
 
@@ -87,11 +88,12 @@ class TabularPolicy:
 
     def __init__(self, problem, lr):
         self.structure = problem["structure"]
-        self.theta = np.array(problem["ref"], dtype=np.float64)
+        self.theta = backend.asarray(np.array(problem["ref"], dtype=np.float64))       # on the device
         self.adam = AdamW({"theta": self.theta}, lr=checks.positive(lr, "lr"), weight_decay=0.0)
 
     def sequence_logprobs(self):
-        return ag.log_softmax(self.theta, axis=-1).data
+        """log π_θ(y|x) (P, N), a host table like the problem's."""
+        return backend.to_numpy(ag.log_softmax(self.theta, axis=-1).data, np.float64)
 
     def token_logprobs(self):
         return optima.token_logprobs(self.sequence_logprobs(), self.structure)
@@ -143,7 +145,7 @@ def sampled_triples(problem, n_pairs, seed):
     as the distinct triples (x, y_w, y_l, count) that ``train_pairs`` reads."""
     pairs = toy_problem.sample_preference_pairs(problem["ref"], problem["rewards"], n_pairs, seed=seed)
     triples = aggregate_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"], problem["ref"].shape[1])
-    return tuple(np.asarray(a) for a in triples)
+    return tuple(backend.to_numpy(a) for a in triples)
 
 
 def population_triples(problem):
