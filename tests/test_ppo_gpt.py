@@ -439,7 +439,7 @@ def test_the_seeds_spread_and_paired_differences_come_from_the_rows(seeds_run):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--seed", "1"], "--seed and --seeds: give one"),
+    (["--seed", "1"], "--seeds runs every seed it names, so --seed would change nothing"),
     (["--sft-checkpoint", "somewhere"], "--sft-checkpoint and --seeds"),
     (["--seeds", "2-1"], "--seeds: the range 2-1 runs backwards"),
 ])

@@ -438,7 +438,7 @@ def test_figures_and_diagnose_run_on_the_strict_backend(strict, tmp_path, capsys
     from dpo_np.cli import main
     assert main(["figures", "--quick", "--only", "gridworld", "closed-form", "successors", "--output-dir",
                  str(tmp_path / "f")]) == 0
-    assert sorted(os.listdir(tmp_path / "f")) == ["closed_form.png", "gridworld.png", "successors.png"]
+    assert sorted(os.listdir(tmp_path / "f")) == ["closed_form.png", "gridworld.png", "successors.png", "successors_gpt.png"]
     trainer = SFTTrainer(GPT(TINY, seed=0), args=SFTConfig(output_dir=str(tmp_path / "run"), max_steps=3,
                                                            **RUN), train_dataset=RECORDS, tokenizer=TOK)
     trainer.train()

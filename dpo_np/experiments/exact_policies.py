@@ -202,7 +202,7 @@ class GPTPolicy:
         def backward(d_sequence=None, d_token=None):
             if d_sequence is None and d_token is None:
                 raise ValueError("backward needs d_sequence or d_token: the gradient of a loss to follow")
-            d = np.zeros_like(tokens)
+            d = backend.xp().zeros_like(tokens)
             if d_sequence is not None:
                 d[:, start:] += _upstream(d_sequence, self.rs.shape, "d_sequence", d.dtype).reshape(-1, 1)
             if d_token is not None:
@@ -219,8 +219,8 @@ class GPTPolicy:
 
 
 def _upstream(d, shape, name, dtype):
-    """An upstream gradient as an array of ``shape``, or an error naming it."""
-    d = np.asarray(d, dtype=dtype)
+    """An upstream gradient (on the host or the device) as a device array of ``shape``, or an error naming it."""
+    d = backend.asarray(d, dtype)
     if d.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {d.shape}")
     return d

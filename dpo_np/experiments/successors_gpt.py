@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from dpo_np import checks, rlhf
+from dpo_np import backend, checks, rlhf
 from dpo_np.experiments import exact_policies as ep
 from dpo_np.experiments import successor_optima as optima
 from dpo_np.experiments import successors as S
@@ -68,9 +68,9 @@ def make_gpt_problem(seed, beta=S.DEFAULTS["beta"], n_layer=DEFAULTS["n_layer"],
     model = GPT(ep.gpt_config(rs, n_layer, n_head, n_embd), seed=seed + GPT_SEED, dtype=np.float64)
     gpt = ep.GPTPolicy(model, rs)
     ep.train_sft(gpt, np.exp(problem["ref"]), sft_steps, sft_lr)      # cross-entropy to the exact π_ref
-    ref, table_ref = gpt.logprobs(), problem["ref"]
+    ref, table_ref = backend.to_numpy(gpt.logprobs(), np.float64), problem["ref"]     # the problem's tables: host
     problem.update(seed=seed, ref=ref, ref_tokens=optima.token_logprobs(ref, problem["structure"]),
-                   star=rlhf.optimal_policy(ref, problem["rewards"], problem["beta"]), rs=rs,
+                   star=backend.to_numpy(rlhf.optimal_policy(ref, problem["rewards"], problem["beta"]), np.float64), rs=rs,
                    config=model.config, ref_params={k: v.copy() for k, v in model.params.items()},
                    table_ref=table_ref, reference_fit_kl=float(rlhf.kl_divergence(table_ref, ref).mean()),
                    description=f"GPT ({n_layer} layer, {n_embd} channels), π_ref fit to the tabular π_ref of "
@@ -98,10 +98,11 @@ class SharedGPTPolicy:
         return self._forward
 
     def sequence_logprobs(self):
-        return self._current()[0].copy()
+        """log π_θ(y|x) (P, N), a host table like the problem's."""
+        return backend.to_numpy(self._current()[0], np.float64)
 
     def token_logprobs(self):
-        return self._current()[1].copy()
+        return backend.to_numpy(self._current()[1], np.float64)
 
     def gradient(self, d_sequence=None, d_token=None):
         """dL/dθ (the GPT's parameter dict) from dL/dlog π_θ(y|x) and/or dL/dlog π_θ(y_t|x, y_<t)."""
@@ -120,7 +121,7 @@ def closest_fit(problem, target, steps, lr, start=None):
     if start is not None:
         policy.model.params = policy.params = {k: v.copy() for k, v in start.items()}
     ep.train_sft(policy, np.exp(target), steps, lr)
-    return float(rlhf.kl_divergence(target, policy.logprobs()).mean())
+    return float(rlhf.kl_divergence(target, backend.to_numpy(policy.logprobs(), np.float64)).mean())
 
 
 # -- the experiment ------------------------------------------------------------------------------
