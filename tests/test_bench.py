@@ -119,6 +119,13 @@ def test_the_performance_table_quotes_the_report_and_judges_each_target():
     assert "≤ 0.90× eager: missed; ≤ 1.10× compiled: missed" in bad
     assert "≤ 0.90× eager: missed |" in bad and "≥ 0.55: missed" in bad
     assert "The machine was busy during this run" in bad and "not results" in bad
+    # at the end the load holds the benchmark's own threads (2 here): only what is beyond them is other work
+    ends = {}
+    for end in (2.9, 3.1):
+        report = _synthetic_report(0.85, 1.05, 0.8, 0.6, 0.2)
+        report["machine"]["load_average_end"] = [end, 0, 0]
+        ends[end] = "not results" in performance_table(report)
+    assert ends == {2.9: False, 3.1: True}
     no_torch = _synthetic_report(0.85, 1.05, 0.8, 0.6, 0.2)
     no_torch["torch"] = {"available": False, "reason": "torch and transformers not installed: skipped"}
     assert performance_table(no_torch).count("not measured: torch and transformers not installed") == 2

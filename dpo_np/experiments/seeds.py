@@ -48,10 +48,10 @@ def run_seeds(seeds, output_dir="runs/demo", quick=False, overwrite=False, show_
                "kl": r["after"]["kl"], "best_steps": r["best_steps"], "seconds": r["seconds"]["total"]}
         rows.append(row)
         print_fn(_row(row))
-    summary = summarize(rows)
-    table = format_seed_table(rows, summary)
+    summary, info = summarize(rows), machine.describe()
+    table = format_seed_table(rows, summary, info)
     print_fn(table)
-    return {"rows": rows, "summary": summary, "machine": machine.describe(), "table": table,
+    return {"rows": rows, "summary": summary, "machine": info, "table": table,
             "config": {"quick": quick, **overrides}}
 
 
@@ -79,16 +79,18 @@ def _row(r):
     return f"| {r['seed']} | {cells} | {notes['reference']}/3 → {notes['policy']}/3 | {r['seconds']:.0f} s |"
 
 
-def format_seed_table(rows, summary):
-    """A Markdown table: one row per seed, then mean ± s.d. and the worst seed."""
+def format_seed_table(rows, summary, machine_info=None):
+    """A Markdown table: one row per seed, then mean ± s.d. and the worst seed, and the machine
+    (``machine_info``, ``bench.machine.describe()``'s dict; None: this one, now)."""
     head = "| seed | " + " | ".join(title for _, title in COLUMNS) + " | notes' answers, π_ref → π_θ | time |"
     lines = [head, "|" + " --- |" * (len(COLUMNS) + 3)] + [_row(r) for r in rows]
     stat = lambda key, fmt: f"{summary[key]['mean']:{fmt}} ± {summary[key]['sd']:{fmt}}"      # noqa: E731
-    worst = lambda key, fmt: f"{summary[key]['worst']:{fmt}} ({summary[key]['worst_seed']})"  # noqa: E731
+    worst = lambda key, fmt, unit="": (f"{summary[key]['worst']:{fmt}}{unit} "                # noqa: E731
+                                       f"({summary[key]['worst_seed']})")
     lines.append("| mean ± s.d. | " + " | ".join(stat(k, ".3f") for k, _ in COLUMNS)
                  + f" | {stat('notes_answers.reference', '.1f')} → {stat('notes_answers.policy', '.1f')}"
                  + f" | {stat('seconds', '.0f')} s |")
     lines.append("| worst (seed) | " + " | ".join(worst(k, ".3f") for k, _ in COLUMNS)
-                 + f" | {worst('notes_answers.policy', '.0f')}/3 | {worst('seconds', '.0f')} s |")
-    lines.append(f"\nmeasured on: {machine.one_line()}")
+                 + f" | {worst('notes_answers.policy', '.0f', '/3')} | {worst('seconds', '.0f', ' s')} |")
+    lines.append(f"\nmeasured on: {machine.one_line(machine_info)}")
     return "\n".join(lines)
