@@ -523,7 +523,7 @@ ESTIMATES = {"gridworld": _estimate_gridworld, "closed-form": _estimate_closed_f
 
 def _demo(args):
     overrides = {k: v for k, v in (("sft_steps", args.sft_steps), ("dpo_steps", args.dpo_steps),
-                                   ("beta", args.beta)) if v is not None}
+                                   ("beta", args.beta), ("sft_patience", args.sft_patience)) if v is not None}
     if args.seeds is not None:
         return _demo_seeds(args, overrides)
     _check_stages(args, args.output_dir)
@@ -1000,6 +1000,10 @@ def build_parser():
     p.add_argument("--dpo-steps", type=positive_int, default=None,
                    help=f"at most this many DPO steps (default {DEMO_DEFAULTS['dpo_steps']}; "
                         f"{DEMO_QUICK['dpo_steps']} with --quick)")
+    p.add_argument("--sft-patience", type=positive_int, default=None,
+                   help="stop SFT after this many evaluations without a better validation loss and keep its best "
+                        "point (default: train SFT to its last step, so π_ref writes the trained answers whole; "
+                        f"{DEMO_QUICK['sft_patience']} with --quick)")
     p.add_argument("--beta", type=positive_float, default=None,
                    help=f"β of the DPO loss (default {DEMO_DEFAULTS['beta']}; {DEMO_QUICK['beta']} with --quick)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed: data split and model (default 0)")

@@ -364,6 +364,7 @@ def _walk_cases(f):
             "quick": (["--quick"], kw("run_demo", "quick", True)),
             "sft_steps": (["--sft-steps", "5"], kw("run_demo", "sft_steps", 5)),
             "dpo_steps": (["--dpo-steps", "6"], kw("run_demo", "dpo_steps", 6)),
+            "sft_patience": (["--sft-patience", "2"], kw("run_demo", "sft_patience", 2)),
             "beta": (["--beta", "0.7"], kw("run_demo", "beta", 0.7)), "seed": (["--seed", "9"], kw("run_demo", "seed", 9)),
             "seeds": (["--seeds", "2,4"], lambda c: c["run_seeds"][-1]["args"][0] == [2, 4]),
             "overwrite": (["--overwrite"], kw("run_demo", "overwrite", True)),
