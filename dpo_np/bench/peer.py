@@ -16,8 +16,8 @@ import tempfile
 from dpo_np import backend
 from dpo_np.bench import machine
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "benchmarks", "torch_peer.py")
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(os.path.dirname(PACKAGE), "benchmarks", "torch_peer.py")
 
 
 def unavailable():
@@ -44,6 +44,8 @@ def bench_torch(quick=False, print_fn=print):
     threads = machine.blas_threads()["threads"]
     env = dict(os.environ, **({"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
                               if threads else {}))
+    # the peer imports this very dpo_np, not another one installed in site-packages
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(PACKAGE), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="dpo_np-torch-") as tmp:
         out = os.path.join(tmp, "torch.json")
         done = subprocess.run([sys.executable, SCRIPT, "--json", out] + (["--quick"] if quick else []), env=env)
