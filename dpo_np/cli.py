@@ -970,8 +970,8 @@ def _thread_args(parser):
     for p in _subparsers(parser).values():
         p.add_argument("--threads", type=positive_int, default=None,
                        help=f"threads of NumPy's BLAS (default: OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when set, "
-                            f"else {DEFAULT_THREADS}: as fast as 2 at these sizes on idle cores and far faster when "
-                            f"other work shares them; a larger model on idle cores may gain from 2)")
+                            f"else {DEFAULT_THREADS}: on idle cores 2 are about 15%% faster at these sizes, but when other "
+                            f"work shares the cores 1 ran the demo 2.5× faster; see the README)")
         _trl_epilog(p)
 
 
