@@ -44,6 +44,21 @@ def test_quick_demo_prints_every_row_of_the_table_and_every_notes_prompt(quick):
             assert a[when + "_is"] in ("chosen", "preferred", "rejected", "neither")
 
 
+def test_quick_demo_prints_the_judges_counts_by_family_and_they_add_up_to_its_shares(quick):
+    result, printed, _ = quick
+    for side in ("before", "after"):
+        judged = result[side]["judge"]
+        counts = judged["by_family"].values()
+        assert sum(sum(c.values()) for c in counts) == judged["n"]
+        for j in toy_preferences.JUDGEMENTS:
+            assert sum(c[j] for c in counts) / judged["n"] == pytest.approx(judged[j])
+    for fam, ref in result["before"]["judge"]["by_family"].items():
+        pol = result["after"]["judge"]["by_family"][fam]
+        row = [line.split() for line in printed.splitlines() if line.strip().startswith(fam + " ")][-1]
+        assert row == [fam, *" / ".join(str(ref[j]) for j in toy_preferences.JUDGEMENTS).split(),
+                       *" / ".join(str(pol[j]) for j in toy_preferences.JUDGEMENTS).split(), str(sum(ref.values()))]
+
+
 def test_quick_demo_reports_only_finite_numbers(quick):
     result, _, _ = quick
     for side in ("before", "after"):
@@ -300,3 +315,26 @@ def test_demo_seeds_json_holds_the_judges_shares_and_the_notes_answers_per_seed(
         worst = values.max() if key == "kl" else values.min()
         assert s["worst"] == worst
     assert "notes' answers, π_ref → π_θ" in out["table"]
+    # per family, the judge's counts add up to the overall shares the judge gave all answers at once
+    for row in out["rows"]:
+        for who in ("reference", "policy"):
+            counts = [c[who] for c in row["judge_by_family"].values()]
+            n = sum(sum(c.values()) for c in counts)
+            assert sum(c[toy_preferences.PREFERRED] for c in counts) / n == pytest.approx(row["judge"][who])
+        assert set(row["judge_by_family"]) <= set(toy_preferences.LEARNABLE)
+
+
+def test_the_family_table_gives_each_familys_preferred_share_over_the_seeds():
+    from dpo_np.experiments.seeds import format_family_table
+    P, R, N = toy_preferences.JUDGEMENTS
+    rows = [{"seed": 3, "judge_by_family": {"manners": {"reference": {P: 1, R: 2, N: 1}, "policy": {P: 3, R: 0, N: 1}},
+                                            "arithmetic": {"reference": {P: 0, R: 5, N: 5}, "policy": {P: 5, R: 5, N: 0}}}},
+            {"seed": 7, "judge_by_family": {"manners": {"reference": {P: 0, R: 2, N: 2}, "policy": {P: 2, R: 1, N: 1}},
+                                            "arithmetic": {"reference": {P: 2, R: 4, N: 2}, "policy": {P: 8, R: 0, N: 0}}}}]
+    lines = format_family_table(rows).splitlines()
+    # arithmetic: π_ref 0/10, 2/8 → 0.125 ± 0.177; π_θ 5/10, 8/8 → 0.750 ± 0.354, worst 0.5 on seed 3
+    assert "| arithmetic | 8–10 | 0.125 ± 0.177 | 0.750 ± 0.354 | 0.500 (3) |" in lines
+    # manners: π_ref 1/4, 0/4 → 0.125 ± 0.177; π_θ 3/4, 2/4 → 0.625 ± 0.177, worst 0.5 on seed 7
+    assert "| manners | 4 | 0.125 ± 0.177 | 0.625 ± 0.177 | 0.500 (7) |" in lines
+    assert lines.index("| arithmetic | 8–10 | 0.125 ± 0.177 | 0.750 ± 0.354 | 0.500 (3) |") < lines.index(
+        "| manners | 4 | 0.125 ± 0.177 | 0.625 ± 0.177 | 0.500 (7) |")        # the families in the data's order

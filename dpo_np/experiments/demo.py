@@ -291,6 +291,12 @@ def format_table(before, after, answers, cfg, families=None):
             if fam in families["implicit_reward"]:
                 name = fam + ("" if fam in toy_preferences.LEARNABLE else " *")
                 lines.append(f"  {name:<18}" + "".join(f"{'%d/%d' % families[key][fam]:>14}" for key, _ in cols))
+    lines.append("\nheld-out sampled answers by family, judged: y_w's rule / y_l's rule / neither (of n):")
+    lines.append(f"  {'family':<18}{'π_ref':>16}{'π_θ':>16}{'n':>6}")
+    counts = lambda c: " / ".join(str(c[j]) for j in toy_preferences.JUDGEMENTS)      # noqa: E731
+    for fam in [f for f in toy_preferences.LEARNABLE if f in before["judge"]["by_family"]]:
+        ref, pol = before["judge"]["by_family"][fam], after["judge"]["by_family"][fam]
+        lines.append(f"  {fam:<18}{counts(ref):>16}{counts(pol):>16}{sum(ref.values()):>6}")
     lines.append("\ngreedy answers to the notes' prompts (π_ref = the SFT model before, π_θ after):")
     for prompt, a in answers.items():
         lines.append(f"  Q: {prompt}")

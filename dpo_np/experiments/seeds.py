@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from dpo_np.bench import machine
+from dpo_np.experiments import toy_preferences
 from dpo_np.experiments.demo import run_demo
 
 #: (key, title) of the per-seed columns; "judge.policy" reads row["judge"]["policy"]
@@ -42,6 +43,8 @@ def run_seeds(seeds, output_dir="runs/demo", quick=False, overwrite=False, show_
                                                                  "reward_model_accuracy", "reward_model_accuracy_facts")},
                **{key: {"reference": r["before"][key]["preferred"], "policy": r["after"][key]["preferred"]}
                   for key in ("judge_train", "judge", "judge_greedy")},
+               "judge_by_family": {fam: {"reference": r["before"]["judge"]["by_family"][fam], "policy": counts}
+                                   for fam, counts in r["after"]["judge"]["by_family"].items()},
                "notes_answers": {who: sum(a[when + "_is"] == "chosen" for a in r["answers"].values())
                                  for who, when in (("reference", "before"), ("policy", "after"))},
                "answers": {p: a["after"] for p, a in r["answers"].items()},
@@ -49,7 +52,7 @@ def run_seeds(seeds, output_dir="runs/demo", quick=False, overwrite=False, show_
         rows.append(row)
         print_fn(_row(row))
     summary, info = summarize(rows), machine.describe()
-    table = format_seed_table(rows, summary, info)
+    table = format_seed_table(rows, summary, info) + "\n\n" + format_family_table(rows)
     print_fn(table)
     return {"rows": rows, "summary": summary, "machine": info, "table": table,
             "config": {"quick": quick, **overrides}}
@@ -93,4 +96,27 @@ def format_seed_table(rows, summary, machine_info=None):
     lines.append("| worst (seed) | " + " | ".join(worst(k, ".3f") for k, _ in COLUMNS)
                  + f" | {worst('notes_answers.policy', '.0f', '/3')} | {worst('seconds', '.0f', ' s')} |")
     lines.append(f"\nmeasured on: {machine.one_line(machine_info)}")
+    return "\n".join(lines)
+
+
+def preferred_share(counts):
+    """The share of answers the judge calls preferred, from one family's counts of each judgement."""
+    return counts[toy_preferences.PREFERRED] / sum(counts.values())
+
+
+def format_family_table(rows):
+    """Held-out sampled answers that follow y_w's rule, per family: mean ± s.d. over the seeds and
+    the worst seed, π_ref and π_θ. It shows which rules DPO changes what the model writes on new
+    prompts, and which it cannot (a family whose answers must copy a name the model never saw)."""
+    lines = ["held-out prompts, sampled answers following y_w's rule, by family (mean ± s.d. over seeds; worst):",
+             "| family | answers per seed | π_ref | π_θ | π_θ worst (seed) |", "| --- | --- | --- | --- | --- |"]
+    sd = lambda v: v.std(ddof=1) if len(v) > 1 else 0.0      # noqa: E731
+    for fam in [f for f in toy_preferences.LEARNABLE if f in rows[0]["judge_by_family"]]:
+        n = sorted({sum(r["judge_by_family"][fam]["policy"].values()) for r in rows})
+        share = {who: np.array([preferred_share(r["judge_by_family"][fam][who]) for r in rows])
+                 for who in ("reference", "policy")}
+        worst = int(np.argmin(share["policy"]))
+        lines.append(f"| {fam} | {n[0] if len(n) == 1 else f'{n[0]}–{n[-1]}'} | "
+                     + " | ".join(f"{v.mean():.3f} ± {sd(v):.3f}" for v in share.values())
+                     + f" | {share['policy'][worst]:.3f} ({rows[worst]['seed']}) |")
     return "\n".join(lines)
