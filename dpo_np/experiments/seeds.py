@@ -9,7 +9,8 @@ held-out ones, and greedily on held-out ones; KL(π_θ‖π_ref); the held-out i
 on the pairs whose rule can be learned and on the pairs that need an unseen fact, the reward model's
 accuracy likewise; how many of the notes' three prompts π_ref and π_θ answer with the chosen answer;
 and the time. Then the mean ± sample standard deviation and the worst seed of each column, and the
-machine (the BLAS thread count can change the last bits of a result).
+machine (the BLAS thread count can change the last bits of a result); then the held-out sampled
+share split by the data's families, which shows where DPO changes new answers and where it cannot.
 """
 
 import os
