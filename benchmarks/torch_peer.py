@@ -62,7 +62,7 @@ def bench_torch(rounds=5, steps=10, compile=True, n_pairs=16, toy=None, batch_si
     """Ours against PyTorch eager (and ``torch.compile``) on the toy forward+backward and a DPO step.
 
     Returns ``{"available": False, "reason"}`` without torch; else ``{"available": True, "torch",
-    "transformers", "torch_threads", "fwd_bwd": {...}, "dpo_step": {...}}``, each comparison with the
+    "transformers", "torch_threads", "cpu_capability", "fwd_bwd": {...}, "dpo_step": {...}}``, each comparison with the
     median seconds per side, the per-round ratios ours / theirs and their median, min and max.
     ``toy`` (GPTConfig fields; None: ``TOY``) and ``batch_size`` shape the forward+backward;
     ``dpo_model`` (n_layer, n_head, n_embd, block_size; None: the DPO benchmark's) the DPO step.
@@ -78,7 +78,8 @@ def bench_torch(rounds=5, steps=10, compile=True, n_pairs=16, toy=None, batch_si
     torch.set_num_threads(machine.blas_threads()["threads"])
     say = progress_file if progress_file is not None else sys.stderr
     res = {"available": True, "torch": torch.__version__, "transformers": transformers.__version__,
-           "torch_threads": torch.get_num_threads(), "memory": memory.status()}
+           "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "memory": memory.status()}
     print(f"bench torch: forward+backward, {rounds} rounds", file=say, flush=True)
     res["fwd_bwd"] = _fwd_bwd(rounds, steps, compile, dict(TOY if toy is None else toy), batch_size, seed)
     print(f"bench torch: DPO step, {rounds} rounds", file=say, flush=True)
@@ -205,7 +206,8 @@ def _rounds(sides, rounds, steps):
 
 
 def _report(r, print_fn):
-    print_fn(f"Against PyTorch {r['torch']} (transformers {r['transformers']}, {r['torch_threads']} threads); "
+    print_fn(f"Against PyTorch {r['torch']} (transformers {r['transformers']}, {r['torch_threads']} threads, "
+             f"{r['cpu_capability']} kernels); "
              f"ratios are ours / theirs, median of per-round ratios (min–max); below 1 we are faster")
     for key, what in (("fwd_bwd", "toy forward+backward"), ("dpo_step", "DPO step (policy fwd+bwd, reference fwd)")):
         c = r[key]

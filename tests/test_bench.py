@@ -2,6 +2,11 @@
 
 import json
 import math
+import os
+import platform
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -143,3 +148,37 @@ def test_bench_table_reads_the_json_bench_all_writes(tmp_path, capsys):
     (tmp_path / "other.json").write_text("{}", encoding="utf-8")
     assert main(["bench", "table", str(tmp_path / "other.json")]) == 2
     assert "not a `bench all` report" in capsys.readouterr().err
+
+
+def test_the_machine_line_says_which_kernels_ran_and_what_held_them_back():
+    from dpo_np.bench import machine
+    report = _synthetic_report(0.85, 1.05, 0.8, 0.6, 0.2)
+    assert "kernels" not in performance_table(report)                  # a report from before the field
+    report["machine"]["vector_extensions"] = ["avx2", "avx512f"]
+    report["machine"]["kernels"] = {"blas_kernels": "SkylakeX", "numpy_simd": ["X86_V3", "X86_V4"], "limited_by": {}}
+    assert "with AVX2, AVX-512 (OpenBLAS SkylakeX kernels, NumPy SIMD X86_V3, X86_V4)" in performance_table(report)
+    report["machine"]["kernels"] = {"blas_kernels": "Haswell", "numpy_simd": [],
+                                    "limited_by": {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2"}}
+    report["torch"]["cpu_capability"] = "AVX2"
+    line = performance_table(report)
+    assert ("with AVX2, AVX-512 (held below that by OPENBLAS_CORETYPE, ATEN_CPU_CAPABILITY: OpenBLAS Haswell "
+            "kernels, NumPy SIMD baseline only)") in line and "; PyTorch on its AVX2 kernels" in line
+    assert set(machine.kernels()) == {"blas_kernels", "numpy_simd", "limited_by"}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the script switches off x86 AVX-512 code")
+def test_the_script_without_avx512_holds_numpy_and_openblas_to_avx2():
+    """benchmarks/without_avx512.sh sets every variable machine.ISA_VARIABLES names, and with them
+    NumPy dispatches to nothing above AVX2 and OpenBLAS loads an AVX2 kernel family."""
+    from dpo_np.bench import machine
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "without_avx512.sh")
+    with open(script, encoding="utf-8") as f:
+        exports = dict(re.findall(r"^export (\w+)=\"?([^\"\s]+(?: [^\"\s]+)*)\"?", f.read(), re.M))
+    assert set(exports) == set(machine.ISA_VARIABLES)
+    code = "import json; from dpo_np.bench import machine; print(json.dumps(machine.kernels()))"
+    shown = json.loads(subprocess.run([sys.executable, "-c", code], env={**os.environ, **exports}, check=True,
+                                      capture_output=True, text=True).stdout)
+    assert shown["limited_by"] == exports
+    assert shown["numpy_simd"] is not None and not any("512" in s or s == "X86_V4" for s in shown["numpy_simd"])
+    if shown["blas_kernels"] is not None:                         # OpenBLAS, read by threadpoolctl
+        assert shown["blas_kernels"] in ("Haswell", "Zen")

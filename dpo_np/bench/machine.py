@@ -12,6 +12,10 @@ import numpy as np
 from dpo_np import backend
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: the variables that hold a library below the vector instructions the CPU has (read when each
+#: library loads); benchmarks/without_avx512.sh sets them all to time an AVX-512 CPU without it
+ISA_VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "ATEN_CPU_CAPABILITY",
+                 "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
 
 
 def cpu_model():
@@ -39,6 +43,29 @@ def vector_extensions():
     except OSError:
         pass
     return None
+
+
+def kernels():
+    """The vector code the libraries run, which need not be all the CPU has: ``{"blas_kernels"}``
+    (OpenBLAS's kernel family as threadpoolctl reads it, e.g. SkylakeX for AVX-512, Haswell or
+    Zen for AVX2; None where unknown), ``{"numpy_simd"}`` (the SIMD targets NumPy dispatches to
+    beyond its baseline) and ``{"limited_by"}`` (the ISA_VARIABLES set, with their values)."""
+    out = {"blas_kernels": None, "numpy_simd": None,
+           "limited_by": {name: os.environ[name] for name in ISA_VARIABLES if os.environ.get(name)}}
+    try:
+        import threadpoolctl
+        blas = [i for i in threadpoolctl.threadpool_info() if i.get("internal_api") == "openblas"]
+        blas.sort(key=lambda i: "numpy" not in i.get("filepath", ""))
+        if blas:
+            out["blas_kernels"] = blas[0].get("architecture")
+    except ImportError:
+        pass
+    try:        # what np.show_runtime() prints as "found"; NumPy keeps it in a private module
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+        out["numpy_simd"] = [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+    except ImportError:
+        pass
+    return out
 
 
 def blas():
@@ -85,7 +112,7 @@ def describe():
     out = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
            "numpy": np.__version__, "blas": blas(), "blas_threads": blas_threads(),
            "array_library": backend.backend_name(), "array_library_version": xp.__version__,
-           "vector_extensions": vector_extensions(), "load_average": load_average()}
+           "vector_extensions": vector_extensions(), "kernels": kernels(), "load_average": load_average()}
     if backend.backend_name() == "cupy":
         props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
         out["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
@@ -99,6 +126,12 @@ def one_line(info=None):
     ext = info.get("vector_extensions")
     simd = "" if ext is None else (" with " + ", ".join(e.upper().replace("AVX512F", "AVX-512") for e in ext)
                                    if ext else " without AVX2 or AVX-512")
+    k = info.get("kernels")
+    if k and k["limited_by"]:
+        simd += (f" (held below that by {', '.join(k['limited_by'])}: OpenBLAS {k['blas_kernels']} kernels, "
+                 f"NumPy SIMD {', '.join(k['numpy_simd'] or ['baseline only'])})")
+    elif k:
+        simd += f" (OpenBLAS {k['blas_kernels']} kernels, NumPy SIMD {', '.join(k['numpy_simd'] or ['baseline only'])})"
     load = info.get("load_average")
     busy = f"; load average {load[0]:.2f}" if load else ""
     return (f"{info['cpu']}{simd}, {info['cores']} cores; {info['blas']} on {t['threads']} thread(s) ({t['from']}); "

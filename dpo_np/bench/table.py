@@ -38,7 +38,7 @@ def performance_table(report):
              _where_time_goes(report["model_toy"]), _threads(report["model_toy"]), _gpt2_small(report["model_gpt2_small"]),
              _dpo_vs_sft(report["dpo"]), _closed_form(report["closed_form"]), _generate(report["generate"])]
     lines = ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n\n" + _machine_note(report["machine"]) + "\n"
+    return "\n".join(lines) + "\n\n" + _machine_note(report["machine"], report.get("torch")) + "\n"
 
 
 def _ms(seconds):
@@ -149,8 +149,10 @@ def _generate(r):
             f"{r['tokens_per_s_without_cache']:,.0f} without", "")
 
 
-def _machine_note(m):
+def _machine_note(m, torch_report=None):
     note = f"One run of `python -m dpo_np bench all` on {machine.one_line(m)}"
+    if (torch_report or {}).get("cpu_capability"):
+        note += f"; PyTorch on its {torch_report['cpu_capability']} kernels"
     start, end = m.get("load_average"), m.get("load_average_end")
     if start and end:
         note += f" at the start, {end[0]:.2f} at the end"
