@@ -74,6 +74,11 @@ def bench_torch(rounds=5, steps=10, compile=True, n_pairs=16, toy=None, batch_si
     import torch
     import transformers
     memory.keep_freed_memory()
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":
+        # torch.compile picks its vector width from the CPU, not from ATEN_CPU_CAPABILITY: on an
+        # AVX-512 CPU held to AVX2 (benchmarks/without_avx512.sh) its kernels crashed until held too
+        import torch._inductor.config
+        torch._inductor.config.cpp.simdlen = 256
     torch.manual_seed(seed)
     torch.set_num_threads(machine.blas_threads()["threads"])
     say = progress_file if progress_file is not None else sys.stderr

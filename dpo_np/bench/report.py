@@ -25,7 +25,7 @@ from dpo_np.bench import machine
 from dpo_np.bench.closed_form import bench_closed_form
 from dpo_np.bench.dpo import bench_dpo
 from dpo_np.bench.generate import bench_generate
-from dpo_np.bench.model import bench_model
+from dpo_np.bench.model import GPT2_SMALL_TARGET_RATIO, bench_model
 from dpo_np.bench.peer import bench_torch
 
 GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
@@ -43,7 +43,8 @@ def run_all(print_fn=print, quick=False):
         ("model_gpt2_small", lambda: bench_model(block_size=256 if gpu else (16 if quick else 128),
                                                  batch_size=8 if gpu else (1 if quick else 2),
                                                  steps=2 if quick else 3, rounds=1 if quick else 3,
-                                                 gemm_inner=2, print_fn=print_fn, **small)),
+                                                 gemm_inner=2, print_fn=print_fn, target=GPT2_SMALL_TARGET_RATIO,
+                                                 **small)),
         ("dpo", lambda: bench_dpo(**(dict(n_pairs=2, n_layer=1, n_head=2, n_embd=16, repeats=1, warmup=0)
                                      if quick else {}), print_fn=print_fn)),
         ("closed_form", lambda: bench_closed_form(**(dict(vocab_size=3, length=3, repeats=1) if quick else {}))),
