@@ -162,7 +162,7 @@ def test_the_machine_line_says_which_kernels_ran_and_what_held_them_back():
     report["torch"]["cpu_capability"] = "AVX2"
     line = performance_table(report)
     assert ("with AVX2, AVX-512 (held below that by OPENBLAS_CORETYPE, ATEN_CPU_CAPABILITY: OpenBLAS Haswell "
-            "kernels, NumPy SIMD baseline only)") in line and "; PyTorch on its AVX2 kernels" in line
+            "kernels, NumPy SIMD baseline only)") in line and "at the end; PyTorch on its AVX2 kernels." in line
     assert set(machine.kernels()) == {"blas_kernels", "numpy_simd", "limited_by"}
 
 

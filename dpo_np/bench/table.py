@@ -152,11 +152,11 @@ def _generate(r):
 
 def _machine_note(m, torch_report=None):
     note = f"One run of `python -m dpo_np bench all` on {machine.one_line(m)}"
-    if (torch_report or {}).get("cpu_capability"):
-        note += f"; PyTorch on its {torch_report['cpu_capability']} kernels"
     start, end = m.get("load_average"), m.get("load_average_end")
     if start and end:
         note += f" at the start, {end[0]:.2f} at the end"
+    if (torch_report or {}).get("cpu_capability"):
+        note += f"; PyTorch on its {torch_report['cpu_capability']} kernels"
     note += "."
     cores = m.get("cores") or 1
     # before the run the load is other work's; at its end it holds the benchmark's own threads too
