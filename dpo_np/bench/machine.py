@@ -52,14 +52,9 @@ def kernels():
     beyond its baseline) and ``{"limited_by"}`` (the ISA_VARIABLES set, with their values)."""
     out = {"blas_kernels": None, "numpy_simd": None,
            "limited_by": {name: os.environ[name] for name in ISA_VARIABLES if os.environ.get(name)}}
-    try:
-        import threadpoolctl
-        blas = [i for i in threadpoolctl.threadpool_info() if i.get("internal_api") == "openblas"]
-        blas.sort(key=lambda i: "numpy" not in i.get("filepath", ""))
-        if blas:
-            out["blas_kernels"] = blas[0].get("architecture")
-    except ImportError:
-        pass
+    info = _numpy_blas()
+    if info and info.get("internal_api") == "openblas":
+        out["blas_kernels"] = info.get("architecture")
     try:        # what np.show_runtime() prints as "found"; NumPy keeps it in a private module
         from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
         out["numpy_simd"] = [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
@@ -77,18 +72,24 @@ def blas():
         return "unknown"
 
 
+def _numpy_blas():
+    """threadpoolctl's record of the BLAS NumPy loaded, or None (no threadpoolctl, or no BLAS it knows)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    blas.sort(key=lambda i: "numpy" not in i.get("filepath", ""))        # NumPy's own BLAS first
+    return blas[0] if blas else None
+
+
 def blas_threads():
     """How many threads BLAS uses: the count in force as threadpoolctl reads it from the library
     (where threadpoolctl is installed: a limit set at run time is then seen too), else the first
     thread variable set, else the library's default (the cores this process may use)."""
-    try:
-        import threadpoolctl
-        blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
-        blas.sort(key=lambda i: "numpy" not in i.get("filepath", ""))        # NumPy's own BLAS first
-        if blas:
-            return {"threads": blas[0]["num_threads"], "from": "in force (threadpoolctl)"}
-    except ImportError:
-        pass
+    info = _numpy_blas()
+    if info:
+        return {"threads": info["num_threads"], "from": "in force (threadpoolctl)"}
     for name in THREAD_VARIABLES:
         if os.environ.get(name):
             return {"threads": int(os.environ[name]), "from": name}
@@ -127,11 +128,10 @@ def one_line(info=None):
     simd = "" if ext is None else (" with " + ", ".join(e.upper().replace("AVX512F", "AVX-512") for e in ext)
                                    if ext else " without AVX2 or AVX-512")
     k = info.get("kernels")
-    if k and k["limited_by"]:
-        simd += (f" (held below that by {', '.join(k['limited_by'])}: OpenBLAS {k['blas_kernels']} kernels, "
-                 f"NumPy SIMD {', '.join(k['numpy_simd'] or ['baseline only'])})")
-    elif k:
-        simd += f" (OpenBLAS {k['blas_kernels']} kernels, NumPy SIMD {', '.join(k['numpy_simd'] or ['baseline only'])})"
+    if k:
+        held = f"held below that by {', '.join(k['limited_by'])}: " if k["limited_by"] else ""
+        gemm = f"OpenBLAS {k['blas_kernels']} kernels" if k["blas_kernels"] else "BLAS kernels unknown"
+        simd += f" ({held}{gemm}, NumPy SIMD {', '.join(k['numpy_simd'] or ['baseline only'])})"
     load = info.get("load_average")
     busy = f"; load average {load[0]:.2f}" if load else ""
     return (f"{info['cpu']}{simd}, {info['cores']} cores; {info['blas']} on {t['threads']} thread(s) ({t['from']}); "
