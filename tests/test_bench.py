@@ -58,6 +58,7 @@ def test_bench_all_reports_every_benchmark_and_the_machine_it_ran_on(capsys):
         assert r["tokens_per_s"] > 0 and r["tracemalloc_peak_bytes"] > 0
         assert r["outside_gemm_s"] == pytest.approx(r["fwd_bwd_s"] - r["gemm_ceiling_s"])
         assert set(r["breakdown"]) == {*FAMILIES, OTHER}
+        assert r["transcendental_s"] == pytest.approx(sum(count * t for _, count, _, t in r["transcendentals"]))
         t = r["threads"]
         assert t["threads"] == parallel.threads() and {t["threads"], t["other_threads"]} == {1, parallel.usable_cores()}
     assert report["generate"]["tokens_per_s"] > 0 and report["dpo"]["ratio"] > 0
@@ -84,6 +85,19 @@ def test_the_breakdown_splits_the_step_by_family_and_puts_the_functions_back():
         {"linear", "attention", "lm_head"}
 
 
+def test_the_transcendentals_are_the_steps_tanh_and_exp_on_its_shapes():
+    from dpo_np.bench.model import model_transcendentals
+    from dpo_np.model import GPTConfig
+    cfg = GPTConfig(vocab_size=11, block_size=5, n_layer=3, n_head=2, n_embd=8)
+    passes = model_transcendentals(cfg, batch_size=4)
+    assert [(count, n) for _, count, n, _ in passes] == [(3, 4 * 5 * 32), (3, 4 * 2 * 5 * 5), (2, 4 * 5 * 11)]
+    tanh, softmax, _ = (fn() for _, _, _, fn in passes)
+    assert tanh.shape == (4, 5, 32) and np.all(np.abs(tanh) < 1)
+    # the scores are ≤ 0 after the row maximum, the masked ones (keys after the query) underflow to 0
+    causal = np.tril(np.ones((5, 5), dtype=bool))
+    assert np.all(softmax[..., ~causal] == 0) and np.all((softmax[..., causal] > 0) & (softmax[..., causal] <= 1))
+
+
 def _synthetic_report(eager, compiled, dpo_eager, toy_ratio, load):
     """A ``bench all`` report with chosen numbers, to check the table's arithmetic and verdicts."""
     rounds = lambda m: {"median": m, "min": m - 0.05, "max": m + 0.05, "rounds": [m - 0.05, m, m + 0.05]}
@@ -94,6 +108,7 @@ def _synthetic_report(eager, compiled, dpo_eager, toy_ratio, load):
              "tracemalloc_peak_bytes": 2**27,
              "threads": {"threads": 1, "other_threads": 2, "other_fwd_bwd_s": 0.08,
                          "ratio_other": {"median": 0.8, "min": 0.75, "max": 0.85, "rounds": [0.75, 0.8, 0.85]}},
+             "transcendental_s": 0.008,
              "breakdown": {"linear": {"s": 0.05, "gemm_s": 0.045, "rest_s": 0.005},
                            "gelu": {"s": 0.01, "gemm_s": 0.0, "rest_s": 0.01}}}
     return {"machine": {"cpu": "Test CPU", "cores": 2, "blas": "blas", "blas_threads": {"threads": 2, "from": "x"},
@@ -117,7 +132,8 @@ def test_the_performance_table_quotes_the_report_and_judges_each_target():
     assert "torch.compile 95.2 ms: 1.05× (rounds 1.00–1.10)" in good
     assert "≤ 0.90× eager: met; ≤ 1.10× compiled: met" in good
     assert "ratio 0.60 (rounds 0.50–0.70) | ≥ 0.55: met" in good
-    assert "GEMMs alone 60.0 ms, everything else 40.0 ms: linear 50.0 ms, GEMMs 45.0 ms; gelu 10.0 ms" in good
+    assert ("GEMMs alone 60.0 ms, everything else 40.0 ms: linear 50.0 ms, GEMMs 45.0 ms; gelu 10.0 ms; "
+            "NumPy's tanh and exp alone 8.0 ms of the step |") in good
     assert "2 thread(s) 80.0 ms against 1 (this run's setting) 100.0 ms: 0.80× (rounds 0.75–0.85)" in good
     assert "13,700 tokens/s with the key/value cache, 860 without" in good and "not results" not in good
     bad = performance_table(_synthetic_report(eager=0.95, compiled=1.20, dpo_eager=0.95, toy_ratio=0.50, load=1.5))

@@ -78,6 +78,27 @@ def model_gemms(config, batch_size, dtype=np.float32, seed=0):
     return gemms
 
 
+def model_transcendentals(config, batch_size, dtype=np.float32, seed=0):
+    """The step's tanh and exp passes, as (label, count, elements, thunk), each to be timed alone.
+
+    Beside the GEMMs these are the elementwise passes whose speed depends most on the vector code
+    NumPy dispatches to (``machine.kernels``). ``thunk`` applies the ufunc to an array of the shape
+    the model applies it to, with values like the model's: GELU's pre-activations, the attention
+    scores after the row maximum is subtracted (the masked ones at the model's −big), the logits.
+    """
+    rng = np.random.default_rng(seed)
+    B, T, C, V, nh, L = (batch_size, config.block_size, config.n_embd, config.vocab_size, config.n_head,
+                         config.n_layer)
+    h = rng.standard_normal((B, T, 4 * C)).astype(dtype)
+    s = -np.abs(rng.standard_normal((B, nh, T, T))).astype(dtype)
+    s[..., ~np.tril(np.ones((T, T), dtype=bool))] = np.finfo(dtype).min / 2
+    z = rng.standard_normal((B, T, V)).astype(dtype)
+    h_out, s_out, z_out = (np.empty_like(a) for a in (h, s, z))
+    return [("tanh, GELU forward", L, h.size, lambda: np.tanh(h, out=h_out)),
+            ("exp, attention softmax", L, s.size, lambda: np.exp(s, out=s_out)),
+            ("exp, log-probs forward and backward", 2, z.size, lambda: np.exp(z, out=z_out))]
+
+
 def _next_token_dlogits(logits, targets):
     """The mean next-token cross-entropy and its dL/dlogits, through the package's own log-prob pair."""
     labels = np.concatenate([np.full((len(targets), 1), -100), targets[:, 1:]], axis=1)
@@ -204,6 +225,8 @@ def bench_model(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, v
     flops = sum(count * f for _, count, f, _ in gemms)
     t_fb, t_opt, t_floor = pick["fwd_bwd_s"], pick["adamw_s"], pick["floor_s"]
     breakdown, breakdown_step = _breakdown(fwd_bwd, steps, gemms, pick["gemm_s"])
+    transcendentals = [(label, count, n, _median_of_block(fn, gemm_inner))
+                       for label, count, n, fn in model_transcendentals(cfg, batch_size, np.float32, seed)]
 
     # memory: one more step under tracemalloc (NumPy reports its buffers to it)
     tracemalloc.start()
@@ -224,6 +247,8 @@ def bench_model(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, v
            "ratio_min": min(ratios), "ratio_max": max(ratios), "ratio_rounds": ratios,
            "ratio_with_adamw": t_floor / (t_fb + t_opt), "outside_gemm_s": t_fb - t_floor,
            "breakdown": breakdown, "breakdown_step_s": breakdown_step, "memory": memory.status(),
+           "transcendentals": transcendentals,
+           "transcendental_s": sum(count * t for _, count, _, t in transcendentals),
            "threads": _threads_ab(rows, threads, other_threads),
            "target": target, "tracemalloc_peak_bytes": peak - base, "maxrss_bytes": maxrss,
            "gemms": [(label, count, f / t) for (label, count, f, _), t in zip(gemms, pick["gemm_s"])]}
@@ -296,3 +321,6 @@ def _report_breakdown(r, print_fn):
     for family, b in rows:
         print_fn(f"    {family:<10s} {b['s'] * 1e3:9.2f} {b['gemm_s'] * 1e3:9.2f} {b['rest_s'] * 1e3:9.2f} "
                  f"{b['s'] / r['breakdown_step_s']:6.1%}")
+    print_fn(f"  NumPy's tanh and exp alone, on the step's shapes: {r['transcendental_s'] * 1e3:.2f} ms a step")
+    for label, count, n, t in r["transcendentals"]:
+        print_fn(f"    {label:<36s} x{count}  {t * 1e3:7.3f} ms each, {t / n * 1e9:.2f} ns an element")
