@@ -62,8 +62,8 @@ def bench_torch(rounds=5, steps=10, compile=True, n_pairs=16, toy=None, batch_si
     """Ours against PyTorch eager (and ``torch.compile``) on the toy forward+backward and a DPO step.
 
     Returns ``{"available": False, "reason"}`` without torch; else ``{"available": True, "torch",
-    "transformers", "torch_threads", "cpu_capability", "fwd_bwd": {...}, "dpo_step": {...}}``, each comparison with the
-    median seconds per side, the per-round ratios ours / theirs and their median, min and max.
+    "transformers", "torch_threads", "cpu_capability", "fwd_bwd": {...}, "dpo_step": {...}}``, each
+    comparison with the median seconds per side, the per-round ratios ours / theirs and their median, min and max.
     ``toy`` (GPTConfig fields; None: ``TOY``) and ``batch_size`` shape the forward+backward;
     ``dpo_model`` (n_layer, n_head, n_embd, block_size; None: the DPO benchmark's) the DPO step.
     """

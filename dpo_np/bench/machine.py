@@ -1,4 +1,5 @@
-"""What machine a number was measured on: CPU, cores, BLAS and its thread count, array library.
+"""What machine a number was measured on: CPU, cores, BLAS and its thread count, the vector code
+the libraries run, array library.
 
 Timings and even the last bits of a result depend on these (a BLAS run on two threads sums in
 another order than on one), so every report that quotes a number says where it came from.
