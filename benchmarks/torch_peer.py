@@ -63,7 +63,8 @@ def bench_torch(rounds=5, steps=10, compile=True, n_pairs=16, toy=None, batch_si
 
     Returns ``{"available": False, "reason"}`` without torch; else ``{"available": True, "torch",
     "transformers", "torch_threads", "cpu_capability", "fwd_bwd": {...}, "dpo_step": {...}}``, each
-    comparison with the median seconds per side, the per-round ratios ours / theirs and their median, min and max.
+    comparison with the median seconds per side, the per-round ratios ours / theirs and their
+    median, min and max.
     ``toy`` (GPTConfig fields; None: ``TOY``) and ``batch_size`` shape the forward+backward;
     ``dpo_model`` (n_layer, n_head, n_embd, block_size; None: the DPO benchmark's) the DPO step.
     """
@@ -74,7 +75,8 @@ def bench_torch(rounds=5, steps=10, compile=True, n_pairs=16, toy=None, batch_si
     import torch
     import transformers
     memory.keep_freed_memory()
-    if torch.backends.cpu.get_cpu_capability() == "AVX2":
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX2":
         # torch.compile picks its vector width from the CPU, not from ATEN_CPU_CAPABILITY: on an
         # AVX-512 CPU held to AVX2 (benchmarks/without_avx512.sh) its kernels crashed until held too
         import torch._inductor.config
@@ -83,7 +85,7 @@ def bench_torch(rounds=5, steps=10, compile=True, n_pairs=16, toy=None, batch_si
     torch.set_num_threads(machine.blas_threads()["threads"])
     say = progress_file if progress_file is not None else sys.stderr
     res = {"available": True, "torch": torch.__version__, "transformers": transformers.__version__,
-           "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "torch_threads": torch.get_num_threads(), "cpu_capability": capability,
            "memory": memory.status()}
     print(f"bench torch: forward+backward, {rounds} rounds", file=say, flush=True)
     res["fwd_bwd"] = _fwd_bwd(rounds, steps, compile, dict(TOY if toy is None else toy), batch_size, seed)
